@@ -1,0 +1,161 @@
+"""The training math: one epoch of SGD and one evaluation pass, each returning a plain dict.
+
+Pure PyTorch — no wandb, no printing beyond the tqdm bar. Running sums stay on the device and are read with
+``.item()`` once per epoch (each ``.item()`` is a host–device sync that would stall the GPU every step). Under
+``torch.distributed`` the sums are all-reduced, so every rank returns the global figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+__all__ = ["NonFiniteLossError", "amp_dtype", "evaluate", "predict", "resolve_device", "train_one_epoch"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; ``step`` is the first bad step of the epoch (0-based)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"the training loss became NaN or infinite at step {step}")
+        self.step = step
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as given (``cpu``, ``cuda``, ``cuda:1``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``: bf16 for ``bf16`` (and ``auto`` on CUDA), else None."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _all_reduce(stats: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats)
+    return stats
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, device: torch.device,
+                    amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False,
+                    desc: str = "train") -> dict[str, float]:
+    """Run one epoch of training; the scheduler (if any) steps once per batch.
+
+    Returns:
+        ``loss`` (mean), ``acc`` (fraction), ``images``, ``seconds``, ``images_per_second``, ``lr`` (after the epoch).
+
+    Raises:
+        NonFiniteLossError: the loss was NaN/inf at some step (detected once, at the end of the epoch).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    seen = 0
+    _synchronize(device)
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch", dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(images)
+            loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss = loss.detach().float()
+        loss_sum += loss * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+        seen += len(labels)
+        if progress and step % 20 == 0:  # the .item() sync only happens when someone watches the bar
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                            img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+    bar.close()
+    stats = _all_reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    if bad_step.item() >= 0:
+        raise NonFiniteLossError(int(bad_step.item()))
+    loss_total, correct_total, seen_total = stats.tolist()
+    return {
+        "loss": loss_total / seen_total,
+        "acc": correct_total / seen_total,
+        "images": int(seen_total),
+        "seconds": seconds,
+        "images_per_second": seen_total / seconds,
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+            amp: torch.dtype | None = None, channels_last: bool = False,
+            tta: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Logits of every image the (unshuffled) loader yields.
+
+    Returns:
+        ``(logits, flipped_logits, labels)``: float32 ``[N, C]`` logits of the images, of their mirror images
+        (``None`` unless ``tta``), and the labels, all on the loader's device.
+    """
+    model.eval()
+    outputs, flipped, targets = [], [], []
+    for images, labels in loader:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            outputs.append(model(images).float())
+            if tta:
+                flipped.append(model(images.flip(-1)).float())
+        targets.append(labels)
+    return torch.cat(outputs), (torch.cat(flipped) if tta else None), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, device: torch.device,
+             amp: torch.dtype | None = None, channels_last: bool = False, tta: bool = False) -> dict[str, float]:
+    """Loss and accuracy over the loader; with ``tta`` the logits of each image and its mirror are averaged.
+
+    Returns:
+        ``loss``, ``acc`` (with TTA when enabled), ``acc_no_tta`` (single pass), ``images``, ``seconds``.
+    """
+    _synchronize(device)
+    start = time.perf_counter()
+    logits, flipped, labels = predict(model, loader, amp=amp, channels_last=channels_last, tta=tta)
+    final = (logits + flipped) / 2 if tta else logits
+    stats = torch.stack([
+        loss_fn(final, labels).float() * len(labels),
+        (final.argmax(1) == labels).sum().float(),
+        (logits.argmax(1) == labels).sum().float(),
+        torch.tensor(float(len(labels)), device=device),
+    ])
+    loss_sum, correct, correct_single, seen = _all_reduce(stats).tolist()
+    _synchronize(device)
+    return {
+        "loss": loss_sum / seen,
+        "acc": correct / seen,
+        "acc_no_tta": correct_single / seen,
+        "images": int(seen),
+        "seconds": time.perf_counter() - start,
+    }

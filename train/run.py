@@ -1,0 +1,201 @@
+"""Train a timm classifier on CIFAR-10 (or any image folder) with every epoch tracked in W&B.
+
+    python train/run.py                                   # the default 20-epoch recipe on ./data
+    python train/run.py --data_dir ~/cifar10-jpeg --epochs=2 --train_subset=2000 --test_subset=1000
+    python train/run.py --config my.yaml --lr 0.1         # file of defaults, command line wins
+    python train/run.py --resume runs/NAME/last.pt        # continue an interrupted run, same W&B run id
+
+Writes ``out_dir`` (default ``runs/<run_name>``): ``last.pt``, ``best.pt``, ``summary.json`` and the explain
+pictures, plus a W&B run (offline under ``$WANDB_DIR/wandb`` when there are no W&B credentials).
+Bad input exits with status 2 and one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python train/run.py`: import the repo's packages, not train/*.py as top-level modules
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import timm
+import timm.optim
+import timm.utils
+import torch
+from torch import nn
+
+from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, unwrap
+from train.config import Config, ConfigError, config_from_dict, parse_args
+from train.data import DataError, DeviceLoader, balanced_subset, load_data
+from train.engine import NonFiniteLossError, amp_dtype, evaluate, resolve_device, train_one_epoch
+from train.tracking import Tracker, epoch_row
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); finished checkpoints are kept."""
+
+
+def prepare_out_dir(config: Config) -> Path:
+    """Create ``out_dir`` and check it can be written, without touching a run that is already there."""
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out_dir {config.out_dir!r} is a file, not a folder")
+    if not config.resume and (out_dir / "last.pt").exists():
+        raise ConfigError(f"--out_dir {config.out_dir!r} already holds a run; continue it with "
+                          f"--resume {out_dir / 'last.pt'} or choose another --out_dir/--run_name")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out_dir {config.out_dir!r} is not writable ({exc.strerror or exc})") from None
+    return out_dir
+
+
+def fit(config: Config, given: set[str]) -> dict:
+    """Train (or resume) one run end to end; returns the summary written to ``summary.json``."""
+    # ---- resume: the checkpoint's config, overridden by the flags given explicitly now -------------------------
+    resumed = None
+    if config.resume:
+        resumed = load_checkpoint(config.resume)
+        config = config_from_dict({**resumed["config"], **{k: getattr(config, k) for k in given}})
+    config.run_name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
+    config.out_dir = config.out_dir or str(Path("runs") / config.run_name)
+    out_dir = prepare_out_dir(config)
+
+    # ---- device and seeds -------------------------------------------------------------------------------------
+    device = resolve_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {config.device!r}: CUDA is not available on this machine")
+    amp = amp_dtype(config.precision, device)
+    channels_last = device.type == "cuda"  # NHWC lets cuDNN use its fastest convolution kernels
+    timm.utils.random_seed(config.seed)
+
+    # ---- data: decoded once, resident on the device ------------------------------------------------------------
+    train_set, test_set = load_data(config.data_dir)
+    train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
+    test_set = test_set.subset(balanced_subset(test_set.labels, config.test_subset, config.seed))
+    train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
+                                seed=config.seed)
+    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False)
+
+    # ---- model, optimizer, schedule ----------------------------------------------------------------------------
+    model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # timm's "sgd" is SGD with Nesterov momentum; weight decay skips biases and norm layers.
+    optimizer = timm.optim.create_optimizer_v2(model, "sgd", lr=config.lr, weight_decay=config.weight_decay,
+                                               momentum=config.momentum)
+    # Linear warm-up from lr/10 for warmup_epochs, then linear decay to lr/1e4, stepped every batch (+1 so the
+    # step after the last batch lands on the final lr instead of extrapolating below zero).
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * len(train_loader) + 1,
+        pct_start=min(config.warmup_epochs / config.epochs, 1.0), anneal_strategy="linear",
+        cycle_momentum=False, div_factor=10.0, final_div_factor=1e3)
+    train_loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()
+
+    # ---- resume state ------------------------------------------------------------------------------------------
+    progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "train_seconds": 0.0, "loop_seconds": 0.0,
+                "train_images": 0}
+    run_id = None
+    if resumed:
+        load_model_state(model, resumed, config.resume)
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        train_loader.generator.set_state(resumed["rng"]["loader"].to(train_loader.generator.get_state().device))
+        progress.update(resumed["progress"])
+        run_id = resumed.get("wandb_run_id")
+    net = torch.compile(model) if config.compile else model
+    params = sum(p.numel() for p in model.parameters())
+
+    # ---- tracking ----------------------------------------------------------------------------------------------
+    tracker = Tracker(config.to_dict(), mode=config.wandb_mode, project=config.wandb_project,
+                      entity=config.wandb_entity, name=config.run_name, run_id=run_id)
+    print(f"{config.model}: {params:,} parameters on {device} ({'bf16' if amp else 'fp32'}); "
+          f"{len(train_set):,} train / {len(test_set):,} test images, {len(train_set.classes)} classes; "
+          f"out_dir {out_dir}", flush=True)
+
+    # ---- epochs ------------------------------------------------------------------------------------------------
+    show_bar = sys.stderr.isatty()
+    row = resumed["metrics"] if resumed else {}
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        try:
+            train_stats = train_one_epoch(net, train_loader, optimizer, scheduler, train_loss, device=device, amp=amp,
+                                          channels_last=channels_last, progress=show_bar,
+                                          desc=f"epoch {epoch}/{config.epochs}")
+        except NonFiniteLossError as exc:
+            tracker.finish(exit_code=1)
+            kept = "the last good checkpoint is kept" if (out_dir / "last.pt").exists() else "no epoch had finished"
+            raise TrainingError(f"epoch {epoch}: {exc} (try a lower --lr); {kept}") from None
+        val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
+                       tta=config.tta)
+        row = epoch_row(epoch, train_stats, val)
+        tracker.log(row)
+        print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
+              f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
+              f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
+        progress["epoch"] = epoch
+        progress["train_seconds"] += train_stats["seconds"]
+        progress["loop_seconds"] += row["epoch_seconds"]
+        progress["train_images"] += train_stats["images"]
+        is_best = val["acc"] > progress["best_acc"]
+        if is_best:
+            progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
+        state = {
+            "model": unwrap(model).state_dict(), "config": config.to_dict(), "epoch": epoch, "metrics": row,
+            "classes": train_set.classes, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
+            "progress": dict(progress), "wandb_run_id": tracker.id or run_id or "",
+        }
+        save_checkpoint(out_dir / "last.pt", state)
+        if is_best:
+            save_checkpoint(out_dir / "best.pt", state)
+
+    # ---- summary and the model artifact ------------------------------------------------------------------------
+    summary = {
+        "test_acc": row.get("val/acc"),
+        "test_acc_no_tta": row.get("val/acc_no_tta"),
+        "best_test_acc": progress["best_acc"],
+        "best_epoch": progress["best_epoch"],
+        "tta": config.tta,
+        "epochs": progress["epoch"],
+        "train_seconds": progress["loop_seconds"],
+        "train_images_per_second": progress["train_images"] / max(progress["train_seconds"], 1e-9),
+        "params": params,
+        "device": str(device),
+        "wandb_run_id": tracker.id or run_id,
+        "wandb_run_dir": tracker.dir,
+    }
+    tracker.summary({"best_val_acc": progress["best_acc"], "best_epoch": progress["best_epoch"],
+                     "train_seconds": summary["train_seconds"]})
+    best = load_checkpoint(out_dir / "best.pt")
+    tracker.log_model(out_dir / "best.pt", aliases=["best", "latest"],
+                      metadata={"config": best["config"], "metrics": best["metrics"], "epoch": best["epoch"],
+                                "classes": best["classes"]})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tracker.finish()
+    print(f"done: test acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f} at epoch "
+          f"{summary['best_epoch']}), {summary['train_seconds']:.1f}s; wrote {out_dir}/summary.json", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
+    try:
+        config, given = parse_args(argv)
+        fit(config, given)
+    except (*USER_ERRORS, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
