@@ -74,8 +74,11 @@ class Dataset:
 
 
 def _numpy_reconstruct():
-    core = getattr(np, "_core", None) or np.core  # numpy >= 2 renamed numpy.core to numpy._core
-    return core.multiarray._reconstruct
+    try:  # numpy >= 2 renamed numpy.core to numpy._core
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
 
 
 class _CifarUnpickler(pickle.Unpickler):

@@ -1,0 +1,64 @@
+"""Shared fixtures: an isolated offline W&B, the real JPEG CIFAR-10 copy, and helpers to run the entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = Path(os.environ.get("CIFAR_JPEG_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(tmp_path_factory, monkeypatch):
+    """Every test gets its own W&B folders and no credentials, so runs are offline and never prompt."""
+    root = tmp_path_factory.mktemp("wandb")
+    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(name, str(root))
+    monkeypatch.setenv("NETRC", str(root / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_RUN_ID", "WANDB_SWEEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg(tmp_path_factory) -> Path:
+    """The real JPEG CIFAR-10 copy from ../shared/data, unpacked once per session (skips where it is absent)."""
+    if not ARCHIVE.is_file():
+        pytest.skip(f"the JPEG CIFAR-10 archive is not at {ARCHIVE} (../shared/data beside the repo)")
+    root = tmp_path_factory.mktemp("cifar")
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar10-jpeg"
+
+
+def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, from the repo root, capturing its output."""
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy(), **kwargs)
+
+
+def wandb_records(run_dir: str | Path) -> list[dict]:
+    """Every record of an offline W&B run, read back with W&B's own ``wandb leet inspect --json``."""
+    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         check=True, timeout=120)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def wandb_summary(run_dir: str | Path) -> dict:
+    """The run's state, config and summary from ``wandb leet inspect --summary --json``."""
+    out = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
+                         text=True, check=True, timeout=120)
+    return json.loads(out.stdout)
+
+
+def history(records: list[dict]) -> list[dict]:
+    """The logged history rows, in order."""
+    return [r["history"]["item"] for r in records if r["type"] == "history"]

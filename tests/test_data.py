@@ -1,0 +1,272 @@
+"""Data: both sources decode to the same tensors, pickles never run code, augmentation and subsets are right."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.data import (
+    DataError,
+    Dataset,
+    DeviceLoader,
+    balanced_subset,
+    batch_crop,
+    batch_cutout,
+    batch_flip_lr,
+    download_cifar10,
+    load_data,
+    read_cifar_batch,
+)
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
+    """A 10-class image folder of real CIFAR-10 JPEGs: 12 train and 4 test images per class."""
+    root = tmp_path_factory.mktemp("small")
+    for split, count in (("train", 12), ("test", 4)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
+    return root
+
+
+def write_cifar_batches(root: Path, train: Dataset, test: Dataset, protocol: int = 2) -> Path:
+    """Write ``train``/``test`` in the CIFAR-10 python-batch format (5 data batches, a test batch, meta)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    chunks = np.array_split(np.arange(len(train)), 5)
+    for i, chunk in enumerate(chunks, 1):
+        batch = {b"batch_label": b"training batch", b"labels": train.labels[chunk].tolist(),
+                 b"data": train.images[chunk].reshape(len(chunk), -1).numpy(), b"filenames": [b"x.png"] * len(chunk)}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=protocol))
+    test_batch = {b"labels": test.labels.tolist(), b"data": test.images.reshape(len(test), -1).numpy()}
+    (folder / "test_batch").write_bytes(pickle.dumps(test_batch, protocol=protocol))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in train.classes]},
+                                                       protocol=protocol))
+    return folder
+
+
+def test_image_folder_loads_real_images(small_folder):
+    train, test = load_data(small_folder)
+    assert train.images.shape == (120, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (40, 3, 32, 32) and test.labels.dtype == torch.int64
+    assert train.classes == CLASSES
+    assert torch.bincount(train.labels).tolist() == [12] * 10
+    pixels = np.array(Image.open(small_folder / "train" / "cat" / "0003.jpg").convert("RGB"))
+    cat = CLASSES.index("cat")
+    assert torch.equal(train.images[cat * 12 + 3], torch.from_numpy(pixels).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar_batches_and_image_folder_load_identical_tensors(small_folder, tmp_path, protocol):
+    train, test = load_data(small_folder)
+    write_cifar_batches(tmp_path, train, test, protocol)
+    train2, test2 = load_data(tmp_path, download=False)
+    assert torch.equal(train.images, train2.images) and torch.equal(train.labels, train2.labels)
+    assert torch.equal(test.images, test2.images) and torch.equal(test.labels, test2.labels)
+    assert train2.classes == CLASSES
+
+
+class Payload:
+    """Unpickling this would create ``marker`` — the safe loader must refuse before that happens."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_crafted_pickle_in_a_batch_is_refused_and_never_runs(small_folder, tmp_path):
+    train, test = load_data(small_folder)
+    folder = write_cifar_batches(tmp_path, train, test)
+    marker = tmp_path / "pwned"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Payload(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match="refusing to load"):
+        load_data(tmp_path, download=False)
+    assert not marker.exists()
+    # the same pickle really would have created the file: the refusal is what saved us
+    pickle.loads((folder / "data_batch_3").read_bytes())
+    assert marker.exists()
+
+
+def test_truncated_batch_is_a_data_error(small_folder, tmp_path):
+    train, test = load_data(small_folder)
+    folder = write_cifar_batches(tmp_path, train, test)
+    blob = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="not a valid CIFAR-10 batch"):
+        read_cifar_batch(folder / "test_batch")
+
+
+def test_decoded_arrays_are_cached_and_rebuilt_when_the_source_changes(small_folder, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(small_folder, root)
+    first, _ = load_data(root)
+    cache = root / ".cache" / "train.pt"
+    assert cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    again, _ = load_data(root)
+    assert cache.stat().st_mtime_ns == stamp and torch.equal(first.images, again.images)
+    # replace one image with a blank one: the cache must notice
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(root / "train" / "airplane" / "0000.jpg", quality=100)
+    changed, _ = load_data(root)
+    assert cache.stat().st_mtime_ns != stamp
+    assert changed.images[0].float().mean() > 250 and not torch.equal(changed.images[0], first.images[0])
+
+
+def test_folder_problems_are_data_errors(small_folder, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(small_folder, root)
+    shutil.rmtree(root / "test" / "truck")
+    with pytest.raises(DataError, match="class folders differ \\(truck\\)"):
+        load_data(root)
+    (root / "test" / "truck").mkdir()
+    (root / "train" / "cat" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="notes.txt is not an image"):
+        load_data(root)
+    (root / "train" / "cat" / "notes.txt").unlink()
+    (root / "train" / "cat" / "9999.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot read image .*9999.jpg"):
+        load_data(root)
+
+
+def make_cifar_archive(tmp_path: Path, small_folder: Path) -> Path:
+    """A ``cifar-10-python.tar.gz`` in the real archive's layout, built from real images."""
+    train, test = load_data(small_folder)
+    write_cifar_batches(tmp_path / "src", train, test)
+    archive = tmp_path / "serve" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_download_path_fetches_and_unpacks_the_archive(small_folder, tmp_path):
+    """torchvision's downloader, served from loopback: the product's download path without internet."""
+    archive = make_cifar_archive(tmp_path, small_folder)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = tmp_path / "downloaded"
+        download_cifar10(target, url=f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
+    finally:
+        server.shutdown()
+    train, test = load_data(target, download=False)
+    reference, _ = load_data(small_folder)
+    assert torch.equal(train.images, reference.images) and len(test) == 40
+
+
+def test_failed_download_names_data_dir(tmp_path):
+    with pytest.raises(DataError, match="--data_dir .*downloading CIFAR-10 into it failed"):
+        download_cifar10(tmp_path / "empty", url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+
+
+def test_balanced_subset_is_balanced_and_seeded():
+    labels = torch.arange(10).repeat_interleave(50)
+    idx = balanced_subset(labels, 95, seed=1)
+    counts = torch.bincount(labels[idx], minlength=10)
+    assert len(idx) == 95 and counts.max() - counts.min() <= 1 and len(set(idx.tolist())) == 95
+    assert torch.equal(idx, balanced_subset(labels, 95, seed=1))
+    assert not torch.equal(idx, balanced_subset(labels, 95, seed=2))
+    assert torch.equal(balanced_subset(labels, 0, seed=1), torch.arange(500))
+
+
+def test_crop_takes_a_window_of_the_padded_image():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = batch_crop(images, 4, gen)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    offsets = set()
+    for i in range(len(images)):
+        match = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        assert match, f"image {i} is not a crop of its padded original"
+        offsets.add(match[0])
+    assert len(offsets) > 20  # offsets really vary
+    assert (out == 0).any()  # some crops reach into the zero padding
+
+
+def test_flip_mirrors_about_half():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8)
+    out = batch_flip_lr(images, gen)
+    flipped = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images, strict=True)])
+    assert bool((flipped | kept).all()) and 60 < int(flipped.sum()) < 140
+
+
+def test_cutout_zeroes_one_square():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.full((50, 3, 32, 32), 200, dtype=torch.uint8)
+    out = batch_cutout(images, 8, gen)
+    zeroed = (out == 0).all(1)  # [N, H, W]
+    areas = zeroed.flatten(1).sum(1)
+    assert int(areas.max()) == 64 and int(areas.min()) > 0
+    assert torch.equal(out[~zeroed.unsqueeze(1).expand_as(out)], images[~zeroed.unsqueeze(1).expand_as(out)])
+
+
+def test_device_loader_serves_each_image_once_per_epoch():
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 32, 32).contiguous()
+    data = Dataset(images, torch.arange(40), [str(i) for i in range(40)])
+    loader = DeviceLoader(data, 8, "cpu", train=True, pad=0, seed=0, dtype=torch.float64)
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader) == 5
+        x, y = batches[0]
+        assert x.dtype == torch.float64 and x.shape == (8, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+        labels = torch.cat([b[1] for b in batches])
+        pixels = torch.cat([(b[0][:, 0, 0, 0] * 255).round().long() for b in batches])
+        assert torch.equal(pixels, labels) and sorted(labels.tolist()) == list(range(40))
+        epochs.append(labels)
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
+    ordered = torch.cat([b[1] for b in DeviceLoader(data, 16, "cpu", train=False)])
+    assert torch.equal(ordered, torch.arange(40))  # evaluation keeps order and the last partial batch
+
+
+def test_device_loader_shards_are_disjoint():
+    data = Dataset(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), torch.arange(40), ["x"])
+    shards = [torch.cat([y for _, y in DeviceLoader(data, 4, "cpu", train=True, seed=3, rank=r, world_size=2)])
+              for r in range(2)]
+    assert len(set(shards[0].tolist()) & set(shards[1].tolist())) == 0 and len(shards[0]) == len(shards[1]) == 20
+
+
+def test_fewer_images_than_batch_size_is_a_data_error():
+    data = Dataset(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.zeros(10, dtype=torch.long), ["x"])
+    with pytest.raises(DataError, match="fewer than --batch_size 16"):
+        DeviceLoader(data, 16, "cpu", train=True)
+
+
+def test_cache_write_failure_is_not_fatal(small_folder, tmp_path):
+    root = tmp_path / "ro"
+    shutil.copytree(small_folder, root, ignore=shutil.ignore_patterns(".cache"))
+    (root / ".cache").write_text("a file where the cache folder would go")
+    train, _ = load_data(root)
+    assert len(train) == 120
+
+
+def test_pickle_free_cache_file(small_folder):
+    load_data(small_folder)
+    blob = io.BytesIO((small_folder / ".cache" / "train.pt").read_bytes())
+    assert set(torch.load(blob, weights_only=True)) == {"key", "images", "labels", "classes"}
+    assert os.path.getsize(small_folder / ".cache" / "train.pt") > 120 * 3 * 32 * 32
