@@ -36,7 +36,7 @@ class Config:
     # optimisation: SGD-Nesterov, linear warm-up then linear decay to zero, label smoothing
     epochs: int = 20  # passes over the training set
     batch_size: int = 512  # images per optimizer step
-    lr: float = 0.2  # peak learning rate, reached after warmup_epochs
+    lr: float = 0.4  # peak learning rate, reached after warmup_epochs (0.1 per 128 images, linearly scaled)
     warmup_epochs: float = 4.0  # epochs of linear warm-up from lr/10 (may be fractional)
     weight_decay: float = 5e-4  # L2 on weights (not on biases or norm layers)
     momentum: float = 0.9  # Nesterov momentum

@@ -33,6 +33,9 @@ from train.engine import NonFiniteLossError, amp_dtype, evaluate, resolve_device
 from train.tracking import Tracker, epoch_row
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
+# What a resumed run may change; everything else (data, model, schedule, seed) is the checkpoint's.
+RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_size", "out_dir", "wandb_mode",
+                      "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer"}
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +66,12 @@ def fit(config: Config, given: set[str]) -> dict:
     resumed = None
     if config.resume:
         resumed = load_checkpoint(config.resume)
-        config = config_from_dict({**resumed["config"], **{k: getattr(config, k) for k in given}})
+        stored = resumed["config"]
+        for key in sorted(given - RESUME_OVERRIDABLE):
+            if getattr(config, key) != stored.get(key):
+                raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has {stored.get(key)!r}); "
+                                  f"start a new run instead")
+        config = config_from_dict({**stored, **{k: getattr(config, k) for k in given}})
     config.run_name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
     config.out_dir = config.out_dir or str(Path("runs") / config.run_name)
     out_dir = prepare_out_dir(config)
@@ -154,9 +162,9 @@ def fit(config: Config, given: set[str]) -> dict:
             "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
             "progress": dict(progress), "wandb_run_id": tracker.id or run_id or "",
         }
-        save_checkpoint(out_dir / "last.pt", state)
-        if is_best:
+        if is_best:  # best first: whenever last.pt exists, so does a best.pt
             save_checkpoint(out_dir / "best.pt", state)
+        save_checkpoint(out_dir / "last.pt", state)
 
     # ---- summary and the model artifact ------------------------------------------------------------------------
     summary = {

@@ -1,0 +1,78 @@
+"""The training math on tiny real tensors: dict outputs, learning, TTA, NaN detection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from train.data import Dataset, DeviceLoader
+from train.engine import NonFiniteLossError, amp_dtype, evaluate, predict, resolve_device, train_one_epoch
+
+
+def separable(n: int = 256, seed: int = 0) -> Dataset:
+    """Two classes told apart by brightness of the left half: learnable in a few steps, flip-sensitive."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    images = torch.randint(0, 100, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    images[labels == 1, :, :, :16] += 150
+    return Dataset(images, labels, ["dark", "bright-left"])
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 2)), nn.Flatten(),
+                         nn.Linear(16, 2))
+
+
+def test_train_one_epoch_returns_a_dict_and_learns():
+    data, model = separable(), tiny_model()
+    loader = DeviceLoader(data, 32, "cpu", train=True, pad=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    losses = []
+    for _ in range(5):
+        stats = train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(),
+                                device=torch.device("cpu"))
+        assert set(stats) == {"loss", "acc", "images", "seconds", "images_per_second", "lr"}
+        assert stats["images"] == 256 and 0 <= stats["acc"] <= 1 and stats["lr"] == 0.1
+        losses.append(stats["loss"])
+    assert losses[-1] < losses[0] and stats["acc"] > 0.8
+
+
+def test_evaluate_reports_tta_and_single_pass():
+    data, model = separable(), tiny_model()
+    loader = DeviceLoader(data, 100, "cpu", train=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(5):
+        train_one_epoch(model, DeviceLoader(data, 32, "cpu", train=True, pad=0), optimizer, None,
+                        nn.CrossEntropyLoss(), device=torch.device("cpu"))
+    plain = evaluate(model, loader, nn.CrossEntropyLoss(), device=torch.device("cpu"), tta=False)
+    flipped = evaluate(model, loader, nn.CrossEntropyLoss(), device=torch.device("cpu"), tta=True)
+    assert plain["acc"] == plain["acc_no_tta"] == flipped["acc_no_tta"] > 0.8
+    with torch.no_grad():  # TTA is the mean of the logits of each image and its mirror image
+        x = data.images.float() / 255
+        expected = (model(x) + model(x.flip(-1))) / 2
+    assert flipped["loss"] == pytest.approx(nn.functional.cross_entropy(expected, data.labels).item(), rel=1e-5)
+    assert flipped["acc"] == (expected.argmax(1) == data.labels).float().mean().item()
+    assert flipped["loss"] != pytest.approx(plain["loss"], rel=1e-5) and plain["images"] == 256
+    logits, mirror, labels = predict(model, loader, tta=True)
+    assert logits.shape == mirror.shape == (256, 2) and torch.equal(labels, data.labels)
+
+
+def test_diverging_loss_names_the_step():
+    data, model = separable(), tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e12)
+    with pytest.raises(NonFiniteLossError, match="at step") as info:
+        train_one_epoch(model, DeviceLoader(data, 32, "cpu", train=True), optimizer, None, nn.CrossEntropyLoss(),
+                        device=torch.device("cpu"))
+    assert 0 < info.value.step < 8
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert amp_dtype("auto", torch.device("cpu")) is None
+    assert amp_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert amp_dtype("fp32", torch.device("cuda")) is None
