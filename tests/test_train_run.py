@@ -121,3 +121,24 @@ def test_kill_9_then_resume_continues_with_the_same_wandb_run(cifar_jpeg, tmp_pa
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
     assert [row["epoch"] for row in rows] == list(range(first["epoch"] + 1, 4))
     assert f"epoch {first['epoch'] + 1}/3" in resumed.stdout and f"epoch {first['epoch']}/3" not in resumed.stdout
+
+
+def test_sigterm_stops_cleanly_and_keeps_the_finished_epochs(cifar_jpeg, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "train/run.py", "--data_dir", str(cifar_jpeg), "--train_subset=300",
+                             "--test_subset=100", "--epochs=20", "--batch_size=50", "--explain_samples=0",
+                             "--out_dir", str(out)], cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "stopped: SIGTERM during epoch" in stderr and "Traceback" not in stderr
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert 1 <= saved["epoch"] < 20 and f"--resume {out / 'last.pt'}" in stderr
+    assert not (out / "summary.json").exists()
+    run_dir = next((Path(os.environ["WANDB_DIR"]) / "wandb").glob(f"offline-run-*-{saved['wandb_run_id']}"))
+    state = wandb_summary(run_dir)
+    assert state["exit_code"] == 128 + signal.SIGTERM

@@ -13,7 +13,9 @@ Bad input exits with status 2 and one ``error:`` line.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +42,18 @@ RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_si
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); finished checkpoints are kept."""
+
+
+class Stopped(Exception):
+    """SIGTERM (pre-emption) or Ctrl-C: the epoch in progress is abandoned, finished epochs stay saved."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped("", signal.Signals(signum).name)
 
 
 def prepare_out_dir(config: Config) -> Path:
@@ -133,38 +147,47 @@ def fit(config: Config, given: set[str]) -> dict:
     # ---- epochs ------------------------------------------------------------------------------------------------
     show_bar = sys.stderr.isatty()
     row = resumed["metrics"] if resumed else {}
-    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-        try:
-            train_stats = train_one_epoch(net, train_loader, optimizer, scheduler, train_loss, device=device, amp=amp,
-                                          channels_last=channels_last, progress=show_bar,
-                                          desc=f"epoch {epoch}/{config.epochs}")
-        except NonFiniteLossError as exc:
-            tracker.finish(exit_code=1)
-            kept = "the last good checkpoint is kept" if (out_dir / "last.pt").exists() else "no epoch had finished"
-            raise TrainingError(f"epoch {epoch}: {exc} (try a lower --lr); {kept}") from None
-        val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
-                       tta=config.tta)
-        row = epoch_row(epoch, train_stats, val)
-        tracker.log(row)
-        print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
-              f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
-              f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
-        progress["epoch"] = epoch
-        progress["train_seconds"] += train_stats["seconds"]
-        progress["loop_seconds"] += row["epoch_seconds"]
-        progress["train_images"] += train_stats["images"]
-        is_best = val["acc"] > progress["best_acc"]
-        if is_best:
-            progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
-        state = {
-            "model": unwrap(model).state_dict(), "config": config.to_dict(), "epoch": epoch, "metrics": row,
-            "classes": train_set.classes, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
-            "progress": dict(progress), "wandb_run_id": tracker.id or run_id or "",
-        }
-        if is_best:  # best first: whenever last.pt exists, so does a best.pt
-            save_checkpoint(out_dir / "best.pt", state)
-        save_checkpoint(out_dir / "last.pt", state)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_stopped)  # pre-emption stops like Ctrl-C; saves are atomic
+    try:
+        for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+            try:
+                train_stats = train_one_epoch(net, train_loader, optimizer, scheduler, train_loss, device=device,
+                                              amp=amp, channels_last=channels_last, progress=show_bar,
+                                              desc=f"epoch {epoch}/{config.epochs}")
+            except NonFiniteLossError as exc:
+                tracker.finish(exit_code=1)
+                kept = "the last good checkpoint is kept" if (out_dir / "last.pt").exists() else "no epoch had finished"
+                raise TrainingError(f"epoch {epoch}: {exc} (try a lower --lr); {kept}") from None
+            val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
+                           tta=config.tta)
+            row = epoch_row(epoch, train_stats, val)
+            tracker.log(row)
+            print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
+                  f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
+                  f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
+            progress["epoch"] = epoch
+            progress["train_seconds"] += train_stats["seconds"]
+            progress["loop_seconds"] += row["epoch_seconds"]
+            progress["train_images"] += train_stats["images"]
+            is_best = val["acc"] > progress["best_acc"]
+            if is_best:
+                progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
+            state = {
+                "model": unwrap(model).state_dict(), "config": config.to_dict(), "epoch": epoch, "metrics": row,
+                "classes": train_set.classes, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
+                "progress": dict(progress), "wandb_run_id": tracker.id or run_id or "",
+            }
+            if is_best:  # best first: whenever last.pt exists, so does a best.pt
+                save_checkpoint(out_dir / "best.pt", state)
+            save_checkpoint(out_dir / "last.pt", state)
+    except (Stopped, KeyboardInterrupt) as exc:
+        name = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
+        tracker.finish(exit_code=128 + signal.Signals[name].value)
+        saved = (f"epochs 1-{progress['epoch']} are saved; resume with --resume {out_dir / 'last.pt'}"
+                 if progress["epoch"] else "no epoch had finished")
+        raise Stopped(f"{name} during epoch {progress['epoch'] + 1}: that epoch was abandoned; {saved}", name) from None
 
     # ---- summary and the model artifact ------------------------------------------------------------------------
     summary = {
@@ -202,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except (*USER_ERRORS, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:  # a requested stop is a clean exit; Ctrl-C keeps the shell's 130
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130 if exc.signal_name == "SIGINT" else 0
     return 0
 
 
