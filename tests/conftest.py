@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -37,6 +38,21 @@ def cifar_jpeg(tmp_path_factory) -> Path:
     with tarfile.open(ARCHIVE) as tar:
         tar.extractall(root, filter="data")
     return root / "cifar10-jpeg"
+
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="session")
+def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
+    """A 10-class image folder of real CIFAR-10 JPEGs: 12 train and 4 test images per class."""
+    root = tmp_path_factory.mktemp("small")
+    for split, count in (("train", 12), ("test", 4)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
+    return root
 
 
 def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:

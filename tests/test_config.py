@@ -29,6 +29,7 @@ SAMPLES = {
     "device": ("cpu", "cpu"),
     "precision": ("bf16", "bf16"),
     "compile": ("True", True),
+    "deterministic": ("1", True),
     "eval_batch_size": ("256", 256),
     "out_dir": ("runs/x", "runs/x"),
     "run_name": ("x", "x"),

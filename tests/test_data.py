@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import CLASSES
 from train.data import (
     DataError,
     Dataset,
@@ -29,20 +30,6 @@ from train.data import (
     load_data,
     read_cifar_batch,
 )
-
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-@pytest.fixture(scope="module")
-def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
-    """A 10-class image folder of real CIFAR-10 JPEGs: 12 train and 4 test images per class."""
-    root = tmp_path_factory.mktemp("small")
-    for split, count in (("train", 12), ("test", 4)):
-        for name in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
-    return root
 
 
 def write_cifar_batches(root: Path, train: Dataset, test: Dataset, protocol: int = 2) -> Path:

@@ -45,3 +45,28 @@ def test_disabled_and_non_zero_ranks_log_nothing():
         tracker.log({"epoch": 1})
         tracker.finish()
         assert tracker.id is None and tracker.dir is None
+
+
+def test_unreachable_server_falls_back_to_an_offline_run(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    tracker = Tracker({"lr": 0.1}, mode="online", project="test")
+    assert tracker.mode == "offline" and tracker.id
+    assert "W&B online init failed" in capsys.readouterr().err
+    tracker.log(epoch_row(1, TRAIN, VAL))
+    run_dir = tracker.dir
+    tracker.finish()
+    assert [row["epoch"] for row in history(wandb_records(run_dir))] == [1]
+    assert "wandb sync" in capsys.readouterr().err
+
+
+def test_a_failing_logging_call_warns_and_training_goes_on(capsys):
+    tracker = Tracker({"lr": 0.1}, mode="offline", project="test")
+    tracker.run.finish()  # the run goes away under the tracker's feet: W&B refuses further calls
+    tracker.log(epoch_row(1, TRAIN, VAL))
+    tracker.summary({"best_val_acc": 0.5})
+    tracker.finish()
+    err = capsys.readouterr().err
+    assert "warning: W&B log failed" in err and "continuing without W&B" in err
+    assert tracker.run is None

@@ -96,7 +96,7 @@ def test_best_checkpoint_is_a_model_artifact(real_run):
 def test_kill_9_then_resume_continues_with_the_same_wandb_run(cifar_jpeg, tmp_path):
     out = tmp_path / "out"
     args = ["--data_dir", str(cifar_jpeg), "--train_subset=300", "--test_subset=100", "--epochs=3",
-            "--batch_size=50", "--explain_samples=0", "--out_dir", str(out)]
+            "--batch_size=50", "--explain_samples=0", "--deterministic=True", "--out_dir", str(out)]
     proc = subprocess.Popen([sys.executable, "train/run.py", *args], cwd=REPO, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -121,6 +121,15 @@ def test_kill_9_then_resume_continues_with_the_same_wandb_run(cifar_jpeg, tmp_pa
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
     assert [row["epoch"] for row in rows] == list(range(first["epoch"] + 1, 4))
     assert f"epoch {first['epoch'] + 1}/3" in resumed.stdout and f"epoch {first['epoch']}/3" not in resumed.stdout
+    assert [row["_step"] for row in rows] == [row["epoch"] for row in rows]  # W&B steps continue across the resume
+
+    # --deterministic: the interrupted-and-resumed run ends exactly where an uninterrupted one does
+    whole = run_cli(*args[:-1], str(tmp_path / "whole"), timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = (torch.load(path / "last.pt", weights_only=True) for path in (out, tmp_path / "whole"))
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert a["metrics"][key] == b["metrics"][key], key
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_sigterm_stops_cleanly_and_keeps_the_finished_epochs(cifar_jpeg, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "Unsupported global" in line or "GLOBAL" in line), first[0] if first
-                      else "")
-        raise CheckpointError(f"checkpoint {str(path)!r} was refused by the safe loader ({detail.strip()})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines()]
+        refused = next((line for line in lines if "Unsupported global" in line), None)
+        if refused:  # a pickle that names code to run: say what it wanted, never suggest weights_only=False
+            raise CheckpointError(f"checkpoint {str(path)!r} was refused by the safe loader ({refused})") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt (not a torch.save file)") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, … on truncated or foreign files
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{str(path)!r} is not a cifar-insight checkpoint (expected format {FORMAT})")

@@ -19,7 +19,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "ErrorExitParser", "closest", "config_from_dict", "parse_args", "parse_bool"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ErrorExitParser",
+    "closest",
+    "config_from_dict",
+    "parse_args",
+    "parse_bool",
+    "reject_unknown",
+]
 
 
 @dataclass
@@ -47,11 +56,12 @@ class Config:
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16
     compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # deterministic kernels (slower on GPU): a resumed run then ends bit-identical
     eval_batch_size: int = 1024  # images per evaluation forward pass
     # outputs and resume
     out_dir: str = ""  # where checkpoints, summary.json and pictures go (default runs/<run_name>)
     run_name: str = ""  # W&B run name and default out_dir name (default: a timestamp)
-    resume: str = ""  # a last.pt to continue from
+    resume: str = ""  # a last.pt to continue from, or "auto": the newest last.pt of this out_dir/run_name (if any)
     # tracking
     wandb_project: str = "cifar-insight"  # W&B project
     wandb_entity: str = ""  # W&B entity (team or user); empty = your default
@@ -185,6 +195,17 @@ def load_yaml(path: str) -> dict[str, Any]:
     return clean
 
 
+def reject_unknown(unknown: Sequence[str], flags: Sequence[str]) -> None:
+    """Raise a :class:`ConfigError` for the first argument argparse did not know, suggesting the closest flag."""
+    if not unknown:
+        return
+    arg = next((u for u in unknown if u.startswith("-")), unknown[0])
+    if not arg.startswith("-"):
+        raise ConfigError(f"unexpected argument {arg!r} (flags look like --key=value)")
+    flag = arg.split("=", 1)[0]
+    raise ConfigError(f"unknown flag {flag}{closest(flag.lstrip('-'), flags)}")
+
+
 class ErrorExitParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors raise :class:`ConfigError` (one line) instead of printing usage."""
 
@@ -214,12 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, set[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     namespace, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
-        name = flag.split("=", 1)[0].lstrip("-")
-        if flag.startswith("-"):
-            raise ConfigError(f"unknown flag {flag.split('=', 1)[0]}{closest(name, list(_FIELDS))}")
-        raise ConfigError(f"unexpected argument {flag!r} (flags look like --key=value)")
+    reject_unknown(unknown, list(_FIELDS))
     given = vars(namespace)
     values = load_yaml(given.pop("config")) if given.get("config") else {}
     given.pop("config", None)

@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -159,10 +160,13 @@ def download_cifar10(data_dir: Path, url: str | None = None, md5: str | None = N
 
     if url is None:
         url, md5 = CIFAR10.url, CIFAR10.tgz_md5
+    created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(url, download_root=str(data_dir), filename=CIFAR10.filename, md5=md5)
     except Exception as exc:
+        if created:  # leave no empty or half-downloaded folder behind
+            shutil.rmtree(data_dir, ignore_errors=True)
         raise DataError(
             f"--data_dir {str(data_dir)!r} has no train/ and test/ folders nor {CIFAR_FOLDER}/, and downloading "
             f"CIFAR-10 into it failed ({type(exc).__name__}: {exc}); point --data_dir at a data set"

@@ -13,6 +13,7 @@ Bad input exits with status 2 and one ``error:`` line.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ import timm.utils
 import torch
 from torch import nn
 
+from explain.report import check_cam_settings, explain_model
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, unwrap
 from train.config import Config, ConfigError, config_from_dict, parse_args
 from train.data import DataError, DeviceLoader, balanced_subset, load_data
@@ -74,10 +76,26 @@ def prepare_out_dir(config: Config) -> Path:
     return out_dir
 
 
+def find_last_checkpoint(config: Config) -> str:
+    """``--resume auto``: the newest ``last.pt`` of this ``out_dir`` (or ``runs/<run_name>``, or any run under
+    ``runs/`` when neither is given); empty when there is none, so the same command starts or continues a run."""
+    if config.out_dir:
+        candidates = [Path(config.out_dir) / "last.pt"]
+    elif config.run_name:
+        candidates = [Path("runs") / config.run_name / "last.pt"]
+    else:
+        candidates = list(Path("runs").glob("*/last.pt"))
+    existing = [path for path in candidates if path.is_file()]
+    return str(max(existing, key=lambda path: path.stat().st_mtime)) if existing else ""
+
+
 def fit(config: Config, given: set[str]) -> dict:
     """Train (or resume) one run end to end; returns the summary written to ``summary.json``."""
     # ---- resume: the checkpoint's config, overridden by the flags given explicitly now -------------------------
     resumed = None
+    if config.resume == "auto":
+        config.resume = find_last_checkpoint(config)
+        print(f"--resume auto: {'continuing ' + config.resume if config.resume else 'no last.pt found, new run'}")
     if config.resume:
         resumed = load_checkpoint(config.resume)
         stored = resumed["config"]
@@ -97,11 +115,16 @@ def fit(config: Config, given: set[str]) -> dict:
     amp = amp_dtype(config.precision, device)
     channels_last = device.type == "cuda"  # NHWC lets cuDNN use its fastest convolution kernels
     timm.utils.random_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not config.deterministic  # autotuned kernels are fastest but may vary
 
     # ---- data: decoded once, resident on the device ------------------------------------------------------------
     train_set, test_set = load_data(config.data_dir)
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
-    test_set = test_set.subset(balanced_subset(test_set.labels, config.test_subset, config.seed))
+    test_indices = balanced_subset(test_set.labels, config.test_subset, config.seed)  # positions in the full test set
+    test_set = test_set.subset(test_indices)
     train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
                                 seed=config.seed)
     test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False)
@@ -110,6 +133,11 @@ def fit(config: Config, given: set[str]) -> dict:
     model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.explain_samples:  # a CAM typo must fail now, not after hours of training
+        try:
+            check_cam_settings(model, config.cam_method, config.cam_layer)
+        except ValueError as exc:
+            raise ConfigError(f"--cam_method/--cam_layer: {exc}") from None
     # timm's "sgd" is SGD with Nesterov momentum; weight decay skips biases and norm layers.
     optimizer = timm.optim.create_optimizer_v2(model, "sgd", lr=config.lr, weight_decay=config.weight_decay,
                                                momentum=config.momentum)
@@ -162,7 +190,7 @@ def fit(config: Config, given: set[str]) -> dict:
             val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
                            tta=config.tta)
             row = epoch_row(epoch, train_stats, val)
-            tracker.log(row)
+            tracker.log(row, commit=not (epoch == config.epochs and config.explain_samples))  # explain joins it
             print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
                   f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
                   f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
@@ -189,6 +217,13 @@ def fit(config: Config, given: set[str]) -> dict:
                  if progress["epoch"] else "no epoch had finished")
         raise Stopped(f"{name} during epoch {progress['epoch'] + 1}: that epoch was abandoned; {saved}", name) from None
 
+    # ---- explain the final model's mistakes: W&B table + plots, PNGs in out_dir ----------------------------------
+    explained = {}
+    if config.explain_samples:
+        explained = explain_model(model, test_set, out_dir=out_dir, tracker=tracker, samples=config.explain_samples,
+                                  cam_method=config.cam_method, cam_layer=config.cam_layer, device=device, amp=amp,
+                                  batch_size=config.eval_batch_size, indices=test_indices, epoch=progress["epoch"])
+
     # ---- summary and the model artifact ------------------------------------------------------------------------
     summary = {
         "test_acc": row.get("val/acc"),
@@ -203,6 +238,7 @@ def fit(config: Config, given: set[str]) -> dict:
         "device": str(device),
         "wandb_run_id": tracker.id or run_id,
         "wandb_run_dir": tracker.dir,
+        "explain": {k: v for k, v in explained.items() if not k.endswith("_png")},
     }
     tracker.summary({"best_val_acc": progress["best_acc"], "best_epoch": progress["best_epoch"],
                      "train_seconds": summary["train_seconds"]})

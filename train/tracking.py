@@ -79,7 +79,8 @@ class Tracker:
         except Exception as exc:  # W&B unreachable or misconfigured: keep the run, offline
             if self.mode != "online":
                 raise
-            _warn(f"W&B online init failed ({type(exc).__name__}: {exc}); logging offline instead")
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _warn(f"W&B online init failed ({type(exc).__name__}: {reason}); logging offline instead")
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
         if self.mode == "disabled":
@@ -104,12 +105,18 @@ class Tracker:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # a tracking failure must never cost the training run
-            _warn(f"W&B {what} failed ({type(exc).__name__}: {exc}); continuing without W&B")
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _warn(f"W&B {what} failed ({type(exc).__name__}: {reason}); continuing without W&B")
             self.run = None
 
-    def log(self, row: dict[str, Any]) -> None:
-        """Log one row (call once per epoch; explain logs its tables and plots in one more row)."""
-        self._guard("log", lambda: self.run.log(row))
+    def log(self, row: dict[str, Any], commit: bool = True) -> None:
+        """Log one row at W&B step ``row["epoch"]`` (so a resumed run's steps continue where they stopped).
+
+        ``commit=False`` keeps the row open so that a later ``log`` of the same epoch (the explain row at the end
+        of training) joins it: one history row per epoch. W&B drops data logged to a step already committed.
+        """
+        step = int(row["epoch"]) if "epoch" in row else None
+        self._guard("log", lambda: self.run.log(row, step=step, commit=commit))
 
     def log_model(self, path: str | os.PathLike, metadata: dict[str, Any], aliases: list[str]) -> None:
         """Log a checkpoint file as a W&B Artifact of type ``model`` named ``model-<run id>``."""

@@ -1,0 +1,166 @@
+"""The bad-input wall of train/run.py: one `error:` line, exit status 2, no traceback, nothing clobbered."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from tests.conftest import run_cli
+from tests.test_data import write_cifar_batches
+from train.checkpoint import FORMAT
+from train.config import Config
+from train.data import load_data
+from train.run import main
+
+SMALL = ["--train_subset=0", "--epochs=1", "--batch_size=40", "--explain_samples=0"]
+
+
+class Payload:
+    """A pickle that would create ``marker`` when loaded: safe loaders must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def cases(small_folder, tmp_path) -> dict[str, Path]:
+    """Broken inputs built from the real small image folder."""
+    made: dict[str, Path] = {}
+
+    def copy(name: str) -> Path:
+        made[name] = tmp_path / name
+        shutil.copytree(small_folder, made[name], ignore=shutil.ignore_patterns(".cache"))
+        return made[name]
+
+    shutil.rmtree(copy("classes_differ") / "test" / "frog")
+    (copy("not_an_image") / "train" / "dog" / "readme.txt").write_text("hi")
+    (copy("corrupt_image") / "test" / "cat" / "0000.jpg").write_bytes(b"\xff\xd8 truncated")
+    made["empty"] = tmp_path / "empty"
+    made["empty"].mkdir()
+    train, test = load_data(small_folder)
+    cifar = tmp_path / "cifar_truncated"
+    batch = write_cifar_batches(cifar, train, test) / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:100])
+    made["cifar_truncated"] = cifar
+    made["a_file"] = tmp_path / "a_file.txt"
+    made["a_file"].write_text("I am a file")
+    made["bad_yaml"] = tmp_path / "bad.yaml"
+    made["bad_yaml"].write_text("lr: [0.1\n")
+    made["unknown_key_yaml"] = tmp_path / "unknown.yaml"
+    made["unknown_key_yaml"].write_text("batchsize: 64\n")
+    made["binary_yaml"] = tmp_path / "binary.yaml"
+    made["binary_yaml"].write_bytes(b"\xff\xfe\x00\x81")
+    made["truncated_ckpt"] = tmp_path / "truncated.pt"
+    torch.save({"format": FORMAT, "model": {"w": torch.zeros(1000)}}, made["truncated_ckpt"])
+    made["truncated_ckpt"].write_bytes(made["truncated_ckpt"].read_bytes()[:300])
+    made["foreign_ckpt"] = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, made["foreign_ckpt"])
+    made["text_ckpt"] = tmp_path / "text.pt"
+    made["text_ckpt"].write_text("not a checkpoint")
+    config = Config(data_dir=str(small_folder), batch_size=40, epochs=2, explain_samples=0).to_dict()
+    made["mismatch_ckpt"] = tmp_path / "mismatch.pt"
+    torch.save({"format": FORMAT, "model": timm.create_model("resnet18_cifar", num_classes=5).state_dict(),
+                "config": config, "epoch": 1, "metrics": {}, "classes": [str(i) for i in range(5)]},
+               made["mismatch_ckpt"])
+    return made
+
+
+# (argv with {placeholders} from the `cases` fixture, the message expected after "error: ")
+BAD = {
+    "lr not a number": (["--lr=abc"], "--lr expects float, got 'abc'"),
+    "lr negative": (["--lr", "-0.1"], "--lr must be > 0"),
+    "lr zero": (["--lr=0"], "--lr must be > 0"),
+    "epochs zero": (["--epochs=0"], "--epochs must be >= 1"),
+    "batch size zero": (["--batch_size=0"], "--batch_size must be >= 1"),
+    "subset negative": (["--train_subset=-5"], "--train_subset must be >= 0"),
+    "momentum out of range": (["--momentum=1.5"], "--momentum must be in [0, 1)"),
+    "unknown flag": (["--weight-decay-rate=1"], "unknown flag --weight-decay-rate (did you mean --weight_decay?)"),
+    "unknown model": (["--model=resnet18cifar"], "is not a timm model (did you mean resnet18_cifar?)"),
+    "unknown cam method": (["--data_dir={small}", "--cam_method=gradcamz", "--explain_samples=4"],
+                           "unknown CAM method 'gradcamz'"),
+    "unknown cam layer": (["--data_dir={small}", "--cam_layer=layer9", "--explain_samples=4"], "layer9"),
+    "config missing": (["--config={tmp}/nope.yaml"], "does not exist"),
+    "config invalid yaml": (["--config={bad_yaml}"], "is not valid YAML"),
+    "config unreadable": (["--config={binary_yaml}"], "cannot be read"),
+    "config unknown key": (["--config={unknown_key_yaml}"], "unknown key 'batchsize' (did you mean --batch_size?)"),
+    "data_dir missing": (["--data_dir={tmp}/nowhere"], "--data_dir '{tmp}/nowhere' has no train/ and test/ folders"),
+    "data_dir empty": (["--data_dir={empty}"], "downloading CIFAR-10 into it failed"),
+    "data_dir is a file": (["--data_dir={a_file}"], "is a file, not a folder"),
+    "class folders differ": (["--data_dir={classes_differ}"], "class folders differ (frog)"),
+    "non-image file": (["--data_dir={not_an_image}"], "readme.txt is not an image file"),
+    "unreadable image": (["--data_dir={corrupt_image}"], "cannot read image"),
+    "fewer images than batch": (["--data_dir={small}", "--batch_size=1000"], "fewer than --batch_size 1000"),
+    "truncated cifar batch": (["--data_dir={cifar_truncated}"], "data_batch_2 is not a valid CIFAR-10 batch"),
+    "resume missing": (["--resume={tmp}/gone.pt"], "does not exist"),
+    "resume truncated": (["--resume={truncated_ckpt}"], "is truncated or corrupt"),
+    "resume foreign": (["--resume={foreign_ckpt}"], "is not a cifar-insight checkpoint"),
+    "resume text": (["--resume={text_ckpt}"], "checkpoint"),
+    "resume model mismatch": (["--resume={mismatch_ckpt}"], "does not fit model 'resnet18_cifar'"),
+    "out_dir is a file": (["--data_dir={small}", "--out_dir={a_file}"], "is a file, not a folder"),
+    "out_dir not writable": (["--data_dir={small}", "--out_dir={a_file}/sub"], "is not writable"),
+}
+
+
+def fill(argv: list[str], cases: dict[str, Path], small: Path, tmp: Path) -> list[str]:
+    return [a.format(small=small, tmp=tmp, **cases) for a in argv]
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_one_error_line_and_exit_2(name, cases, small_folder, tmp_path, capsys):
+    argv, message = BAD[name]
+    argv = fill(argv, cases, small_folder, tmp_path)
+    if not any(a.startswith("--resume") for a in argv):  # a resumed run takes its data and schedule from the file
+        has_data = any(a.startswith("--data_dir") for a in argv)
+        argv = [*SMALL, *([] if has_data else [f"--data_dir={small_folder}"]), *argv]
+    if not any(a.startswith("--out_dir") for a in argv):
+        argv.append(f"--out_dir={tmp_path / 'out'}")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.pt") if p.is_file()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message.format(tmp=tmp_path) in lines[0]
+    assert "Traceback" not in err
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before}
+    assert before == after  # nothing clobbered
+    assert not (tmp_path / "nowhere").exists()  # a failed download leaves no folder behind
+
+
+def test_entry_point_wall_in_a_real_process(cases, small_folder, tmp_path):
+    """The same wall through `python train/run.py`: exit status 2 and one line on stderr."""
+    for argv in (["--data_dir", str(cases["classes_differ"])], ["--resume", str(cases["truncated_ckpt"])]):
+        result = run_cli(*argv, "--out_dir", str(tmp_path / "out"), timeout=300)
+        assert result.returncode == 2
+        assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+
+
+def test_crafted_checkpoint_is_refused_and_never_runs(small_folder, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "model": {}, "config": {}, "epoch": 1, "metrics": {}, "classes": [],
+                "payload": Payload(marker)}, evil)
+    assert main(["--resume", str(evil)]) == 2
+    assert "refused by the safe loader" in capsys.readouterr().err
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is real: an unsafe load would have run it
+    assert marker.exists()
+
+
+def test_diverging_run_stops_naming_epoch_and_step_and_keeps_nothing_bad(small_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["--data_dir", str(small_folder), "--epochs=2", "--batch_size=40", "--lr=1e30", "--warmup_epochs=0",
+                 "--explain_samples=0", "--out_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = [x for x in err.splitlines() if x.startswith("error: ")][0]
+    assert "epoch 1: the training loss became NaN or infinite at step" in line and "try a lower --lr" in line
+    assert not (out / "last.pt").exists() and not (out / "summary.json").exists()
+

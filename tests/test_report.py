@@ -1,0 +1,292 @@
+"""explain.report: the logged table shows the test images pixel for pixel, the overlays add only the heat layer, and
+the confusion matrix and its companions are right — all read back from the offline W&B run with ``wandb leet``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import train  # noqa: F401  (registers resnet18_cifar)
+from explain.cam import compute_cams
+from explain.overlay import overlay_cam
+from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
+from tests.conftest import history, wandb_records
+from train.data import load_data
+from train.model import CIFAR10_CLASSES
+from train.tracking import Tracker
+
+CLASSES = list(CIFAR10_CLASSES)  # the JPEG copy's class folders, in label order
+SAMPLES = 16
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading an offline run back
+
+
+@contextmanager
+def isolated_wandb(root: Path) -> Iterator[None]:
+    """The conftest's ``offline_wandb`` for module-scoped fixtures, which run before function-scoped ones."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+            patch.setenv(name, str(root))
+        patch.setenv("NETRC", str(root / "no-netrc"))
+        patch.setenv("WANDB_SILENT", "true")
+        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_RUN_ID", "WANDB_SWEEP_ID"):
+            patch.delenv(name, raising=False)
+        yield
+
+
+def explain_row(records: list[dict]) -> dict:
+    """The one history row holding the explain keys."""
+    rows = [row for row in history(records) if any(key.startswith("explain/") for key in row)]
+    assert len(rows) == 1, f"expected one explain row, got {len(rows)}"
+    return rows[0]
+
+
+def logged_table(records: list[dict], key: str) -> tuple[dict, dict[str, Path]]:
+    """Table ``key`` as W&B stores it for upload, and the files its cells reference (e.g. ``media/images/x.png``).
+
+    wandb 0.31 logs a Table as a ``run_table`` artifact: the run folder's ``files/media/table/...table.json`` names
+    cells only by type ("Image"), while the artifact's manifest lists the full table JSON and each image file,
+    staged under ``WANDB_DATA_DIR`` until ``wandb sync`` uploads them.
+    """
+    row = explain_row(records)
+    assert row[f"{key}._type"] == "table-file"
+    name = f"{key}.table.json"
+    manifests = [r["artifact"]["manifest"]["contents"] for r in records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "run_table"]
+    contents = next(c for c in manifests if any(entry["path"] == name for entry in c))
+    files = {entry["path"]: Path(entry["local_path"]) for entry in contents}
+    table = json.loads(files[name].read_text())
+    assert table["nrows"] == row[f"{key}.nrows"] == len(table["data"])
+    return table, files
+
+
+def image_cell(cell: dict, files: dict[str, Path]) -> np.ndarray:
+    """Decode an image cell of a logged table (checking it is stored as PNG)."""
+    assert cell["_type"] == "image-file" and cell["format"] == "png" and cell["path"].endswith(".png")
+    return np.asarray(Image.open(files[cell["path"]]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# find_mistakes, confusion_matrix, check_cam_settings
+
+
+def test_find_mistakes_most_confident_first():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05]])
+    labels = torch.tensor([0, 0, 1, 1, 1])  # mistakes: 1 (conf 0.8), 2 (0.6), 4 (0.95)
+    assert find_mistakes(probs, labels, 10).tolist() == [4, 1, 2]
+    assert find_mistakes(probs, labels, 2).tolist() == [4, 1]
+    assert find_mistakes(probs, labels, 0).tolist() == []
+    assert find_mistakes(probs, torch.tensor([0, 1, 0, 1, 0]), 5).tolist() == []  # no mistakes
+
+
+def test_find_mistakes_keeps_input_order_among_equal_confidences():
+    probs = torch.tensor([[0.2, 0.5, 0.3]]).repeat(6, 1)
+    assert find_mistakes(probs, torch.zeros(6, dtype=torch.long), 4).tolist() == [0, 1, 2, 3]
+
+
+def test_find_mistakes_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        find_mistakes(torch.rand(3, 2), torch.zeros(3, dtype=torch.long), -1)
+    with pytest.raises(ValueError, match="probs must be"):
+        find_mistakes(torch.rand(3, 2), torch.zeros(4, dtype=torch.long), 1)
+
+
+def test_confusion_matrix_counts_true_pred_pairs():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 0, 2, 0])
+    assert confusion_matrix(labels, preds, 3).tolist() == [[1, 1, 0], [0, 1, 0], [2, 0, 1]]
+
+
+def test_check_cam_settings_fails_fast_on_bad_names():
+    model = timm.create_model("resnet18_cifar", num_classes=10)
+    assert check_cam_settings(model, "gradcam", "layer3, layer4") == ["layer3", "layer4"]
+    with pytest.raises(ValueError, match="unknown CAM method 'gradcamm'"):
+        check_cam_settings(model, "gradcamm", "layer4")
+    with pytest.raises(ValueError, match=r"unknown layer \['layer5'\]"):
+        check_cam_settings(model, "gradcam", "layer4,layer5")
+    with pytest.raises(ValueError, match="not a \\[N, C, h, w\\] feature map"):
+        check_cam_settings(model, "gradcam", "fc")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real explain run on real test images, tracked offline
+
+
+@pytest.fixture(scope="module")
+def data(cifar_jpeg, tmp_path_factory) -> Path:
+    """A 10-class image folder of real CIFAR-10 JPEGs: 2 train and 20 test images per class."""
+    root = tmp_path_factory.mktemp("report-data")
+    for split, count in (("train", 2), ("test", 20)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def explained(data, tmp_path_factory):
+    """explain_model on 100 of the 200 test images (every other one) with a seeded random-init ResNet-18."""
+    _, test = load_data(data)
+    indices = torch.arange(1, len(test), 2)
+    subset = test.subset(indices)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18_cifar", num_classes=10).eval()
+    out_dir = tmp_path_factory.mktemp("report-out")
+    with isolated_wandb(tmp_path_factory.mktemp("wandb")):
+        tracker = Tracker({"explain_samples": SAMPLES}, mode="offline", project="test", job_type="explain")
+        result = explain_model(model, subset, out_dir=out_dir, tracker=tracker, samples=SAMPLES, indices=indices,
+                               epoch=3)
+        run_dir = tracker.dir
+        tracker.finish()
+    with torch.no_grad():
+        probs = model(subset.images.float() / 255).softmax(1)
+    return {"result": result, "records": wandb_records(run_dir), "run_dir": Path(run_dir), "test": test,
+            "subset": subset, "indices": indices, "model": model, "probs": probs, "out_dir": out_dir}
+
+
+def test_result_counts_and_accuracy(explained):
+    result, subset, probs = explained["result"], explained["subset"], explained["probs"]
+    wrong = probs.argmax(1) != subset.labels
+    assert result["images"] == 100 and result["mistakes"] == int(wrong.sum())
+    assert result["explained"] == min(SAMPLES, result["mistakes"]) > 0
+    assert result["acc"] == pytest.approx(1 - wrong.float().mean().item())
+
+
+def test_table_has_the_columns_and_the_most_confident_mistakes_first(explained):
+    records, probs, subset = explained["records"], explained["probs"], explained["subset"]
+    indices = explained["indices"]
+    table, _ = logged_table(records, "explain/misclassified")
+    assert table["columns"] == list(COLUMNS)
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert len(rows) == explained["result"]["explained"]
+
+    # the same mistakes, recomputed independently of explain.report
+    confidence, preds = probs.max(1)
+    wrong = torch.nonzero(preds != subset.labels).flatten()
+    expected = wrong[torch.argsort(confidence[wrong], descending=True, stable=True)][:SAMPLES]
+    assert [row["index"] for row in rows] == indices[expected].tolist()
+    confidences = [row["confidence"] for row in rows]
+    assert confidences == sorted(confidences, reverse=True)
+    for row, position in zip(rows, expected.tolist(), strict=True):
+        assert row["true"] == CLASSES[subset.labels[position]] != row["pred"] == CLASSES[preds[position]]
+        assert row["confidence"] == pytest.approx(confidence[position].item(), abs=1e-5)
+        assert row["p_true"] == pytest.approx(probs[position, subset.labels[position]].item(), abs=1e-5)
+        top = re.fullmatch(r"(\w+) (\d\.\d\d), (\w+) (\d\.\d\d), (\w+) (\d\.\d\d)", row["top3"])
+        assert top, row["top3"]
+        assert top[1] == row["pred"] and {top[1], top[3], top[5]} <= set(CLASSES)
+        assert float(top[2]) == pytest.approx(row["confidence"], abs=0.006)
+        assert float(top[2]) >= float(top[4]) >= float(top[6])
+
+
+def test_image_cells_are_the_test_images_pixel_for_pixel(explained):
+    table, files = logged_table(explained["records"], "explain/misclassified")
+    test = explained["test"]
+    for row in table["data"]:
+        cell = dict(zip(table["columns"], row, strict=True))
+        pixels = image_cell(cell["image"], files)
+        assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+        # `index` is the position in the full test set (the subset's images are every other one)
+        np.testing.assert_array_equal(pixels, test.images[cell["index"]].permute(1, 2, 0).numpy())
+        assert CLASSES[test.labels[cell["index"]]] == cell["true"]
+
+
+def test_gradcam_cells_differ_from_the_image_only_by_the_heat_layer(explained):
+    table, files = logged_table(explained["records"], "explain/misclassified")
+    test, model = explained["test"], explained["model"]
+    jet = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255)  # the 256 colours of the heat layer
+    differs = 0
+    for row in table["data"]:
+        cell = dict(zip(table["columns"], row, strict=True))
+        image = test.images[cell["index"]]
+        upscaled = image.permute(1, 2, 0).numpy().repeat(SCALE, 0).repeat(SCALE, 1).astype(np.float64)
+        overlays = {}
+        for column, name in (("gradcam_pred", cell["pred"]), ("gradcam_true", cell["true"])):
+            overlay = image_cell(cell[column], files)
+            assert overlay.dtype == np.uint8 and overlay.shape == (32 * SCALE, 32 * SCALE, 3)
+            # nearest-neighbour upscaling: SCALE×SCALE blocks of one colour
+            np.testing.assert_array_equal(overlay, overlay[::SCALE, ::SCALE].repeat(SCALE, 0).repeat(SCALE, 1))
+            # undo the blend: what is left of every pixel is one of the colormap's colours (up to rounding)
+            heat = (overlay - 0.5 * upscaled)[::SCALE, ::SCALE] / 0.5
+            distance = np.abs(heat.reshape(-1, 1, 3) - jet[None]).max(-1).min(-1)
+            assert distance.max() <= 1.01, column
+            # and it is the overlay of this class's CAM, recomputed here one image at a time (float noise of a
+            # different batch size may move a rare pixel to the neighbouring colormap entry)
+            cam = compute_cams(model, image[None], CLASSES.index(name))
+            expected = overlay_cam(image[None], cam, alpha=0.5, colormap="jet", scale=SCALE)[0]
+            error = np.abs(overlay.astype(int) - expected.astype(int))
+            assert error.max() <= 4 and (error > 0).mean() < 0.01, column
+            overlays[column] = overlay
+        differs += not np.array_equal(overlays["gradcam_pred"], overlays["gradcam_true"])
+    assert differs == len(table["data"])  # the maps are class-specific
+
+
+def test_confusion_matrix_and_its_companions_are_logged(explained):
+    records, probs, subset = explained["records"], explained["probs"], explained["subset"]
+    preds, labels = probs.argmax(1), subset.labels
+    counts = np.zeros((10, 10), dtype=int)
+    for t, p in zip(labels.tolist(), preds.tolist(), strict=True):
+        counts[t, p] += 1
+    row = explain_row(records)
+    assert row["epoch"] == 3
+
+    # wandb.plot.confusion_matrix: a custom chart whose data W&B stores as `<key>_table`
+    charts = [r["config"]["update"] for r in records if r["type"] == "config"]
+    chart = next(c["_wandb.visualize.explain/confusion_matrix"] for c in charts
+                 if "_wandb.visualize.explain/confusion_matrix" in c)
+    assert chart["panel_config"]["panelDefId"] == "wandb/confusion_matrix/v1"
+    matrix, _ = logged_table(records, "explain/confusion_matrix_table")
+    assert matrix["columns"] == ["Actual", "Predicted", "nPredictions"]
+    logged = {(a, p): n for a, p, n in matrix["data"]}
+    assert all(logged.get((CLASSES[t], CLASSES[p]), 0) == counts[t, p] for t in range(10) for p in range(10))
+
+    image = explained["run_dir"] / "files" / row["explain/confusion_matrix_image.path"]
+    assert row["explain/confusion_matrix_image.format"] == "png" and Image.open(image).size[0] > 400
+
+    per_class, _ = logged_table(records, "explain/per_class_acc")
+    assert per_class["columns"] == ["class", "acc", "n"]
+    assert [r[0] for r in per_class["data"]] == CLASSES and [r[2] for r in per_class["data"]] == [10] * 10
+    assert [r[1] for r in per_class["data"]] == pytest.approx((counts.diagonal() / 10).tolist())
+
+    confused, _ = logged_table(records, "explain/most_confused")
+    assert confused["columns"] == ["true", "pred", "count"] and 0 < len(confused["data"]) <= 10
+    assert [r[2] for r in confused["data"]] == sorted((r[2] for r in confused["data"]), reverse=True)
+    off_diagonal = counts - np.diag(counts.diagonal())
+    assert confused["data"][0][2] == off_diagonal.max()
+    assert all(t != p and counts[CLASSES.index(t), CLASSES.index(p)] == n for t, p, n in confused["data"])
+
+
+def test_pictures_are_written(explained):
+    result, out_dir = explained["result"], explained["out_dir"]
+    for name in ("misclassified.png", "gradcam.png", "confusion_matrix.png"):
+        path = out_dir / name
+        assert result[name.replace(".", "_")] == str(path)
+        with Image.open(path) as picture:
+            assert picture.format == "PNG" and min(picture.size) > 300
+    with Image.open(out_dir / "gradcam.png") as picture:  # a line per mistake: image | CAM pred | CAM true
+        assert picture.size[1] > SAMPLES * 32 * SCALE
+
+
+def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):
+    _, test = load_data(data)
+    model = timm.create_model("resnet18_cifar", num_classes=10)
+    result = explain_model(model, test.subset(torch.arange(0, 200, 10)), out_dir=tmp_path / "out", tracker=None,
+                           samples=0, cam_layer="layer3,layer4")
+    assert result["explained"] == 0 and result["images"] == 20
+    assert sorted(os.listdir(tmp_path / "out")) == ["confusion_matrix.png", "gradcam.png", "misclassified.png"]
+    with pytest.raises(ValueError, match="samples must be >= 0"):
+        explain_model(model, test, out_dir=tmp_path, samples=-1)
