@@ -45,6 +45,9 @@ def test_run_exits_0_and_learns(real_run):
     assert 0.15 < summary["test_acc"] <= 1 and summary["test_acc"] <= summary["best_test_acc"] <= 1  # chance: 0.10
     assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
     assert "epoch 1/2" in result.stdout and "epoch 2/2" in result.stdout  # one plain line per epoch off a terminal
+    for picture in ("misclassified.png", "gradcam.png", "confusion_matrix.png"):
+        assert (out / picture).stat().st_size > 10_000, picture
+    assert summary["explain"]["explained"] == 16
 
 
 def test_checkpoints_load_safely_and_rebuild_the_model(real_run):
@@ -69,6 +72,12 @@ def test_wandb_run_has_every_epoch_key_once_per_epoch(real_run):
     assert [row["epoch"] for row in rows] == [1, 2]
     for key in EPOCH_KEYS[1:]:
         assert sum(key in row for row in all_rows) == 2, key
+    assert len(all_rows) == 2 and [row["_step"] for row in all_rows] == [1, 2]  # W&B step = epoch, one row each
+    for key in ("explain/misclassified", "explain/confusion_matrix_table", "explain/confusion_matrix_image",
+                "explain/per_class_acc", "explain/most_confused"):
+        assert f"{key}._type" in all_rows[-1], key  # the explain step joins the last epoch's row (keys flattened)
+    assert all_rows[-1]["explain/misclassified._type"] == "table-file"
+    assert all_rows[-1]["explain/misclassified.nrows"] == 16
     for row in rows:
         assert 0 <= row["train/acc"] <= 1 and 0 <= row["val/acc"] <= 1
     assert rows[-1]["val/acc"] == pytest.approx(summary["test_acc"])
