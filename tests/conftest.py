@@ -16,17 +16,20 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = Path(os.environ.get("CIFAR_JPEG_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
 
 
-@pytest.fixture(autouse=True)
-def offline_wandb(tmp_path_factory, monkeypatch):
-    """Every test gets its own W&B folders and no credentials, so runs are offline and never prompt."""
+@pytest.fixture(scope="session", autouse=True)
+def offline_wandb(tmp_path_factory):
+    """All tests (module and session fixtures too) get private W&B folders and no credentials: runs are offline
+    and never prompt. Session-wide because module-scoped fixtures start runs before any function fixture."""
     root = tmp_path_factory.mktemp("wandb")
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(name, str(root))
-    monkeypatch.setenv("NETRC", str(root / "no-netrc"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_RUN_ID", "WANDB_SWEEP_ID"):
-        monkeypatch.delenv(name, raising=False)
-    return root
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+            patch.setenv(name, str(root))
+        patch.setenv("NETRC", str(root / "no-netrc"))
+        patch.setenv("WANDB_SILENT", "true")
+        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_RUN_ID", "WANDB_SWEEP_ID",
+                     "WANDB_BASE_URL", "WANDB_RUN_GROUP"):
+            patch.delenv(name, raising=False)
+        yield root
 
 
 @pytest.fixture(scope="session")

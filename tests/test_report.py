@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -33,19 +31,6 @@ SAMPLES = 16
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading an offline run back
-
-
-@contextmanager
-def isolated_wandb(root: Path) -> Iterator[None]:
-    """The conftest's ``offline_wandb`` for module-scoped fixtures, which run before function-scoped ones."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-            patch.setenv(name, str(root))
-        patch.setenv("NETRC", str(root / "no-netrc"))
-        patch.setenv("WANDB_SILENT", "true")
-        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_RUN_ID", "WANDB_SWEEP_ID"):
-            patch.delenv(name, raising=False)
-        yield
 
 
 def explain_row(records: list[dict]) -> dict:
@@ -147,12 +132,10 @@ def explained(data, tmp_path_factory):
     torch.manual_seed(0)
     model = timm.create_model("resnet18_cifar", num_classes=10).eval()
     out_dir = tmp_path_factory.mktemp("report-out")
-    with isolated_wandb(tmp_path_factory.mktemp("wandb")):
-        tracker = Tracker({"explain_samples": SAMPLES}, mode="offline", project="test", job_type="explain")
-        result = explain_model(model, subset, out_dir=out_dir, tracker=tracker, samples=SAMPLES, indices=indices,
-                               epoch=3)
-        run_dir = tracker.dir
-        tracker.finish()
+    tracker = Tracker({"explain_samples": SAMPLES}, mode="offline", project="test", job_type="explain")
+    result = explain_model(model, subset, out_dir=out_dir, tracker=tracker, samples=SAMPLES, indices=indices, epoch=3)
+    run_dir = tracker.dir
+    tracker.finish()
     with torch.no_grad():
         probs = model(subset.images.float() / 255).softmax(1)
     return {"result": result, "records": wandb_records(run_dir), "run_dir": Path(run_dir), "test": test,

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +38,37 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+@contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends (main thread only), then deliver them.
+
+    ``torch.save``'s zip writer turns an exception raised inside it by a signal handler into a RuntimeError, so a
+    stop that lands mid-save would crash instead of stopping cleanly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in pending:
+            signal.raise_signal(sig)
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
 
-    A crash while saving leaves the previous file at ``path`` intact.
+    A crash while saving leaves the previous file at ``path`` intact; SIGINT/SIGTERM wait until the save is done.
     """
     path = Path(path)
     state = {"format": FORMAT, **state}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+    with _stops_deferred(), tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                                        delete=False) as tmp:
         try:
             torch.save(state, tmp)
             tmp.flush()
@@ -50,7 +77,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             tmp.close()
             os.unlink(tmp.name)
             raise
-    os.replace(tmp.name, path)
+        os.replace(tmp.name, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

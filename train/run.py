@@ -168,6 +168,12 @@ def fit(config: Config, given: set[str]) -> dict:
     # ---- tracking ----------------------------------------------------------------------------------------------
     tracker = Tracker(config.to_dict(), mode=config.wandb_mode, project=config.wandb_project,
                       entity=config.wandb_entity, name=config.run_name, run_id=run_id)
+    handed = tracker.sweep_values(config.to_dict())
+    if handed:  # under a W&B agent, wandb.config must be what trains; with ${args} in the command it always is
+        tracker.finish(exit_code=2)
+        key, value = next(iter(handed.items()))
+        raise ConfigError(f"the W&B sweep hands this run {key}={value!r} but the command line says "
+                          f"{getattr(config, key)!r}; put ${{args}} in the sweep's command")
     print(f"{config.model}: {params:,} parameters on {device} ({'bf16' if amp else 'fp32'}); "
           f"{len(train_set):,} train / {len(test_set):,} test images, {len(train_set.classes)} classes; "
           f"out_dir {out_dir}", flush=True)
@@ -220,9 +226,16 @@ def fit(config: Config, given: set[str]) -> dict:
     # ---- explain the final model's mistakes: W&B table + plots, PNGs in out_dir ----------------------------------
     explained = {}
     if config.explain_samples:
-        explained = explain_model(model, test_set, out_dir=out_dir, tracker=tracker, samples=config.explain_samples,
-                                  cam_method=config.cam_method, cam_layer=config.cam_layer, device=device, amp=amp,
-                                  batch_size=config.eval_batch_size, indices=test_indices, epoch=progress["epoch"])
+        try:
+            explained = explain_model(model, test_set, out_dir=out_dir, tracker=tracker,
+                                      samples=config.explain_samples, cam_method=config.cam_method,
+                                      cam_layer=config.cam_layer, device=device, amp=amp,
+                                      batch_size=config.eval_batch_size, indices=test_indices, epoch=progress["epoch"])
+        except (Stopped, KeyboardInterrupt) as exc:
+            name = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
+            tracker.finish(exit_code=128 + signal.Signals[name].value)
+            raise Stopped(f"{name} during the explain step: all {progress['epoch']} epochs are saved; explain them "
+                          f"with python explain/run.py --checkpoint {out_dir / 'best.pt'}", name) from None
 
     # ---- summary and the model artifact ------------------------------------------------------------------------
     summary = {

@@ -99,6 +99,17 @@ class Tracker:
         """The local run folder (``.../wandb/offline-run-...``), which ``wandb sync`` uploads."""
         return str(Path(self.run.dir).parent) if self.run else None
 
+    def sweep_values(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Under a W&B sweep agent: the keys whose value in ``wandb.config`` differs from ``config`` (else empty).
+
+        The agent hands a run its parameters both as command-line flags (``${args}``) and through ``wandb.config``;
+        a sweep whose ``command`` drops ``${args}`` would otherwise train with other values than W&B records.
+        """
+        if self.run is None or not os.environ.get("WANDB_SWEEP_ID"):
+            return {}
+        handed = dict(self.run.config)
+        return {k: handed[k] for k in config if k in handed and handed[k] != config[k]}
+
     def _guard(self, what: str, fn, *args, **kwargs) -> None:
         if self.run is None:
             return

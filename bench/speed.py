@@ -1,0 +1,149 @@
+"""Training throughput: our device-resident loader + step vs a standard torchvision DataLoader pipeline.
+
+Both train the same model (``resnet18_cifar``) on the same images in one process on one device, side by side:
+
+* **ours** — :class:`train.data.DeviceLoader` (uint8 on the device, batched crop/flip there) and
+  :func:`train.engine.train_one_epoch` with bf16 autocast and channels-last on CUDA (fp32 on the CPU);
+* **baseline** — ``torchvision.datasets.ImageFolder`` + PIL ``RandomCrop(32, 4)``, ``RandomHorizontalFlip``,
+  ``ToTensor`` in a ``DataLoader`` with worker processes, fp32, the way most CIFAR tutorials train.
+
+Prints images/s of both, the ratio, and the model FLOPs utilization when the device's peak is known; writes JSON.
+Imports only the data, model and engine modules (no wandb, no torchcam), so it runs on a stock PyTorch image.
+
+    python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 2048         # this 2-core CPU
+    python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 50000 --epochs 3 # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/speed.py`: import the repo's packages
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import train  # noqa: F401  (registers resnet18_cifar)
+from train.data import DeviceLoader, balanced_subset, load_data
+from train.engine import amp_dtype, resolve_device, train_one_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+
+
+def jpeg_root(data_dir: str | None) -> Path:
+    """The JPEG CIFAR-10 folder: the given one, or the shared archive unpacked once into .bench-data/."""
+    if data_dir:
+        return Path(data_dir)
+    root = REPO / ".bench-data"
+    if not (root / "cifar10-jpeg").is_dir():
+        root.mkdir(exist_ok=True)
+        with tarfile.open(ARCHIVE) as tar:
+            tar.extractall(root, filter="data")
+    return root / "cifar10-jpeg"
+
+
+def flops_per_image(model: nn.Module, device: torch.device) -> float:
+    """Forward + backward FLOPs of one image, counted by PyTorch's FlopCounterMode on a batch of 8."""
+    x = torch.rand(8, 3, 32, 32, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 8
+
+
+def bench_ours(model, dataset, args, device) -> dict:
+    loader = DeviceLoader(dataset, args.batch_size, device, train=True, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    amp, channels_last = amp_dtype("auto", device), device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    runs = [train_one_epoch(model, loader, optimizer, None, nn.CrossEntropyLoss(), device=device, amp=amp,
+                            channels_last=channels_last) for _ in range(args.epochs + 1)]
+    timed = runs[1:]  # the first epoch warms up kernels and allocators
+    return {"images_per_second": sum(r["images"] for r in timed) / sum(r["seconds"] for r in timed),
+            "precision": "bf16" if amp else "fp32", "channels_last": channels_last}
+
+
+def bench_baseline(model, root: Path, indices: torch.Tensor, args, device) -> dict:
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor()])
+    folder = torch.utils.data.Subset(datasets.ImageFolder(str(root / "train"), transform=transform), indices.tolist())
+    loader = torch.utils.data.DataLoader(folder, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=args.workers > 0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    seconds, images = 0.0, 0
+    for epoch in range(args.epochs + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        count = 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            count += len(y)
+        loss.item()  # one sync at the end, as ours does
+        if epoch:  # the first epoch warms up workers and kernels
+            seconds += time.perf_counter() - start
+            images += count
+    return {"images_per_second": images / seconds, "precision": "fp32", "workers": args.workers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_dir", help="JPEG CIFAR-10 folder (default: unpack ../shared/data's archive)")
+    parser.add_argument("--images", type=int, default=50000, help="training images per epoch (class-balanced)")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs after one warm-up epoch")
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the baseline")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "speed.json"))
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    root = jpeg_root(args.data_dir)
+    train_set, _ = load_data(root)
+    indices = balanced_subset(train_set.labels, args.images, seed=0)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18_cifar", num_classes=10).to(device)
+    flops = flops_per_image(model, device)
+    ours = bench_ours(model, train_set.subset(indices), args, device)
+    baseline = bench_baseline(model, root, indices, args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    result = {
+        "device": name, "torch": torch.__version__, "images": len(indices), "timed_epochs": args.epochs,
+        "batch_size": args.batch_size, "ours": ours, "baseline": baseline,
+        "ratio": ours["images_per_second"] / baseline["images_per_second"],
+        "train_flops_per_image": flops,
+        "mfu": ours["images_per_second"] * flops / (peak * 1e12) if peak else None,
+        "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"device {name}: ours {ours['images_per_second']:.1f} img/s ({ours['precision']}), baseline "
+          f"{baseline['images_per_second']:.1f} img/s (fp32, DataLoader x{args.workers} workers): "
+          f"ratio {result['ratio']:.2f}x; {flops / 1e9:.2f} GFLOP per training image"
+          + (f"; MFU {result['mfu']:.1%}" if peak else "; MFU n/a (unknown peak)"))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""sweeps/lr.yaml and sweeps/local.py: a spec W&B's engine accepts, the argv a W&B agent builds from it, and local
+sweeps run for real on the JPEG CIFAR-10 copy (proposals, leaderboard, hyperband), read back from their offline runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sweeps
+import torch
+import yaml
+from wandb.sdk.launch.sweeps import utils as agent_utils
+from wandb.sdk.lib import config_util
+
+from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
+from train.config import Config, parse_args
+
+LR_YAML = REPO / "sweeps" / "lr.yaml"
+FLAGS = {f.name for f in Config.__dataclass_fields__.values()}
+
+
+def _load_local():
+    """sweeps/local.py is a script (sweeps/ must not become a package that shadows the engine): load it by path."""
+    spec = importlib.util.spec_from_file_location("sweeps_local", REPO / "sweeps" / "local.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+local = _load_local()
+
+
+def lr_spec() -> dict:
+    return yaml.safe_load(LR_YAML.read_text())
+
+
+def tiny(data: Path, train: int | None = 20, test: int = 20, epochs: int = 2) -> list[str]:
+    """Flags for trials of a few seconds on two CPU cores (``train=None``: the sweep sets the subset)."""
+    subset = [f"--train_subset={train}"] if train else []
+    return [f"--data_dir={data}", *subset, f"--test_subset={test}", f"--epochs={epochs}", "--batch_size=20",
+            "--explain_samples=0"]
+
+
+# ---- the engine and the spec -------------------------------------------------------------------------------------
+
+def test_import_sweeps_is_the_engine_not_the_repo_folder():
+    assert not (REPO / "sweeps" / "__init__.py").exists()
+    assert hasattr(sweeps, "next_run") and REPO not in Path(sweeps.__file__).resolve().parents
+    for first in ([str(REPO)], [str(REPO / "sweeps")]):  # pytest's rootdir, `python sweeps/local.py`
+        code = f"import sys; sys.path[:0] = {first!r}; import sweeps; print(sweeps.__file__)"
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True,
+                             check=True)
+        assert REPO not in Path(out.stdout.strip()).resolve().parents
+    assert local.sweeps is sweeps
+
+
+def test_lr_yaml_is_a_valid_w_and_b_sweep():
+    spec = lr_spec()
+    assert sweeps.schema_violations_from_proposed_config(spec) == []
+    assert spec["program"] == "train/run.py"
+    assert spec["command"] == ["${env}", "${interpreter}", "${program}", "${args}"]
+    assert spec["metric"] == {"name": "val/acc", "goal": "maximize"}
+    assert spec["method"] == "bayes"
+    assert spec["parameters"]["lr"]["distribution"] == "log_uniform_values"
+    assert spec["early_terminate"]["type"] == "hyperband"
+    assert len(spec["parameters"]) >= 2
+    assert set(spec["parameters"]) <= FLAGS  # every parameter is a train/run.py flag
+    assert set(sweeps.SweepConfig(spec)["parameters"]) == set(spec["parameters"])  # nothing nested, nothing dropped
+    local.check_spec(spec, str(LR_YAML))
+
+
+def test_engine_pitfalls_are_real():
+    """What sweeps/local.py works around, shown on the engine itself (if one goes away, so can the workaround)."""
+    nested = {"method": "random", "parameters": {"lr": {"values": [0.1]}, "opt": {"parameters": {"m": {"value": 1}}}}}
+    assert sweeps.schema_violations_from_proposed_config(nested) == []
+    assert "opt" not in sweeps.next_run(nested, [], validate=True).config  # validation drops nested parameters
+    proposal = sweeps.next_run(lr_spec(), [])
+    assert isinstance(proposal.config["lr"]["value"], np.floating)  # numpy scalars, not plain floats
+    grid = {"method": "grid", "parameters": {"lr": {"values": [0.1, 0.2]}}}
+    def done(value) -> sweeps.SweepRun:
+        return sweeps.SweepRun(name=str(value), state="finished", config={"lr": {"value": value}})
+
+    assert sweeps.next_run(grid, [done(np.float64(0.1))]).config["lr"]["value"] == 0.1  # ...which a grid repeats
+    assert sweeps.next_run(grid, [done(0.1), done(0.2)]) is None  # a grid's end
+    assert sweeps.SweepConfig({**grid, "early_terminate": {"type": "hyperband", "min_iter": 1}}
+                              )["early_terminate"]["strict"] is True  # W&B's default: compare the value at the band
+
+
+@pytest.mark.parametrize("method", ["bayes", "random"])
+def test_agent_argv_of_proposals_parses_to_the_proposed_values(method):
+    spec = lr_spec() | {"method": method}
+    spec["parameters"] |= {"tta": {"values": [True, False]}, "cutout": {"distribution": "int_uniform", "min": 0,
+                                                                         "max": 8}}
+    for seed in range(4):
+        np.random.seed(seed)
+        proposal = sweeps.next_run(spec, [])
+        args = agent_utils.create_sweep_command_args({"args": proposal.config})["args"]  # an agent's ${args}
+        config, given = parse_args(args)
+        assert given == set(spec["parameters"])
+        for name, entry in proposal.config.items():
+            assert getattr(config, name) == pytest.approx(entry["value"]), name
+    assert parse_args(["--tta=False"])[0].tta is False
+
+
+def test_local_proposals_are_plain_reproducible_and_in_the_agents_form():
+    spec = local.check_spec(lr_spec(), "lr.yaml")
+    first = local.propose(spec, [], seed=7, index=1)
+    assert first == local.propose(spec, [], seed=7, index=1) != local.propose(spec, [], seed=7, index=2)
+    assert {type(v) for v in first.values()} == {float}
+    argv = local.trial_argv(spec, "train/run.py", first, ["--epochs=2"])
+    assert argv[:3] == ["/usr/bin/env", sys.executable, "train/run.py"]
+    assert argv[3:] == [f"--{k}={v}" for k, v in first.items()] + ["--epochs=2"]
+    config, _ = parse_args(argv[3:])
+    assert all(getattr(config, k) == v for k, v in first.items())
+    pinned_spec, overrides = lr_spec(), {"lr": "0.1", "epochs": "2"}
+    assert local.pin_parameters(pinned_spec, overrides) == ["lr"] and overrides == {"epochs": "2"}
+    assert local.propose(local.check_spec(pinned_spec, "lr.yaml"), [], seed=None, index=1)["lr"] == 0.1
+    grid = local.check_spec({"method": "grid", "metric": {"name": "val/acc"}, "parameters": {"lr": {"values": [0.1]}}},
+                            "grid.yaml")
+    done = local.Trial(name="g-001", index=1, config={"lr": 0.1}, state="finished")
+    assert local.propose(grid, [done.sweep_run("val/acc")], seed=None, index=2) is None  # exhausted
+
+
+# ---- bad input: one line, exit status 2 ------------------------------------------------------------------------
+
+def _write(tmp_path: Path, spec: dict | str) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec))
+    return str(path)
+
+
+def _lr_with(**changes) -> dict:
+    spec = lr_spec()
+    for key, value in changes.items():
+        if key == "parameters":
+            spec["parameters"] |= value
+        else:
+            spec[key] = value
+    return spec
+
+
+@pytest.mark.parametrize("spec, extra, message", [
+    (None, [], "does not exist"),
+    ("method: [bayes\n", [], "is not valid YAML at line 2"),
+    ("- a list\n", [], "must be a YAML mapping"),
+    (_lr_with(method="bayesian"), [], "is not a valid W&B sweep spec"),
+    (_lr_with(parameters={"lr": {"min": 1.0, "max": 0.1}}), [], "min 1.0 is not less than max 0.1"),
+    (_lr_with(parameters={"lrr": {"values": [1]}}), [], "'lrr' is not a train/run.py flag (did you mean --lr?)"),
+    (_lr_with(parameters={"batch-size": {"values": [64]}}), [], "did you mean --batch_size?"),
+    (_lr_with(parameters={"optim": {"parameters": {"lr": {"value": 1}}}}), [], "'optim' is nested"),
+    (_lr_with(parameters={"out_dir": {"value": "x"}}), [], "cannot be swept"),
+    (_lr_with(metric={"name": "val_acc", "goal": "maximize"}), [], "did you mean val/acc?"),
+    (_lr_with(command=["${env}", "${interpreter}", "${program}"]), [], "${args}"),
+    (_lr_with(program="nowhere/run.py"), [], "does not exist"),
+    (_lr_with(method="grid"), [], "disallowed type with grid search"),
+    (_lr_with(parameters={"epochs": {"min": 1.5, "max": 4.5}}), [], "--epochs expects int"),
+    (_lr_with(), ["--count", "0"], "--count must be >= 1"),
+    (_lr_with(), [], "--count N is needed"),
+    (_lr_with(), ["--count=1", "--epoch=2"], "unknown flag --epoch (did you mean --epochs?)"),
+    (_lr_with(), ["--count=1", "--epochs=two"], "--epochs expects int"),
+    (_lr_with(), ["--count=1", "--run_name=x"], "set for each trial"),
+    (_lr_with(), ["--count=1", "--wandb_mode=disabled"], "invalid choice"),
+])
+def test_bad_input_is_one_error_line(tmp_path, capsys, spec, extra, message):
+    path = str(tmp_path / "missing.yaml") if spec is None else _write(tmp_path, spec)
+    assert local.main([path, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    result = run_cli(_write(tmp_path, _lr_with(parameters={"lrr": {"values": [1]}})), "--count=1",
+                     script="sweeps/local.py", timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_an_out_dir_holding_another_sweep_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"spec_config": {"method": "grid"}, "overrides": {}}))
+    assert local.main([str(LR_YAML), "--count=1", f"--out_dir={out}"]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
+
+
+# ---- real runs -------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_run_started_with_the_agents_argv_trains_with_the_sweep_values(cifar_jpeg, tmp_path):
+    """The argv and environment `wandb agent` gives a run, built with the agent's own helpers, end to end."""
+    spec = lr_spec()
+    values = {"lr": 0.0123, "weight_decay": 0.0001, "label_smoothing": 0.05, "tta": False}
+    command = {"args": {k: {"value": v} for k, v in values.items()}}
+    macros = agent_utils.create_sweep_command_args(command) | {
+        "env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [spec["program"]]}
+    argv = [part for chunk in agent_utils.create_sweep_command(spec["command"]) for part in macros[chunk[2:-1]]]
+    assert argv[3:] == ["--lr=0.0123", "--weight_decay=0.0001", "--label_smoothing=0.05", "--tta=False"]
+    param_file = tmp_path / "config-agent123.yaml"
+    config_util.save_config_file_from_dict(str(param_file), command["args"])  # what the agent writes for wandb.init
+    out = tmp_path / "out"
+    env = os.environ | {"WANDB_SWEEP_ID": "swp12345", "WANDB_RUN_ID": "agent123",
+                        "WANDB_SWEEP_PARAM_PATH": str(param_file)}
+    result = subprocess.run([*argv, *tiny(cifar_jpeg, epochs=1), f"--out_dir={out}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    run = wandb_summary(summary["wandb_run_dir"])
+    assert run["run_id"] == "agent123" and run["state"] == "finished"
+    trained = torch.load(out / "last.pt", weights_only=True)["config"]  # what training used
+    for name, value in values.items():
+        assert run["config"][name] == value and trained[name] == value, name
+
+    # a sweep command without ${args}: W&B would record other values than those that train, so the run refuses
+    mismatched = subprocess.run([*argv[:3], "--lr=0.5", *tiny(cifar_jpeg, epochs=1), f"--out_dir={tmp_path / 'x'}"],
+                                cwd=REPO, env=env | {"WANDB_RUN_ID": "agent124"}, capture_output=True, text=True,
+                                timeout=600)
+    assert mismatched.returncode == 2
+    assert "error: the W&B sweep hands this run lr=0.0123 but the command line says 0.5" in mismatched.stderr
+
+
+@pytest.mark.slow
+def test_local_sweep_of_three_trials(cifar_jpeg, tmp_path):
+    """Two trials, then one more into the same folder: the sweep continues where it stopped."""
+    out = tmp_path / "sweep"
+    first = run_cli(str(LR_YAML), "--count", "2", "--seed=0", f"--out_dir={out}", *tiny(cifar_jpeg),
+                    script="sweeps/local.py")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("rank  trial") == 2  # a leaderboard after every trial
+    result = run_cli(str(LR_YAML), "--count=1", "--seed=0", f"--out_dir={out}", *tiny(cifar_jpeg),
+                     script="sweeps/local.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 earlier trials" in result.stdout
+    trials = json.loads((out / "leaderboard.json").read_text())
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["sweep"] == "lr" and sweep["metric"] == {"name": "val/acc", "goal": "maximize"}
+    assert len(trials) == 3 and {t["state"] for t in trials} == {"finished"}
+    assert len({t["config"]["lr"] for t in trials}) == 3  # distinct proposals
+    assert all(set(t["config"]) == set(lr_spec()["parameters"]) for t in trials)
+    metrics = [t["metric"] for t in trials]
+    assert metrics == sorted(metrics, reverse=True) and [t["rank"] for t in trials] == [1, 2, 3]
+    assert sorted(t["name"] for t in trials) == ["lr-001", "lr-002", "lr-003"]
+    for trial in trials:
+        run = wandb_summary(trial["wandb_run_dir"])
+        assert run["state"] == "finished" and run["name"] == trial["name"]
+        assert trial["metric"] == run["summary"]["val/acc"]
+        records = wandb_records(trial["wandb_run_dir"])
+        assert trial["metric_history"] == [row["val/acc"] for row in history(records) if "val/acc" in row]
+        assert trial["epochs"] == 2
+        run_record = next(r["run"] for r in records if r["type"] == "run")
+        assert run_record["run_group"] == "lr"  # grouped under the sweep's name
+        assert all(run["config"][k] == pytest.approx(v) for k, v in trial["config"].items())  # trained with them
+        summary = json.loads((Path(trial["out_dir"]) / "summary.json").read_text())
+        assert summary["test_acc"] == pytest.approx(trial["metric"])
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_clearly_worse_trial(cifar_jpeg, tmp_path):
+    """Metric ``epoch_seconds`` (minimize), and the third trial trains on 7x the images: worse by construction, and
+    slow enough that the stop lands long before its last epoch, on any machine.
+
+    Bands at epochs 1, 2, 4 (min_iter 1, eta 2): at a band, a run is stopped when its value there is worse than the
+    int(n/2)-th best of the n runs that got that far. The first trial is alone; the second is at worst the threshold
+    itself (kept); the third is far above the threshold the first two set at epoch 1.
+    """
+    spec = {"name": "hb", "program": "train/run.py", "method": "grid",
+            "metric": {"name": "epoch_seconds", "goal": "minimize"},
+            "parameters": {"train_subset": {"values": [20, 30, 150]}},
+            "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2}}
+    out = tmp_path / "sweep"
+    result = run_cli(_write(tmp_path, spec), f"--out_dir={out}", *tiny(cifar_jpeg, train=None, test=10, epochs=3),
+                     script="sweeps/local.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "grid exhausted after 3 trials" in result.stdout
+    board = json.loads((out / "leaderboard.json").read_text())
+    trials = {t["config"]["train_subset"]: t for t in board}
+    assert trials[20]["state"] == trials[30]["state"] == "finished"
+    assert trials[20]["epochs"] == trials[30]["epochs"] == 3
+    bad = trials[150]
+    assert bad["state"] == "stopped" and 1 <= bad["epochs"] < 3 and bad["returncode"] == 0, bad
+    assert "STOP" in bad["stop_reason"] and f"[{bad['name']}] hyperband stops it" in result.stdout
+    assert bad["metric_history"] == [row["epoch_seconds"] for row in history(wandb_records(bad["wandb_run_dir"]))
+                                     if "epoch_seconds" in row]
+    assert (Path(bad["out_dir"]) / "last.pt").exists() and not (Path(bad["out_dir"]) / "summary.json").exists()
+    assert [t["metric"] for t in board] == sorted(t["metric"] for t in board)  # minimize: smallest first
