@@ -58,10 +58,11 @@ def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
-    """Run an entry point as a user would, from the repo root, capturing its output."""
+def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, env: dict[str, str] | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, from the repo root, capturing its output; ``env`` adds variables."""
     return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy(), **kwargs)
+                          timeout=timeout, env=os.environ | (env or {}), **kwargs)
 
 
 def wandb_records(run_dir: str | Path) -> list[dict]:

@@ -15,7 +15,7 @@ import train  # noqa: F401  (registers resnet18_cifar)
 from explain import run as explain_run
 from explain.report import COLUMNS
 from tests.conftest import run_cli, wandb_records, wandb_summary
-from tests.test_report import explain_row, image_cell, isolated_wandb, logged_table
+from tests.test_report import explain_row, image_cell, logged_table
 from train.checkpoint import save_checkpoint
 from train.config import Config
 from train.data import load_data
@@ -31,9 +31,8 @@ PICTURES = ("misclassified.png", "gradcam.png", "confusion_matrix.png")
 def trained(cifar_jpeg, tmp_path_factory):
     """One epoch on 200 train / 100 test real JPEG CIFAR-10 images, with explain skipped (--explain_samples=0)."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    with isolated_wandb(tmp_path_factory.mktemp("wandb")):
-        result = run_cli("--data_dir", str(cifar_jpeg), "--train_subset=200", "--test_subset=100", "--epochs=1",
-                         "--batch_size=50", "--explain_samples=0", "--out_dir", str(out), "--run_name=trained")
+    result = run_cli("--data_dir", str(cifar_jpeg), "--train_subset=200", "--test_subset=100", "--epochs=1",
+                     "--batch_size=50", "--explain_samples=0", "--out_dir", str(out), "--run_name=trained")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -41,9 +40,8 @@ def trained(cifar_jpeg, tmp_path_factory):
 @pytest.fixture(scope="module")
 def explained(trained, tmp_path_factory):
     """``python explain/run.py --checkpoint best.pt`` with every other setting left to its default."""
-    root = tmp_path_factory.mktemp("wandb")
-    with isolated_wandb(root):
-        result = run_cli("--checkpoint", str(trained / "best.pt"), script="explain/run.py")
+    root = tmp_path_factory.mktemp("wandb")  # a W&B folder of its own, to find the one run it makes
+    result = run_cli("--checkpoint", str(trained / "best.pt"), script="explain/run.py", env={"WANDB_DIR": str(root)})
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -104,15 +102,15 @@ def test_explain_table_shows_the_test_images(explained, cifar_jpeg):
 
 
 @pytest.mark.slow
-def test_module_form_with_dash_flags_fused_layers_and_no_wandb(trained, tmp_path, offline_wandb):
+def test_module_form_with_dash_flags_fused_layers_and_no_wandb(trained, tmp_path):
     out = tmp_path / "pictures"
     result = run_cli("explain.run", "--checkpoint", str(trained / "best.pt"), "--explain-samples=4",
                      "--cam_method", "gradcampp", "--cam-layer=layer3,layer4", "--out-dir", str(out),
-                     "--wandb_mode=disabled", script="-m")
+                     "--wandb_mode=disabled", script="-m", env={"WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("explained 4 of ")
     assert sorted(p.name for p in out.iterdir()) == sorted(PICTURES)
-    assert not list(offline_wandb.glob("wandb/*run-*"))
+    assert not list(tmp_path.glob("wandb/*run-*"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

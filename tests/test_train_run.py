@@ -123,12 +123,18 @@ def test_kill_9_then_resume_continues_with_the_same_wandb_run(cifar_jpeg, tmp_pa
     changed = run_cli("--resume", str(out / "last.pt"), "--lr=0.5", timeout=120)
     assert changed.returncode == 2 and "--lr cannot change when resuming" in changed.stderr
 
-    resumed = run_cli("--resume", str(out / "last.pt"), timeout=600)
+    resumed = run_cli("--resume", "auto", "--out_dir", str(out), timeout=600)  # finds out/last.pt
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--resume auto: continuing {out / 'last.pt'}" in resumed.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["wandb_run_id"] == first["wandb_run_id"]
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
     assert [row["epoch"] for row in rows] == list(range(first["epoch"] + 1, 4))
+    # both offline parts of the run (before the kill, after the resume) together hold each epoch exactly once
+    parts = sorted((Path(os.environ["WANDB_DIR"]) / "wandb").glob(f"offline-run-*-{first['wandb_run_id']}*"))
+    assert len(parts) == 2
+    epochs = [row["epoch"] for part in parts for row in history(wandb_records(part)) if "train/loss" in row]
+    assert sorted(epochs) == [1, 2, 3]
     assert f"epoch {first['epoch'] + 1}/3" in resumed.stdout and f"epoch {first['epoch']}/3" not in resumed.stdout
     assert [row["_step"] for row in rows] == [row["epoch"] for row in rows]  # W&B steps continue across the resume
 
