@@ -174,6 +174,12 @@ def fit(config: Config, given: set[str]) -> dict:
         key, value = next(iter(handed.items()))
         raise ConfigError(f"the W&B sweep hands this run {key}={value!r} but the command line says "
                           f"{getattr(config, key)!r}; put ${{args}} in the sweep's command")
+    history = list(resumed.get("history", [])) if resumed else []  # every finished epoch's log row
+    if history and tracker.mode == "offline":
+        # Offline W&B cannot reopen a run, and a killed process may not have flushed its last rows: the resumed
+        # part starts with the finished epochs again (same steps), so it alone holds the whole run.
+        for old_row in history:
+            tracker.log(old_row)
     print(f"{config.model}: {params:,} parameters on {device} ({'bf16' if amp else 'fp32'}); "
           f"{len(train_set):,} train / {len(test_set):,} test images, {len(train_set.classes)} classes; "
           f"out_dir {out_dir}", flush=True)
@@ -201,6 +207,7 @@ def fit(config: Config, given: set[str]) -> dict:
                   f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
                   f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
             progress["epoch"] = epoch
+            history.append(row)
             progress["train_seconds"] += train_stats["seconds"]
             progress["loop_seconds"] += row["epoch_seconds"]
             progress["train_images"] += train_stats["images"]
@@ -211,7 +218,7 @@ def fit(config: Config, given: set[str]) -> dict:
                 "model": unwrap(model).state_dict(), "config": config.to_dict(), "epoch": epoch, "metrics": row,
                 "classes": train_set.classes, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
-                "progress": dict(progress), "wandb_run_id": tracker.id or run_id or "",
+                "progress": dict(progress), "history": history, "wandb_run_id": tracker.id or run_id or "",
             }
             if is_best:  # best first: whenever last.pt exists, so does a best.pt
                 save_checkpoint(out_dir / "best.pt", state)

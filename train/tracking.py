@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ class Tracker:
     def __init__(self, config: dict[str, Any], *, mode: str = "auto", project: str = "cifar-insight",
                  entity: str = "", name: str = "", run_id: str | None = None, job_type: str = "train",
                  group: str | None = None, enabled: bool = True):
-        self.run = None
+        self.run, self.mode = None, "disabled"
         if not enabled:
             return
         import wandb
@@ -75,19 +76,32 @@ class Tracker:
         kwargs = dict(project=project, entity=entity or None, name=name or None, config=config, job_type=job_type,
                       group=group, id=run_id, resume="allow" if run_id else None)
         try:
-            self.run = wandb.init(mode=self.mode, **kwargs)
+            self.run = self._init(wandb, mode=self.mode, **kwargs)
         except Exception as exc:  # W&B unreachable or misconfigured: keep the run, offline
             if self.mode != "online":
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             _warn(f"W&B online init failed ({type(exc).__name__}: {reason}); logging offline instead")
             self.mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
+            self.run = self._init(wandb, mode="offline", **kwargs)
         if self.mode == "disabled":
             self.run = None
             return
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
+
+    @staticmethod
+    def _init(wandb: Any, attempts: int = 12, wait: float = 5.0, **kwargs: Any) -> Any:
+        """``wandb.init``, waiting while a resumed run's id is still held by the W&B service of a killed process
+        (after ``kill -9`` its ``wandb-core`` lingers a few seconds and reports the id "in use")."""
+        for _ in range(attempts - 1):
+            try:
+                return wandb.init(**kwargs)
+            except Exception as exc:
+                if "in use" not in str(exc):
+                    raise
+                time.sleep(wait)
+        return wandb.init(**kwargs)
 
     @property
     def id(self) -> str | None:
