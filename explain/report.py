@@ -346,8 +346,8 @@ def _gradcam_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) 
                 (row["gradcam_pred"], [("CAM of pred", "tab:red"), (f"{pred} {row['confidence']:.2f}", "tab:red")]),
                 (row["gradcam_true"], [("CAM of true", "tab:green"), (f"{true} {row['p_true']:.2f}", "tab:green")]),
             ]
-    title = (f"{method} on {', '.join(layers)}: image | CAM of the predicted class | CAM of the true class"
-             if rows else "no misclassified images to explain")
+    # one line per column group fits: the title must stay readable when there are only 16 rows (one group)
+    title = f"{method} on {'+'.join(layers)}: image | pred | true" if rows else "no misclassified images to explain"
     return _tile_figure(cells, 3 * groups, title, group=3)
 
 
