@@ -52,12 +52,11 @@ if __name__ == "__main__":  # `python sweeps/local.py`: import the repo's packag
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
-import yaml
 from wandb.env import get_agent_kill_delay
 from wandb.sdk.launch.sweeps import utils as agent_utils  # how `wandb agent` turns a proposal into an argv
 from wandb.sdk.lib.runid import generate_id  # the ids wandb.init makes
 
-from train.config import Config, ConfigError, ErrorExitParser, closest, parse_args
+from train.config import Config, ConfigError, ErrorExitParser, closest, parse_args, read_yaml
 from train.tracking import epoch_row
 
 
@@ -95,18 +94,10 @@ def epoch_metrics() -> list[str]:
 
 def load_spec(path: str) -> dict[str, Any]:
     """Read a sweep YAML into a dict, refusing what is missing, unreadable, malformed or not a mapping."""
-    file = Path(path)
-    if not file.is_file():
-        raise SweepError(f"sweep spec {path!r} does not exist")
     try:
-        spec = yaml.safe_load(file.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"sweep spec {path!r} cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SweepError(f"sweep spec {path!r} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") \
-            from None
+        spec = read_yaml(path, "sweep spec")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
     if not isinstance(spec, dict) or not spec:
         raise SweepError(f"sweep spec {path!r} must be a YAML mapping (program, method, metric, parameters, ...)")
     return spec

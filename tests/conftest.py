@@ -46,16 +46,20 @@ def cifar_jpeg(tmp_path_factory) -> Path:
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-@pytest.fixture(scope="session")
-def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
-    """A 10-class image folder of real CIFAR-10 JPEGs: 12 train and 4 test images per class."""
-    root = tmp_path_factory.mktemp("small")
-    for split, count in (("train", 12), ("test", 4)):
+def copy_images(cifar_jpeg: Path, root: Path, train: int, test: int) -> Path:
+    """A 10-class image folder at ``root`` with the first ``train``/``test`` real JPEGs of each class."""
+    for split, count in (("train", train), ("test", test)):
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
             for i in range(count):
                 shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
     return root
+
+
+@pytest.fixture(scope="session")
+def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
+    """A 10-class image folder of real CIFAR-10 JPEGs: 12 train and 4 test images per class."""
+    return copy_images(cifar_jpeg, tmp_path_factory.mktemp("small"), 12, 4)
 
 
 def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, env: dict[str, str] | None = None,

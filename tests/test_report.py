@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +19,7 @@ import train  # noqa: F401  (registers resnet18_cifar)
 from explain.cam import compute_cams
 from explain.overlay import overlay_cam
 from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
-from tests.conftest import history, wandb_records
+from tests.conftest import copy_images, history, wandb_records
 from train.data import load_data
 from train.model import CIFAR10_CLASSES
 from train.tracking import Tracker
@@ -114,13 +113,7 @@ def test_check_cam_settings_fails_fast_on_bad_names():
 @pytest.fixture(scope="module")
 def data(cifar_jpeg, tmp_path_factory) -> Path:
     """A 10-class image folder of real CIFAR-10 JPEGs: 2 train and 20 test images per class."""
-    root = tmp_path_factory.mktemp("report-data")
-    for split, count in (("train", 2), ("test", 20)):
-        for name in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
-    return root
+    return copy_images(cifar_jpeg, tmp_path_factory.mktemp("report-data"), 2, 20)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ __all__ = [
     "config_from_dict",
     "parse_args",
     "parse_bool",
+    "read_yaml",
     "reject_unknown",
 ]
 
@@ -169,19 +170,26 @@ def _check_model(name: str) -> None:
         raise ConfigError(f"--model {name!r} is not a timm model{hint}")
 
 
-def load_yaml(path: str) -> dict[str, Any]:
-    """Read a ``--config`` YAML file of flag defaults, refusing unknown keys."""
+def read_yaml(path: str, what: str) -> Any:
+    """Parse the YAML file ``path`` safely (no code runs); problems are one-line :class:`ConfigError` naming ``what``
+    (e.g. ``"--config file"``, ``"sweep spec"``)."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"--config file {path!r} does not exist")
+        raise ConfigError(f"{what} {path!r} does not exist")
     try:
-        data = yaml.safe_load(file.read_text())
+        return yaml.safe_load(file.read_text())
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config file {path!r} cannot be read: {exc}") from None
+        raise ConfigError(f"{what} {path!r} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"--config file {path!r} is not valid YAML{line}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        raise ConfigError(f"{what} {path!r} is not valid YAML{where}" + (f": {problem}" if problem else "")) from None
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a ``--config`` YAML file of flag defaults, refusing unknown keys."""
+    data = read_yaml(path, "--config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
