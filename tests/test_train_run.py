@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import wandb
 
 import train  # noqa: F401
 from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
@@ -103,6 +104,10 @@ def test_best_checkpoint_is_a_model_artifact(real_run):
 
 
 def test_kill_9_then_resume_continues_with_the_same_wandb_run(cifar_jpeg, tmp_path):
+    # The parent's own W&B service (a notebook, this test runner) is exported as WANDB_SERVICE; a training process
+    # that joined it would leave the killed run's id registered there ("run ID ... is in use") and never resume.
+    wandb.init(mode="offline", project="host", dir=str(tmp_path)).finish()
+    assert os.environ.get("WANDB_SERVICE")
     out = tmp_path / "out"
     args = ["--data_dir", str(cifar_jpeg), "--train_subset=300", "--test_subset=100", "--epochs=3",
             "--batch_size=50", "--explain_samples=0", "--deterministic=True", "--out_dir", str(out)]

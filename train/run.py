@@ -275,6 +275,9 @@ def fit(config: Config, given: set[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
+    # A W&B service inherited from a parent process (a notebook, a test runner) would outlive a killed run and keep
+    # its id "in use", so the resume could never reopen it: a training process starts a service of its own.
+    os.environ.pop("WANDB_SERVICE", None)
     try:
         config, given = parse_args(argv)
         fit(config, given)

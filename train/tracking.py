@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,32 +75,19 @@ class Tracker:
         kwargs = dict(project=project, entity=entity or None, name=name or None, config=config, job_type=job_type,
                       group=group, id=run_id, resume="allow" if run_id else None)
         try:
-            self.run = self._init(wandb, mode=self.mode, **kwargs)
+            self.run = wandb.init(mode=self.mode, **kwargs)
         except Exception as exc:  # W&B unreachable or misconfigured: keep the run, offline
             if self.mode != "online":
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             _warn(f"W&B online init failed ({type(exc).__name__}: {reason}); logging offline instead")
             self.mode = "offline"
-            self.run = self._init(wandb, mode="offline", **kwargs)
+            self.run = wandb.init(mode="offline", **kwargs)
         if self.mode == "disabled":
             self.run = None
             return
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
-
-    @staticmethod
-    def _init(wandb: Any, attempts: int = 12, wait: float = 5.0, **kwargs: Any) -> Any:
-        """``wandb.init``, waiting while a resumed run's id is still held by the W&B service of a killed process
-        (after ``kill -9`` its ``wandb-core`` lingers a few seconds and reports the id "in use")."""
-        for _ in range(attempts - 1):
-            try:
-                return wandb.init(**kwargs)
-            except Exception as exc:
-                if "in use" not in str(exc):
-                    raise
-                time.sleep(wait)
-        return wandb.init(**kwargs)
 
     @property
     def id(self) -> str | None:
