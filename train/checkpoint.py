@@ -39,8 +39,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def _stops_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block ends (main thread only), then deliver them.
+def stops_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends (main thread only), then deliver them; blocks nest.
 
     ``torch.save``'s zip writer turns an exception raised inside it by a signal handler into a RuntimeError, so a
     stop that lands mid-save would crash instead of stopping cleanly.
@@ -67,7 +67,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """
     path = Path(path)
     state = {"format": FORMAT, **state}
-    with _stops_deferred(), tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+    with stops_deferred(), tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                                         delete=False) as tmp:
         try:
             torch.save(state, tmp)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from explain.report import check_cam_settings, explain_model
-from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, unwrap
+from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, stops_deferred, unwrap
 from train.config import Config, ConfigError, config_from_dict, parse_args
 from train.data import DataError, DeviceLoader, balanced_subset, load_data
 from train.engine import NonFiniteLossError, amp_dtype, evaluate, resolve_device, train_one_epoch
@@ -202,27 +202,29 @@ def fit(config: Config, given: set[str]) -> dict:
             val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
                            tta=config.tta)
             row = epoch_row(epoch, train_stats, val)
-            tracker.log(row, commit=not (epoch == config.epochs and config.explain_samples))  # explain joins it
-            print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
-                  f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
-                  f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
-            progress["epoch"] = epoch
-            history.append(row)
-            progress["train_seconds"] += train_stats["seconds"]
-            progress["loop_seconds"] += row["epoch_seconds"]
-            progress["train_images"] += train_stats["images"]
-            is_best = val["acc"] > progress["best_acc"]
-            if is_best:
-                progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
-            state = {
-                "model": unwrap(model).state_dict(), "config": config.to_dict(), "epoch": epoch, "metrics": row,
-                "classes": train_set.classes, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
-                "progress": dict(progress), "history": history, "wandb_run_id": tracker.id or run_id or "",
-            }
-            if is_best:  # best first: whenever last.pt exists, so does a best.pt
-                save_checkpoint(out_dir / "best.pt", state)
-            save_checkpoint(out_dir / "last.pt", state)
+            with stops_deferred():  # once W&B has the epoch's row, a stop waits until its checkpoint is saved
+                tracker.log(row, commit=not (epoch == config.epochs and config.explain_samples))  # explain joins it
+                print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
+                      f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
+                      f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
+                progress["epoch"] = epoch
+                history.append(row)
+                progress["train_seconds"] += train_stats["seconds"]
+                progress["loop_seconds"] += row["epoch_seconds"]
+                progress["train_images"] += train_stats["images"]
+                is_best = val["acc"] > progress["best_acc"]
+                if is_best:
+                    progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
+                state = {
+                    "model": unwrap(model).state_dict(), "config": config.to_dict(), "epoch": epoch, "metrics": row,
+                    "classes": train_set.classes, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
+                    "progress": dict(progress), "history": history, "wandb_run_id": tracker.id or run_id or "",
+                }
+                if is_best:  # best first: whenever last.pt exists, so does a best.pt
+                    save_checkpoint(out_dir / "best.pt", state)
+                save_checkpoint(out_dir / "last.pt", state)
     except (Stopped, KeyboardInterrupt) as exc:
         name = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
         tracker.finish(exit_code=128 + signal.Signals[name].value)
@@ -275,9 +277,6 @@ def fit(config: Config, given: set[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
-    # A W&B service inherited from a parent process (a notebook, a test runner) would outlive a killed run and keep
-    # its id "in use", so the resume could never reopen it: a training process starts a service of its own.
-    os.environ.pop("WANDB_SERVICE", None)
     try:
         config, given = parse_args(argv)
         fit(config, given)
@@ -291,4 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A W&B service inherited from the parent process (a notebook, a test runner) would outlive a killed run and keep
+    # its id "in use", so a resume could never reopen it: a training process starts a service of its own.
+    os.environ.pop("WANDB_SERVICE", None)
     sys.exit(main())
