@@ -2,8 +2,9 @@
 
 Both train the same model (``resnet18_cifar``) on the same images in one process on one device, side by side:
 
-* **ours** — :class:`train.data.DeviceLoader` (uint8 on the device, batched crop/flip there) and
-  :func:`train.engine.train_one_epoch` with bf16 autocast and channels-last on CUDA (fp32 on the CPU);
+* **ours** — :class:`train.data.DeviceLoader` (uint8 on the device, batched crop/flip there), the fused SGD of
+  :func:`train.engine.make_optimizer` and :func:`train.engine.train_one_epoch` with bf16 autocast and
+  channels-last on CUDA (fp32 on the CPU);
 * **baseline** — ``torchvision.datasets.ImageFolder`` + PIL ``RandomCrop(32, 4)``, ``RandomHorizontalFlip``,
   ``ToTensor`` in a ``DataLoader`` with worker processes, fp32, the way most CIFAR tutorials train.
 
@@ -33,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from train.data import DeviceLoader, balanced_subset, load_data
-from train.engine import amp_dtype, resolve_device, train_one_epoch
+from train.engine import amp_dtype, make_optimizer, resolve_device, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
@@ -63,7 +64,7 @@ def flops_per_image(model: nn.Module, device: torch.device) -> float:
 
 def bench_ours(model, dataset, args, device) -> dict:
     loader = DeviceLoader(dataset, args.batch_size, device, train=True, seed=0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    optimizer = make_optimizer(model, lr=0.01, weight_decay=5e-4, momentum=0.9, device=device)  # fused
     amp, channels_last = amp_dtype("auto", device), device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -7,7 +7,16 @@ import torch
 from torch import nn
 
 from train.data import Dataset, DeviceLoader
-from train.engine import NonFiniteLossError, amp_dtype, evaluate, predict, resolve_device, train_one_epoch
+from train.engine import (
+    NonFiniteLossError,
+    amp_dtype,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    resolve_device,
+    train_one_epoch,
+)
 
 
 def separable(n: int = 256, seed: int = 0) -> Dataset:
@@ -76,3 +85,31 @@ def test_device_and_precision_choices():
     assert amp_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert amp_dtype("fp32", torch.device("cuda")) is None
+
+
+def test_optimizer_is_fused_nesterov_sgd_without_decay_on_norms_and_biases():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.rand(2, 3, 8, 8))
+    optimizer = make_optimizer(model, lr=0.4, weight_decay=5e-4, momentum=0.9, device=torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["fused"] and optimizer.defaults["nesterov"]
+    decay = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
+    assert decay == {5e-4: 8 * 3 * 9 + 2 * 8 * 36, 0.0: 8 + 8 + 8 + 2}  # conv+linear weights vs biases+BN
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.rand(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_schedule_warms_up_linearly_then_decays_to_lr_over_1e4():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.4)
+    scheduler = make_scheduler(optimizer, epochs=10, steps_per_epoch=5, warmup_epochs=2)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.04) and max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 10
+    assert lrs[5] == pytest.approx(0.22)  # halfway up the warm-up
+    assert lrs[30] == pytest.approx(0.4 - (0.4 - 0.4e-4) / 2)  # halfway down
+    assert lrs[-1] == pytest.approx(0.4 / 1e4) and min(lrs) > 0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))

@@ -24,7 +24,6 @@ if __package__ in (None, ""):  # `python train/run.py`: import the repo's packag
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import timm
-import timm.optim
 import timm.utils
 import torch
 from torch import nn
@@ -33,7 +32,15 @@ from explain.report import check_cam_settings, explain_model
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, stops_deferred, unwrap
 from train.config import Config, ConfigError, config_from_dict, parse_args
 from train.data import DataError, DeviceLoader, balanced_subset, load_data
-from train.engine import NonFiniteLossError, amp_dtype, evaluate, resolve_device, train_one_epoch
+from train.engine import (
+    NonFiniteLossError,
+    amp_dtype,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    train_one_epoch,
+)
 from train.tracking import Tracker, epoch_row
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -138,15 +145,10 @@ def fit(config: Config, given: set[str]) -> dict:
             check_cam_settings(model, config.cam_method, config.cam_layer)
         except ValueError as exc:
             raise ConfigError(f"--cam_method/--cam_layer: {exc}") from None
-    # timm's "sgd" is SGD with Nesterov momentum; weight decay skips biases and norm layers.
-    optimizer = timm.optim.create_optimizer_v2(model, "sgd", lr=config.lr, weight_decay=config.weight_decay,
-                                               momentum=config.momentum)
-    # Linear warm-up from lr/10 for warmup_epochs, then linear decay to lr/1e4, stepped every batch (+1 so the
-    # step after the last batch lands on the final lr instead of extrapolating below zero).
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * len(train_loader) + 1,
-        pct_start=min(config.warmup_epochs / config.epochs, 1.0), anneal_strategy="linear",
-        cycle_momentum=False, div_factor=10.0, final_div_factor=1e3)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
+                               device=device)
+    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(train_loader),
+                               warmup_epochs=config.warmup_epochs)
     train_loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
 
