@@ -1,0 +1,148 @@
+"""Time to accuracy: train a recipe, evaluate after every epoch, stop at the target, per seed.
+
+The recipe is ``train/run.py``'s (same flags, same ``--config FILE.yaml``, same data, loader, model, optimizer,
+schedule and evaluation), minus W&B, checkpoints and explain: this script imports only the config, data, model and
+engine modules, so it runs on a stock PyTorch image. For each seed it prints the accuracy curve and the training
+seconds until ``val/acc`` first reaches ``--target`` (evaluation time is reported, not counted), then the mean and
+spread over seeds; writes JSON.
+
+    python bench/time_to_acc.py --data_dir .bench-data/cifar10-jpeg --target 0.94 --seeds 0,1,2     # a GPU
+    python bench/time_to_acc.py --target 0.3 --train_subset 2000 --test_subset 1000 --epochs 2 --batch_size 100
+
+With ``--compile`` the first epoch includes compilation: ``compile_seconds`` estimates it as the first epoch's
+training time minus the median of the others, and ``train_seconds_excl_compile`` subtracts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/time_to_acc.py`: import the repo's packages
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import timm
+import timm.utils
+import torch
+from torch import nn
+
+import train  # noqa: F401  (registers resnet18_cifar)
+from train.config import Config, ConfigError, parse_args
+from train.data import DataError, DeviceLoader, balanced_subset, load_data
+from train.engine import amp_dtype, evaluate, make_optimizer, make_scheduler, resolve_device, train_one_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_seed(config: Config, train_set, test_set, target: float, device: torch.device) -> dict:
+    """Train ``config`` with its seed until ``val/acc >= target`` or the schedule ends; the curve and timings."""
+    timm.utils.random_seed(config.seed)
+    amp, channels_last = amp_dtype(config.precision, device), device.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
+                                seed=config.seed)
+    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False)
+    model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
+                               device=device)
+    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(train_loader),
+                               warmup_epochs=config.warmup_epochs)
+    net = torch.compile(model) if config.compile else model
+    train_loss, eval_loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), nn.CrossEntropyLoss()
+
+    curve, train_seconds, eval_seconds, reached = [], 0.0, 0.0, None
+    wall_start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        stats = train_one_epoch(net, train_loader, optimizer, scheduler, train_loss, device=device, amp=amp,
+                                channels_last=channels_last)
+        val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
+                       tta=config.tta)
+        train_seconds += stats["seconds"]
+        eval_seconds += val["seconds"]
+        curve.append({"epoch": epoch, "train_seconds": train_seconds, "epoch_train_seconds": stats["seconds"],
+                      "train_acc": stats["acc"], "val_acc": val["acc"], "val_acc_no_tta": val["acc_no_tta"]})
+        print(f"  seed {config.seed} epoch {epoch}/{config.epochs}: val acc {val['acc']:.4f} "
+              f"(single pass {val['acc_no_tta']:.4f}), {train_seconds:.1f}s training, "
+              f"{stats['images_per_second']:.0f} img/s", flush=True)
+        if val["acc"] >= target:
+            reached = epoch
+            break
+    epoch_times = [point["epoch_train_seconds"] for point in curve]
+    compile_seconds = (max(epoch_times[0] - statistics.median(epoch_times[1:]), 0.0)
+                       if config.compile and len(epoch_times) > 1 else 0.0)
+    return {
+        "seed": config.seed, "reached_epoch": reached, "final_acc": curve[-1]["val_acc"],
+        "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+        "train_seconds_excl_compile": train_seconds - compile_seconds, "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - wall_start, "curve": curve,
+    }
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
+    parser.add_argument("--target", type=float, default=0.94, help="val/acc to reach (a fraction)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
+    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "time_to_acc.json"))
+    own, rest = parser.parse_known_args(argv)
+    try:
+        if not 0 <= own.target <= 1:
+            raise ConfigError(f"--target {own.target} is not a fraction in [0, 1]")
+        try:
+            seeds = [int(seed) for seed in own.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds {own.seeds!r} is not a comma-separated list of integers") from None
+        config, _ = parse_args(rest)
+        device = resolve_device(config.device)
+        train_set, test_set = load_data(config.data_dir)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
+    test_set = test_set.subset(balanced_subset(test_set.labels, config.test_subset, config.seed))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{config.model} on {name}: {len(train_set):,} train / {len(test_set):,} test images, target "
+          f"{own.target:.4f}, {config.epochs} epochs max, batch {config.batch_size}, lr {config.lr}", flush=True)
+
+    runs = []
+    for seed in seeds:
+        config.seed = seed
+        run = run_seed(config, train_set, test_set, own.target, device)
+        runs.append(run)
+        where = (f"reached {own.target:.4f} at epoch {run['reached_epoch']} after {run['train_seconds']:.1f}s "
+                 f"of training" if run["reached_epoch"] else f"did not reach {own.target:.4f}")
+        print(f"seed {seed}: {where}; final acc {run['final_acc']:.4f}"
+              + (f", compile ~{run['compile_seconds']:.1f}s" if config.compile else ""), flush=True)
+    hits = [run for run in runs if run["reached_epoch"]]
+    result = {
+        "device": name, "torch": torch.__version__, "target": own.target, "config": config.to_dict(),
+        "train_images": len(train_set), "test_images": len(test_set), "runs": runs,
+        "reached": f"{len(hits)}/{len(runs)}",
+        "final_acc": spread([run["final_acc"] for run in runs]),
+        "seconds_to_target": spread([run["train_seconds_excl_compile"] for run in hits]) if hits else None,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "bench/time_to_acc.py", *(sys.argv[1:] if argv is None else argv)]),
+    }
+    acc = result["final_acc"]
+    print(f"{len(hits)}/{len(runs)} seeds reached {own.target:.4f}; final acc {acc['mean']:.4f} ± {acc['std']:.4f} "
+          f"(min {acc['min']:.4f}, max {acc['max']:.4f})"
+          + (f"; time to target {result['seconds_to_target']['mean']:.1f}s ± {result['seconds_to_target']['std']:.1f}s"
+             if hits else ""))
+    Path(own.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(own.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {own.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
