@@ -231,11 +231,21 @@ def test_device_loader_serves_each_image_once_per_epoch():
     assert torch.equal(ordered, torch.arange(40))  # evaluation keeps order and the last partial batch
 
 
-def test_device_loader_shards_are_disjoint():
-    data = Dataset(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), torch.arange(40), ["x"])
-    shards = [torch.cat([y for _, y in DeviceLoader(data, 4, "cpu", train=True, seed=3, rank=r, world_size=2)])
-              for r in range(2)]
-    assert len(set(shards[0].tolist()) & set(shards[1].tolist())) == 0 and len(shards[0]) == len(shards[1]) == 20
+def test_ranks_split_each_global_batch_of_the_single_process_order():
+    gen = torch.Generator().manual_seed(0)
+    data = Dataset(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(40), ["x"])
+    single = list(DeviceLoader(data, 8, "cpu", train=True, seed=3, cutout=8))
+    ranks = [list(DeviceLoader(data, 8, "cpu", train=True, seed=3, cutout=8, rank=r, world_size=2)) for r in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 5
+    for whole, half0, half1 in zip(single, *ranks, strict=True):  # same images, same crops/flips/cutouts
+        assert len(half0[1]) == len(half1[1]) == 4
+        assert torch.equal(torch.cat([half0[0], half1[0]]), whole[0])
+        assert torch.equal(torch.cat([half0[1], half1[1]]), whole[1])
+    evaluation = [torch.cat([y for _, y in DeviceLoader(data, 6, "cpu", train=False, rank=r, world_size=3)])
+                  for r in range(3)]
+    assert torch.equal(torch.cat(evaluation), torch.arange(40)) and [len(e) for e in evaluation] == [13, 13, 14]
+    with pytest.raises(DataError, match="--batch_size 9 does not split evenly over 2 processes"):
+        DeviceLoader(data, 9, "cpu", train=True, world_size=2)
 
 
 def test_fewer_images_than_batch_size_is_a_data_error():

@@ -362,45 +362,50 @@ class DeviceLoader:
 
     The whole split lives on the device as uint8. Each training epoch draws one permutation and augments the
     epoch's images in a few batched tensor ops; batches are then slices, converted to ``dtype`` in [0, 1].
-    With ``world_size > 1`` each rank takes a disjoint, equal shard of every epoch's permutation.
+
+    With ``world_size > 1`` (one process per device under torchrun), ``batch_size`` is still the global batch: every
+    rank draws the same permutation and augmentation (same generator, same seed) and takes its own ``1/world_size``
+    slice of each global batch, so the processes together see exactly the batches one process would. Evaluation
+    splits the (unshuffled) set into contiguous, disjoint shards.
 
     Args:
         dataset: The split to serve.
-        batch_size: Images per batch (per rank).
+        batch_size: Images per (global) batch.
         device: Where the images live and batches are made.
         train: Shuffle, augment (crop with ``pad``, flip, ``cutout``) and drop the last partial batch.
         dtype: Floating type of the batches.
         pad: Zero padding of the random crop.
         cutout: Side of the cutout square (0 = off).
         seed: Seeds the shuffling and augmentation generator (its state is saved in checkpoints).
-        rank: This process's rank; world_size: number of processes sharing each epoch.
+        rank: This process's rank; world_size: number of processes sharing each batch.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device | str, *, train: bool,
                  dtype: torch.dtype = torch.float32, pad: int = 4, cutout: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
+        if train and batch_size % world_size:
+            raise DataError(f"--batch_size {batch_size} does not split evenly over {world_size} processes")
+        if train and len(dataset.labels) < batch_size:
+            raise DataError(f"{len(dataset.labels)} training images are fewer than --batch_size {batch_size}")
         self.device = torch.device(device)
+        if not train and world_size > 1:  # evaluation: a contiguous shard each
+            bounds = [len(dataset.labels) * r // world_size for r in range(world_size + 1)]
+            dataset = dataset.subset(torch.arange(bounds[rank], bounds[rank + 1]))
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
         self.batch_size, self.train, self.dtype = batch_size, train, dtype
         self.pad, self.cutout, self.rank, self.world_size = pad, cutout, rank, world_size
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        per_rank = len(self.labels) // world_size if train else len(self.labels)
-        if train and per_rank < batch_size:
-            raise DataError(f"{len(self.labels)} training images are fewer than --batch_size {batch_size}"
-                            + (f" x {world_size} processes" if world_size > 1 else ""))
-        self.shard = per_rank
 
     def __len__(self) -> int:
         if self.train:
-            return self.shard // self.batch_size
-        return math.ceil(self.shard / self.batch_size)
+            return len(self.labels) // self.batch_size
+        return math.ceil(len(self.labels) / self.batch_size)
 
     def _epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.train:
             return self.images, self.labels
         order = torch.randperm(len(self.labels), generator=self.generator, device=self.device)
-        order = order[self.rank * self.shard:(self.rank + 1) * self.shard]
         images = batch_crop(self.images[order], self.pad, self.generator)
         images = batch_flip_lr(images, self.generator)
         images = batch_cutout(images, self.cutout, self.generator)
@@ -408,6 +413,9 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._epoch()
+        local = self.batch_size // self.world_size if self.train else self.batch_size
+        offset = self.rank * local if self.train else 0
         for step in range(len(self)):
-            window = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            start = step * self.batch_size + offset
+            window = slice(start, start + local)
             yield images[window].to(self.dtype).div_(255), labels[window]

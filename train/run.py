@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python train/run.py`: import the repo's packages, not train/*.py as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -26,7 +27,9 @@ if __package__ in (None, ""):  # `python train/run.py`: import the repo's packag
 import timm
 import timm.utils
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from explain.report import check_cam_settings, explain_model
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, stops_deferred, unwrap
@@ -75,7 +78,7 @@ def prepare_out_dir(config: Config) -> Path:
                           f"--resume {out_dir / 'last.pt'} or choose another --out_dir/--run_name")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
+        probe = out_dir / f".write-test-{os.getpid()}"  # one per process: torchrun ranks check it side by side
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -96,13 +99,51 @@ def find_last_checkpoint(config: Config) -> str:
     return str(max(existing, key=lambda path: path.stat().st_mtime)) if existing else ""
 
 
+def init_distributed() -> tuple[int, int]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group: NCCL for CUDA tensors, gloo for CPU ones.
+
+    Returns ``(rank, world_size)``; ``(0, 1)`` for a plain single process.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world_size
+
+
+def agree(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. a run name made from the clock)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def fit(config: Config, given: set[str]) -> dict:
-    """Train (or resume) one run end to end; returns the summary written to ``summary.json``."""
+    """Train (or resume) one run end to end; returns the summary written to ``summary.json`` (empty on ranks > 0).
+
+    Under ``torchrun --nproc_per_node=N`` this runs on every rank: each trains on its slice of every global batch
+    (DDP averages the gradients, SyncBatchNorm on GPUs), metrics are all-reduced, and only rank 0 prints, logs to
+    W&B, writes checkpoints and explains.
+    """
+    rank, world_size = init_distributed()
+    try:
+        return _fit(config, given, rank, world_size)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
+    say = print if rank == 0 else lambda *args, **kwargs: None
     # ---- resume: the checkpoint's config, overridden by the flags given explicitly now -------------------------
     resumed = None
     if config.resume == "auto":
         config.resume = find_last_checkpoint(config)
-        print(f"--resume auto: {'continuing ' + config.resume if config.resume else 'no last.pt found, new run'}")
+        say(f"--resume auto: {'continuing ' + config.resume if config.resume else 'no last.pt found, new run'}")
     if config.resume:
         resumed = load_checkpoint(config.resume)
         stored = resumed["config"]
@@ -111,7 +152,7 @@ def fit(config: Config, given: set[str]) -> dict:
                 raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has {stored.get(key)!r}); "
                                   f"start a new run instead")
         config = config_from_dict({**stored, **{k: getattr(config, k) for k in given}})
-    config.run_name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
+    config.run_name = config.run_name or agree(time.strftime("%Y%m%d-%H%M%S"))
     config.out_dir = config.out_dir or str(Path("runs") / config.run_name)
     out_dir = prepare_out_dir(config)
 
@@ -119,6 +160,8 @@ def fit(config: Config, given: set[str]) -> dict:
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {config.device!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
     amp = amp_dtype(config.precision, device)
     channels_last = device.type == "cuda"  # NHWC lets cuDNN use its fastest convolution kernels
     timm.utils.random_seed(config.seed)
@@ -133,11 +176,14 @@ def fit(config: Config, given: set[str]) -> dict:
     test_indices = balanced_subset(test_set.labels, config.test_subset, config.seed)  # positions in the full test set
     test_set = test_set.subset(test_indices)
     train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
-                                seed=config.seed)
-    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False)
+                                seed=config.seed, rank=rank, world_size=world_size)
+    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False, rank=rank,
+                               world_size=world_size)
 
     # ---- model, optimizer, schedule ----------------------------------------------------------------------------
     model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
+    if world_size > 1 and device.type == "cuda":  # BN over the global batch, as one GPU would (torch: GPUs only)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.explain_samples:  # a CAM typo must fail now, not after hours of training
@@ -164,12 +210,16 @@ def fit(config: Config, given: set[str]) -> dict:
         train_loader.generator.set_state(resumed["rng"]["loader"].to(train_loader.generator.get_state().device))
         progress.update(resumed["progress"])
         run_id = resumed.get("wandb_run_id")
-    net = torch.compile(model) if config.compile else model
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if world_size > 1 else model
+    net = torch.compile(net) if config.compile else net
+    # Evaluation bypasses DDP: shards may take different numbers of batches, and DDP's forward is a collective.
+    eval_net = (torch.compile(model) if config.compile else model) if world_size > 1 else net
     params = sum(p.numel() for p in model.parameters())
 
     # ---- tracking ----------------------------------------------------------------------------------------------
     tracker = Tracker(config.to_dict(), mode=config.wandb_mode, project=config.wandb_project,
-                      entity=config.wandb_entity, name=config.run_name, run_id=run_id)
+                      entity=config.wandb_entity, name=config.run_name, run_id=run_id, enabled=rank == 0)
     handed = tracker.sweep_values(config.to_dict())
     if handed:  # under a W&B agent, wandb.config must be what trains; with ${args} in the command it always is
         tracker.finish(exit_code=2)
@@ -182,12 +232,12 @@ def fit(config: Config, given: set[str]) -> dict:
         # part starts with the finished epochs again (same steps), so it alone holds the whole run.
         for old_row in history:
             tracker.log(old_row)
-    print(f"{config.model}: {params:,} parameters on {device} ({'bf16' if amp else 'fp32'}); "
-          f"{len(train_set):,} train / {len(test_set):,} test images, {len(train_set.classes)} classes; "
-          f"out_dir {out_dir}", flush=True)
+    say(f"{config.model}: {params:,} parameters on {device} ({'bf16' if amp else 'fp32'}); "
+        f"{len(train_set):,} train / {len(test_set):,} test images, {len(train_set.classes)} classes; "
+        f"out_dir {out_dir}" + (f"; {world_size} processes (DDP)" if world_size > 1 else ""), flush=True)
 
     # ---- epochs ------------------------------------------------------------------------------------------------
-    show_bar = sys.stderr.isatty()
+    show_bar = sys.stderr.isatty() and rank == 0
     row = resumed["metrics"] if resumed else {}
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_stopped)  # pre-emption stops like Ctrl-C; saves are atomic
@@ -201,14 +251,17 @@ def fit(config: Config, given: set[str]) -> dict:
                 tracker.finish(exit_code=1)
                 kept = "the last good checkpoint is kept" if (out_dir / "last.pt").exists() else "no epoch had finished"
                 raise TrainingError(f"epoch {epoch}: {exc} (try a lower --lr); {kept}") from None
-            val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
+            if world_size > 1 and device.type != "cuda":  # per-rank BN statistics: evaluate (and save) rank 0's
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
+            val = evaluate(eval_net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
                            tta=config.tta)
             row = epoch_row(epoch, train_stats, val)
             with stops_deferred():  # once W&B has the epoch's row, a stop waits until its checkpoint is saved
                 tracker.log(row, commit=not (epoch == config.epochs and config.explain_samples))  # explain joins it
-                print(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
-                      f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
-                      f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
+                say(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
+                    f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
+                    f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
                 progress["epoch"] = epoch
                 history.append(row)
                 progress["train_seconds"] += train_stats["seconds"]
@@ -224,15 +277,19 @@ def fit(config: Config, given: set[str]) -> dict:
                     "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state().cpu()},
                     "progress": dict(progress), "history": history, "wandb_run_id": tracker.id or run_id or "",
                 }
-                if is_best:  # best first: whenever last.pt exists, so does a best.pt
-                    save_checkpoint(out_dir / "best.pt", state)
-                save_checkpoint(out_dir / "last.pt", state)
+                if rank == 0:
+                    if is_best:  # best first: whenever last.pt exists, so does a best.pt
+                        save_checkpoint(out_dir / "best.pt", state)
+                    save_checkpoint(out_dir / "last.pt", state)
     except (Stopped, KeyboardInterrupt) as exc:
         name = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
         tracker.finish(exit_code=128 + signal.Signals[name].value)
         saved = (f"epochs 1-{progress['epoch']} are saved; resume with --resume {out_dir / 'last.pt'}"
                  if progress["epoch"] else "no epoch had finished")
         raise Stopped(f"{name} during epoch {progress['epoch'] + 1}: that epoch was abandoned; {saved}", name) from None
+
+    if rank > 0:  # rank 0 explains, summarizes and logs the model
+        return {}
 
     # ---- explain the final model's mistakes: W&B table + plots, PNGs in out_dir ----------------------------------
     explained = {}
