@@ -33,7 +33,15 @@ from torch import nn
 import train  # noqa: F401  (registers resnet18_cifar)
 from train.config import Config, ConfigError, parse_args
 from train.data import DataError, DeviceLoader, balanced_subset, load_data
-from train.engine import amp_dtype, evaluate, make_optimizer, make_scheduler, resolve_device, train_one_epoch
+from train.engine import (
+    amp_dtype,
+    compile_overhead,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    train_one_epoch,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,9 +81,7 @@ def run_seed(config: Config, train_set, test_set, target: float, device: torch.d
         if val["acc"] >= target:
             reached = epoch
             break
-    epoch_times = [point["epoch_train_seconds"] for point in curve]
-    compile_seconds = (max(epoch_times[0] - statistics.median(epoch_times[1:]), 0.0)
-                       if config.compile and len(epoch_times) > 1 else 0.0)
+    compile_seconds = compile_overhead([p["epoch_train_seconds"] for p in curve]) if config.compile else 0.0
     return {
         "seed": config.seed, "reached_epoch": reached, "final_acc": curve[-1]["val_acc"],
         "train_seconds": train_seconds, "compile_seconds": compile_seconds,

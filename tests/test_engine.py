@@ -10,6 +10,7 @@ from train.data import Dataset, DeviceLoader
 from train.engine import (
     NonFiniteLossError,
     amp_dtype,
+    compile_overhead,
     evaluate,
     make_optimizer,
     make_scheduler,
@@ -113,3 +114,9 @@ def test_schedule_warms_up_linearly_then_decays_to_lr_over_1e4():
     assert lrs[30] == pytest.approx(0.4 - (0.4 - 0.4e-4) / 2)  # halfway down
     assert lrs[-1] == pytest.approx(0.4 / 1e4) and min(lrs) > 0
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_compile_overhead_is_the_first_epoch_beyond_the_median_one():
+    assert compile_overhead([70.0, 10.0, 12.0, 11.0]) == 59.0
+    assert compile_overhead([9.0, 10.0, 12.0]) == 0.0  # a first epoch no slower than the others compiled nothing
+    assert compile_overhead([70.0]) == 0.0 and compile_overhead([]) == 0.0  # nothing to compare it with

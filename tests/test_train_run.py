@@ -45,6 +45,7 @@ def test_run_exits_0_and_learns(real_run):
     assert summary["epochs"] == 2
     assert 0.15 < summary["test_acc"] <= 1 and summary["test_acc"] <= summary["best_test_acc"] <= 1  # chance: 0.10
     assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
+    assert summary["compile_seconds"] == 0.0  # no --compile
     assert "epoch 1/2" in result.stdout and "epoch 2/2" in result.stdout  # one plain line per epoch off a terminal
     for picture in ("misclassified.png", "gradcam.png", "confusion_matrix.png"):
         assert (out / picture).stat().st_size > 10_000, picture

@@ -7,8 +7,9 @@ Pure PyTorch — no wandb, no printing beyond the tqdm bar. Running sums stay on
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import timm.optim
 import torch
@@ -16,8 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["NonFiniteLossError", "amp_dtype", "evaluate", "make_optimizer", "make_scheduler", "predict",
-           "resolve_device", "train_one_epoch"]
+__all__ = ["NonFiniteLossError", "amp_dtype", "compile_overhead", "evaluate", "make_optimizer", "make_scheduler",
+           "predict", "resolve_device", "train_one_epoch"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,6 +66,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_e
         return 1.0 - (1.0 - 1e-4) * min(step - warmup, total - warmup) / max(total - warmup, 1)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def compile_overhead(epoch_seconds: Sequence[float]) -> float:
+    """Seconds the first epoch took beyond a steady one (the median of the others): under ``torch.compile`` the
+    compilation, which happens during the first training and evaluation calls. 0.0 with fewer than two epochs."""
+    if len(epoch_seconds) < 2:
+        return 0.0
+    return max(epoch_seconds[0] - statistics.median(epoch_seconds[1:]), 0.0)
 
 
 def _synchronize(device: torch.device) -> None:

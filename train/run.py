@@ -38,6 +38,7 @@ from train.data import DataError, DeviceLoader, balanced_subset, load_data
 from train.engine import (
     NonFiniteLossError,
     amp_dtype,
+    compile_overhead,
     evaluate,
     make_optimizer,
     make_scheduler,
@@ -239,6 +240,7 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
     # ---- epochs ------------------------------------------------------------------------------------------------
     show_bar = sys.stderr.isatty() and rank == 0
     row = resumed["metrics"] if resumed else {}
+    epoch_seconds = []  # this process's epochs: the first one compiles under --compile
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_stopped)  # pre-emption stops like Ctrl-C; saves are atomic
     try:
@@ -264,6 +266,7 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
                     f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s", flush=True)
                 progress["epoch"] = epoch
                 history.append(row)
+                epoch_seconds.append(row["epoch_seconds"])
                 progress["train_seconds"] += train_stats["seconds"]
                 progress["loop_seconds"] += row["epoch_seconds"]
                 progress["train_images"] += train_stats["images"]
@@ -315,6 +318,7 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
         "epochs": progress["epoch"],
         "train_seconds": progress["loop_seconds"],
         "train_images_per_second": progress["train_images"] / max(progress["train_seconds"], 1e-9),
+        "compile_seconds": compile_overhead(epoch_seconds) if config.compile else 0.0,
         "params": params,
         "device": str(device),
         "wandb_run_id": tracker.id or run_id,
@@ -322,7 +326,7 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
         "explain": {k: v for k, v in explained.items() if not k.endswith("_png")},
     }
     tracker.summary({"best_val_acc": progress["best_acc"], "best_epoch": progress["best_epoch"],
-                     "train_seconds": summary["train_seconds"]})
+                     "train_seconds": summary["train_seconds"], "compile_seconds": summary["compile_seconds"]})
     best = load_checkpoint(out_dir / "best.pt")
     tracker.log_model(out_dir / "best.pt", aliases=["best", "latest"],
                       metadata={"config": best["config"], "metrics": best["metrics"], "epoch": best["epoch"],
