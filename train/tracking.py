@@ -50,6 +50,12 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _reason(exc: Exception) -> str:
+    """``Type: first line of the message``: W&B errors can span many lines, a warning is one."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 class Tracker:
     """A W&B run (or nothing, when ``enabled`` is False or the mode is ``disabled``).
 
@@ -79,8 +85,7 @@ class Tracker:
         except Exception as exc:  # W&B unreachable or misconfigured: keep the run, offline
             if self.mode != "online":
                 raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _warn(f"W&B online init failed ({type(exc).__name__}: {reason}); logging offline instead")
+            _warn(f"W&B online init failed ({_reason(exc)}); logging offline instead")
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
         if self.mode == "disabled":
@@ -116,8 +121,7 @@ class Tracker:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # a tracking failure must never cost the training run
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _warn(f"W&B {what} failed ({type(exc).__name__}: {reason}); continuing without W&B")
+            _warn(f"W&B {what} failed ({_reason(exc)}); continuing without W&B")
             self.run = None
 
     def log(self, row: dict[str, Any], commit: bool = True) -> None:
