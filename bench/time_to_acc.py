@@ -1,10 +1,10 @@
 """Time to accuracy: train a recipe, evaluate after every epoch, stop at the target, per seed.
 
-The recipe is ``train/run.py``'s (same flags, same ``--config FILE.yaml``, same data, loader, model, optimizer,
-schedule and evaluation), minus W&B, checkpoints and explain: this script imports only the config, data, model and
-engine modules, so it runs on a stock PyTorch image. For each seed it prints the accuracy curve and the training
-seconds until ``val/acc`` first reaches ``--target`` (evaluation time is reported, not counted), then the mean and
-spread over seeds; writes JSON.
+The recipe is ``train/run.py``'s: same flags and ``--config FILE.yaml``, same data, the loaders, model, optimizer,
+schedule and losses of the same :func:`train.engine.build_recipe`, the same evaluation; minus W&B, checkpoints and
+explain. This script imports only the config, data, model and engine modules, so it runs on a stock PyTorch image.
+For each seed it prints the accuracy curve and the training seconds until ``val/acc`` first reaches ``--target``
+(evaluation time is reported, not counted), then the mean and spread over seeds; writes JSON.
 
     python bench/time_to_acc.py --data_dir .bench-data/cifar10-jpeg --target 0.94 --seeds 0,1,2     # a GPU
     python bench/time_to_acc.py --target 0.3 --train_subset 2000 --test_subset 1000 --epochs 2 --batch_size 100
@@ -28,20 +28,11 @@ if __package__ in (None, ""):  # `python bench/time_to_acc.py`: import the repo'
 import timm
 import timm.utils
 import torch
-from torch import nn
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from train.config import Config, ConfigError, parse_args
-from train.data import DataError, DeviceLoader, balanced_subset, load_data
-from train.engine import (
-    amp_dtype,
-    compile_overhead,
-    evaluate,
-    make_optimizer,
-    make_scheduler,
-    resolve_device,
-    train_one_epoch,
-)
+from train.data import DataError, balanced_subset, load_data
+from train.engine import build_recipe, compile_overhead, evaluate, resolve_device, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,27 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 def run_seed(config: Config, train_set, test_set, target: float, device: torch.device) -> dict:
     """Train ``config`` with its seed until ``val/acc >= target`` or the schedule ends; the curve and timings."""
     timm.utils.random_seed(config.seed)
-    amp, channels_last = amp_dtype(config.precision, device), device.type == "cuda"
     torch.backends.cudnn.benchmark = True
-    train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
-                                seed=config.seed)
-    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False)
-    model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
-                               device=device)
-    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(train_loader),
-                               warmup_epochs=config.warmup_epochs)
-    net = torch.compile(model) if config.compile else model
-    train_loss, eval_loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), nn.CrossEntropyLoss()
+    recipe = build_recipe(config, train_set, test_set, device)
+    net = torch.compile(recipe.model) if config.compile else recipe.model
+    amp, channels_last = recipe.amp, recipe.channels_last
 
     curve, train_seconds, eval_seconds, reached = [], 0.0, 0.0, None
     wall_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        stats = train_one_epoch(net, train_loader, optimizer, scheduler, train_loss, device=device, amp=amp,
-                                channels_last=channels_last)
-        val = evaluate(net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
+        stats = train_one_epoch(net, recipe.train_loader, recipe.optimizer, recipe.scheduler, recipe.train_loss,
+                                device=device, amp=amp, channels_last=channels_last)
+        val = evaluate(net, recipe.test_loader, recipe.eval_loss, device=device, amp=amp, channels_last=channels_last,
                        tta=config.tta)
         train_seconds += stats["seconds"]
         eval_seconds += val["seconds"]

@@ -1,4 +1,4 @@
-"""The training math: one epoch of SGD and one evaluation pass, each returning a plain dict.
+"""The training math: the recipe's parts built from a config, one epoch of SGD and one evaluation pass.
 
 Pure PyTorch — no wandb, no printing beyond the tqdm bar. Running sums stay on the device and are read with
 ``.item()`` once per epoch (each ``.item()`` is a host–device sync that would stall the GPU every step). Under
@@ -10,15 +10,20 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
+import timm
 import timm.optim
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["NonFiniteLossError", "amp_dtype", "compile_overhead", "evaluate", "make_optimizer", "make_scheduler",
-           "predict", "resolve_device", "train_one_epoch"]
+from train.config import Config
+from train.data import Dataset, DeviceLoader
+
+__all__ = ["NonFiniteLossError", "Recipe", "amp_dtype", "build_recipe", "compile_overhead", "evaluate",
+           "make_optimizer", "make_scheduler", "predict", "resolve_device", "train_one_epoch"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +71,45 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_e
         return 1.0 - (1.0 - 1e-4) * min(step - warmup, total - warmup) / max(total - warmup, 1)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Recipe:
+    """What a config trains with on one device: ``train/run.py`` and the benchmarks build it the same way."""
+
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loss: nn.Module
+    eval_loss: nn.Module
+    amp: torch.dtype | None  # autocast dtype (None = fp32)
+    channels_last: bool
+
+
+def build_recipe(config: Config, train_set: Dataset, test_set: Dataset, device: torch.device, *, rank: int = 0,
+                 world_size: int = 1) -> Recipe:
+    """Loaders on ``device``, the model (SyncBatchNorm across GPUs under DDP; channels-last on CUDA, where NHWC lets
+    cuDNN use its fastest convolutions), fused SGD, the per-batch schedule and the losses of ``config``."""
+    train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
+                                seed=config.seed, rank=rank, world_size=world_size)
+    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False, rank=rank,
+                               world_size=world_size)
+    model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
+    if world_size > 1 and device.type == "cuda":  # BN over the global batch, as one GPU would (torch: GPUs only)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
+                               device=device)
+    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(train_loader),
+                               warmup_epochs=config.warmup_epochs)
+    return Recipe(train_loader, test_loader, model, optimizer, scheduler,
+                  train_loss=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+                  eval_loss=nn.CrossEntropyLoss(), amp=amp_dtype(config.precision, device),
+                  channels_last=channels_last)
 
 
 def compile_overhead(epoch_seconds: Sequence[float]) -> float:

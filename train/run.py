@@ -28,23 +28,13 @@ import timm
 import timm.utils
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from explain.report import check_cam_settings, explain_model
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, stops_deferred, unwrap
 from train.config import Config, ConfigError, config_from_dict, parse_args
-from train.data import DataError, DeviceLoader, balanced_subset, load_data
-from train.engine import (
-    NonFiniteLossError,
-    amp_dtype,
-    compile_overhead,
-    evaluate,
-    make_optimizer,
-    make_scheduler,
-    resolve_device,
-    train_one_epoch,
-)
+from train.data import DataError, balanced_subset, load_data
+from train.engine import NonFiniteLossError, build_recipe, compile_overhead, evaluate, resolve_device, train_one_epoch
 from train.tracking import Tracker, epoch_row
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -163,8 +153,6 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
         raise ConfigError(f"--device {config.device!r}: CUDA is not available on this machine")
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
-    amp = amp_dtype(config.precision, device)
-    channels_last = device.type == "cuda"  # NHWC lets cuDNN use its fastest convolution kernels
     timm.utils.random_seed(config.seed)
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
@@ -176,28 +164,16 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
     test_indices = balanced_subset(test_set.labels, config.test_subset, config.seed)  # positions in the full test set
     test_set = test_set.subset(test_indices)
-    train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
-                                seed=config.seed, rank=rank, world_size=world_size)
-    test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False, rank=rank,
-                               world_size=world_size)
 
-    # ---- model, optimizer, schedule ----------------------------------------------------------------------------
-    model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
-    if world_size > 1 and device.type == "cuda":  # BN over the global batch, as one GPU would (torch: GPUs only)
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # ---- loaders, model, optimizer, schedule ------------------------------------------------------------------
+    recipe = build_recipe(config, train_set, test_set, device, rank=rank, world_size=world_size)
+    train_loader, test_loader, model = recipe.train_loader, recipe.test_loader, recipe.model
+    optimizer, scheduler, amp, channels_last = recipe.optimizer, recipe.scheduler, recipe.amp, recipe.channels_last
     if config.explain_samples:  # a CAM typo must fail now, not after hours of training
         try:
             check_cam_settings(model, config.cam_method, config.cam_layer)
         except ValueError as exc:
             raise ConfigError(f"--cam_method/--cam_layer: {exc}") from None
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum,
-                               device=device)
-    scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(train_loader),
-                               warmup_epochs=config.warmup_epochs)
-    train_loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    eval_loss = nn.CrossEntropyLoss()
 
     # ---- resume state ------------------------------------------------------------------------------------------
     progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "train_seconds": 0.0, "loop_seconds": 0.0,
@@ -246,8 +222,8 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
     try:
         for epoch in range(progress["epoch"] + 1, config.epochs + 1):
             try:
-                train_stats = train_one_epoch(net, train_loader, optimizer, scheduler, train_loss, device=device,
-                                              amp=amp, channels_last=channels_last, progress=show_bar,
+                train_stats = train_one_epoch(net, train_loader, optimizer, scheduler, recipe.train_loss,
+                                              device=device, amp=amp, channels_last=channels_last, progress=show_bar,
                                               desc=f"epoch {epoch}/{config.epochs}")
             except NonFiniteLossError as exc:
                 tracker.finish(exit_code=1)
@@ -256,8 +232,8 @@ def _fit(config: Config, given: set[str], rank: int, world_size: int) -> dict:
             if world_size > 1 and device.type != "cuda":  # per-rank BN statistics: evaluate (and save) rank 0's
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
-            val = evaluate(eval_net, test_loader, eval_loss, device=device, amp=amp, channels_last=channels_last,
-                           tta=config.tta)
+            val = evaluate(eval_net, test_loader, recipe.eval_loss, device=device, amp=amp,
+                           channels_last=channels_last, tta=config.tta)
             row = epoch_row(epoch, train_stats, val)
             with stops_deferred():  # once W&B has the epoch's row, a stop waits until its checkpoint is saved
                 tracker.log(row, commit=not (epoch == config.epochs and config.explain_samples))  # explain joins it
