@@ -2,7 +2,7 @@
 
 Both train the same model (``resnet18_cifar``) on the same images in one process on one device, side by side:
 
-* **ours** — :class:`train.data.DeviceLoader` (uint8 on the device, batched crop/flip there), the fused SGD of
+* **ours** — :class:`train.loader.DeviceLoader` (uint8 on the device, batched crop/flip there), the fused SGD of
   :func:`train.engine.make_optimizer` and :func:`train.engine.train_one_epoch` with bf16 autocast and
   channels-last on CUDA (fp32 on the CPU);
 * **baseline** — ``torchvision.datasets.ImageFolder`` + PIL ``RandomCrop(32, 4)``, ``RandomHorizontalFlip``,
@@ -33,8 +33,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import train  # noqa: F401  (registers resnet18_cifar)
-from train.data import DeviceLoader, balanced_subset, load_data
+from train.data import balanced_subset, load_data
 from train.engine import amp_dtype, make_optimizer, resolve_device, train_one_epoch
+from train.loader import DeviceLoader
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchcam.methods import ISCAM, SSCAM, GradCAM, GradCAMpp, LayerCAM, ScoreCAM, SmoothGradCAMpp, XGradCAM
+
+from train.config import closest
 
 __all__ = ["CAM_METHODS", "compute_cams"]
 
@@ -145,9 +146,9 @@ def _check_layers(model: nn.Module, layers: list[str]) -> None:
     modules = dict(model.named_modules())
     unknown = [name for name in layers if name not in modules]
     if unknown:
-        close = {match for name in unknown for match in difflib.get_close_matches(name, modules)}
-        hints = sorted(close) or [name for name, _ in model.named_children()]
-        raise ValueError(f"unknown layer {unknown}; valid names include {hints[:8]} (see model.named_modules())")
+        children = [name for name, _ in model.named_children()]
+        raise ValueError(f"unknown layer {unknown}{closest(unknown[0], modules, prefix='')}; the model's top-level "
+                         f"modules are {children[:12]} (see model.named_modules())")
 
 
 def _check_images(images: Tensor) -> None:

@@ -11,8 +11,8 @@ otherwise) is grouped under the sweep's name; ``wandb sync`` uploads it later.
 
 - Proposals come from the ``sweeps`` package (``next_run``: bayes, random or grid) given every earlier trial;
   ``--seed`` makes them reproducible; a grid ends when it is exhausted, a spec's ``run_cap`` is honoured.
-- ``early_terminate: hyperband`` is applied while a trial runs: its per-epoch rows are read from its W&B run as they
-  are written (``wandb leet inspect --follow``) and handed to ``sweeps.stop_runs``; a trial it stops gets SIGTERM
+- ``early_terminate: hyperband`` is applied while a trial runs: its per-epoch rows are read from its
+  ``metrics.jsonl`` as they are written and handed to ``sweeps.stop_runs``; a trial it stops gets SIGTERM
   as under ``wandb agent`` (SIGKILL after ``WANDB_AGENT_KILL_DELAY``, 30 s), keeps its finished epochs and is marked
   ``stopped``.
 - After every trial the leaderboard, best first by the spec's metric (the run's summary value, as W&B shows it), is
@@ -28,18 +28,15 @@ otherwise) is grouped under the sweep's name; ``wandb sync`` uploads it later.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import json
 import os
-import queue
 import random
 import re
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections import defaultdict
@@ -56,8 +53,20 @@ from wandb.env import get_agent_kill_delay
 from wandb.sdk.launch.sweeps import utils as agent_utils  # how `wandb agent` turns a proposal into an argv
 from wandb.sdk.lib.runid import generate_id  # the ids wandb.init makes
 
-from train.config import Config, ConfigError, ErrorExitParser, closest, parse_args, read_yaml
-from train.tracking import epoch_row
+from train.config import (
+    Config,
+    ConfigError,
+    build_parser,
+    closest,
+    coerce,
+    parse_args,
+    parse_flags,
+    read_yaml,
+    train_parser,
+)
+from train.files import write_json
+from train.stops import Stopped, stops_raise
+from train.tracking import METRICS_FILE, epoch_row, read_metrics
 
 
 def _import_engine() -> ModuleType:
@@ -130,8 +139,7 @@ def check_spec(spec: dict[str, Any], path: str) -> dict[str, Any]:
                          f"metric: {{name: val/acc, goal: maximize}}")
     keys = epoch_metrics()
     if spec["metric"]["name"] not in keys:
-        match = difflib.get_close_matches(spec["metric"]["name"], keys, n=1)
-        hint = f" (did you mean {match[0]}?)" if match else f" (one of {', '.join(keys)})"
+        hint = closest(spec["metric"]["name"], keys, prefix="") or f" (one of {', '.join(keys)})"
         raise SweepError(f"{path}: metric {spec['metric']['name']!r} is not logged per epoch by train/run.py{hint}")
     command = [str(c) for c in spec.get("command") or agent_utils.DEFAULT_SWEEP_COMMAND]
     if "${args}" not in command:
@@ -166,26 +174,11 @@ def resolve_program(program: str | None) -> str:
 # ---- flags forwarded to every trial ------------------------------------------------------------------------------
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
-    """``--key=value`` / ``--key value`` flags for every trial, as ``{key: value}``; names checked against run.py's."""
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--"):
-            raise SweepError(f"unexpected argument {token!r} (flags for the trials look like --key=value)")
-        name, has_value, value = token[2:].partition("=")
-        if not has_value:
-            if i + 1 == len(tokens) or tokens[i + 1].startswith("--"):
-                raise SweepError(f"flag --{name} needs a value (--{name}=VALUE)")
-            i += 1
-            value = tokens[i]
-        key = name.replace("-", "_")
-        if key not in FLAGS and key != "config":
-            raise SweepError(f"unknown flag --{name}{closest(name, FLAGS + ['count'])}")
-        if key in PER_TRIAL:
+    """Flags for every trial, parsed as ``train/run.py`` parses them, as ``{key: value}`` (the text given)."""
+    overrides = parse_flags(train_parser(), tokens)
+    for key in PER_TRIAL:
+        if key in overrides:
             raise SweepError(f"--{key} is set for each trial by sweeps/local.py (the sweep's folder is --out_dir)")
-        overrides[key] = value
-        i += 1
     if overrides:
         parse_args([f"--{k}={v}" for k, v in overrides.items()])  # bad values fail now, not in every trial
     return overrides
@@ -289,12 +282,6 @@ def find_run_dir(run_id: str) -> Path | None:
     return found[-1] if found else None
 
 
-def wandb_cli(*args: str, timeout: float = 120) -> str:
-    """Run the ``wandb`` CLI of this Python (W&B's own reader of run files) and return its stdout."""
-    return subprocess.run([sys.executable, "-m", "wandb", *args], capture_output=True, text=True, check=True,
-                          timeout=timeout).stdout
-
-
 def epoch_values(history: list[dict[str, Any]], metric: str) -> list[float]:
     """One metric value per epoch from a run's history rows: rows without the metric (the explain step's) are
     skipped, and an epoch logged twice counts once (its last row)."""
@@ -303,55 +290,6 @@ def epoch_values(history: list[dict[str, Any]], metric: str) -> list[float]:
         if metric in row and "epoch" in row:
             by_epoch[row["epoch"]] = row[metric]
     return list(by_epoch.values())
-
-
-class RunFollower:
-    """Streams the history rows of a trial's W&B run while it runs (``wandb leet inspect --follow --json``)."""
-
-    def __init__(self, run_id: str):
-        self.rows: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._run_id = run_id
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._thread = threading.Thread(target=self._follow, daemon=True)
-        self._thread.start()
-
-    def _follow(self) -> None:
-        run_dir = None
-        while run_dir is None and not self._done.wait(0.5):
-            run_dir = find_run_dir(self._run_id)
-        with self._lock:
-            if self._done.is_set():
-                return
-            # its own session: the CLI runs wandb-core as a child, and stop() must end both
-            self._proc = subprocess.Popen([sys.executable, "-m", "wandb", "leet", "inspect", "--follow", "--json",
-                                           str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                          start_new_session=True)
-        for line in self._proc.stdout:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "history":
-                self.rows.put(record["history"]["item"])
-
-    def new_rows(self) -> list[dict[str, Any]]:
-        """The rows read since the last call."""
-        rows = []
-        while not self.rows.empty():
-            rows.append(self.rows.get_nowait())
-        return rows
-
-    def stop(self) -> None:
-        with self._lock:
-            self._done.set()
-            if self._proc is not None and self._proc.poll() is None:
-                if hasattr(os, "killpg"):
-                    os.killpg(self._proc.pid, signal.SIGTERM)
-                else:
-                    self._proc.terminate()
-        self._thread.join(timeout=10)
 
 
 def stop_line(spec: dict[str, Any], earlier: list[Trial], trial: Trial) -> str | None:
@@ -370,7 +308,7 @@ def end_process(proc: subprocess.Popen, sig: int, kill_after: float) -> None:
         proc.send_signal(sig)
     try:
         proc.wait(timeout=kill_after)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+    except (subprocess.TimeoutExpired, Stopped):
         proc.kill()
         proc.wait()
 
@@ -378,32 +316,32 @@ def end_process(proc: subprocess.Popen, sig: int, kill_after: float) -> None:
 def run_trial(trial: Trial, env: dict[str, str], spec: dict[str, Any], earlier: list[Trial]) -> None:
     """Run one trial to its end, applying hyperband on its epochs as they are logged; fills in the trial's results.
 
-    Ctrl-C (KeyboardInterrupt) stops the trial as hyperband does, records it as interrupted, and is raised again.
+    The trial's epoch rows are read from its ``metrics.jsonl`` (one line per epoch, written as the epoch ends). A
+    stop of the sweep (Ctrl-C, SIGTERM) stops the trial as hyperband does, records it as interrupted, and is raised
+    again.
     """
     kill_delay = get_agent_kill_delay(30)
+    metric, metrics_file = spec["metric"]["name"], Path(trial.out_dir) / METRICS_FILE
     start = time.monotonic()
     # its own session, so a Ctrl-C reaches the trial once, from here, and not twice (terminal + here)
     proc = subprocess.Popen(trial.command, env=env, start_new_session=True)
-    follower = RunFollower(trial.wandb_run_id) if "early_terminate" in spec else None
-    rows: list[dict[str, Any]] = []
     stop_sent = None
     try:
         while proc.poll() is None:
-            fresh = follower.new_rows() if follower else []
-            if fresh and stop_sent is None:
-                rows += fresh
-                trial.metric_history = epoch_values(rows, spec["metric"]["name"])
+            history = epoch_values(read_metrics(metrics_file), metric) if "early_terminate" in spec else []
+            if len(history) > len(trial.metric_history) and stop_sent is None:
+                trial.metric_history = history
                 trial.stop_reason = stop_line(spec, earlier, trial) or ""
                 if trial.stop_reason:
-                    print(f"[{trial.name}] hyperband stops it after epoch {len(trial.metric_history)}: "
-                          f"{trial.stop_reason}", flush=True)
+                    print(f"[{trial.name}] hyperband stops it after epoch {len(history)}: {trial.stop_reason}",
+                          flush=True)
                     proc.send_signal(signal.SIGTERM)  # what `wandb agent` does; train/run.py then ends cleanly
                     stop_sent = time.monotonic()
                     trial.state = "stopped"
             if stop_sent is not None and time.monotonic() - stop_sent > kill_delay:
                 proc.kill()
             time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
+    except Stopped:
         trial.state = "interrupted"
         end_process(proc, signal.SIGTERM, kill_delay)  # not SIGINT: a trial may inherit it ignored (`cmd &`)
         raise
@@ -411,34 +349,26 @@ def run_trial(trial: Trial, env: dict[str, str], spec: dict[str, Any], earlier: 
         end_process(proc, signal.SIGTERM, kill_delay)
         raise
     finally:
-        if follower:
-            follower.stop()
         trial.returncode = proc.wait()
         trial.seconds = round(time.monotonic() - start, 1)
-        collect_results(trial, spec["metric"]["name"])
+        collect_results(trial, metric)
 
 
 def collect_results(trial: Trial, metric: str) -> None:
-    """Read the trial's W&B run back (history and summary) and settle its state."""
-    summary_file = Path(trial.out_dir) / "summary.json"
+    """Read the trial's epochs back from its ``metrics.jsonl``, find its W&B run folder, and settle its state.
+
+    The trial's metric is its last epoch's value: what W&B shows as the run's summary value of a logged key.
+    """
+    out_dir = Path(trial.out_dir)
+    trial.metric_history = epoch_values(read_metrics(out_dir / METRICS_FILE), metric)
+    trial.metric = trial.metric_history[-1] if trial.metric_history else None
+    trial.epochs = len(trial.metric_history)
+    summary_file = out_dir / "summary.json"
     run_dir = find_run_dir(trial.wandb_run_id)
     if run_dir is None and summary_file.is_file():  # wandb fell back to another folder; run.py knows which
         logged = json.loads(summary_file.read_text()).get("wandb_run_dir")
         run_dir = Path(logged) if logged else None
-    if run_dir is not None and run_dir.is_dir():
-        trial.wandb_run_dir = str(run_dir.resolve())
-        try:
-            records = [json.loads(line) for line in wandb_cli("leet", "inspect", "--json", str(run_dir)).splitlines()
-                       if line.strip()]
-            summary = json.loads(wandb_cli("leet", "inspect", "--summary", "--json", str(run_dir)))["summary"]
-        except (subprocess.SubprocessError, json.JSONDecodeError, KeyError) as exc:
-            print(f"warning: cannot read the W&B run of {trial.name} ({exc})", file=sys.stderr)
-        else:
-            trial.metric_history = epoch_values([r["history"]["item"] for r in records if r["type"] == "history"],
-                                                metric)
-            value = summary.get(metric, trial.metric_history[-1] if trial.metric_history else None)
-            trial.metric = value if isinstance(value, int | float) else None
-    trial.epochs = len(trial.metric_history)
+    trial.wandb_run_dir = str(run_dir.resolve()) if run_dir is not None and run_dir.is_dir() else None
     if trial.state == "running":
         trial.state = "finished" if trial.returncode == 0 and summary_file.is_file() else "failed"
 
@@ -470,13 +400,6 @@ def leaderboard_table(trials: list[Trial], spec: dict[str, Any], columns: list[s
                      for line in lines)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary file beside it, then a rename (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def leaderboard(trials: list[Trial], goal: str) -> list[dict[str, Any]]:
     """``leaderboard.json``: every trial, best first, with its rank."""
     return [{"rank": rank, **dataclasses.asdict(t)} for rank, t in enumerate(ranked(trials, goal), 1)]
@@ -505,81 +428,96 @@ def earlier_trials(out_dir: Path, sweep: dict[str, Any]) -> list[Trial]:
 
 # ---- main ------------------------------------------------------------------------------------------------------
 
-def _parser() -> ErrorExitParser:
-    parser = ErrorExitParser(prog="sweeps/local.py", allow_abbrev=False,
-                             description="Run a W&B sweep spec locally, no W&B server: proposals from W&B's sweep "
-                                         "engine, each trial a train/run.py process with an offline W&B run. "
-                                         "Other --key=value flags go to every trial.")
+@dataclass
+class SweepOptions:
+    """The sweep's own flags (every other --key=value flag goes to every trial)"""
+
+    count: int | None = None
+    """Trials to run; unset = every point of a grid (needed for bayes and random)."""
+    out_dir: str = ""
+    """The sweep's folder (leaderboard.json, sweep.json, a folder per trial); empty = runs/sweeps/<sweep name>."""
+    seed: int | None = None
+    """Seed of the proposals; unset = fresh randomness."""
+    wandb_mode: str = "offline"
+    """W&B mode of the trials: offline, online or auto."""
+
+
+def parse_options(argv: list[str]) -> tuple[str, SweepOptions, dict[str, str]]:
+    """The spec path, the sweep's options and the trials' flags (parsed as ``train/run.py`` parses them)."""
+    parser = build_parser("sweeps/local.py", "Run a W&B sweep spec locally, no W&B server: proposals from W&B's "
+                          "sweep engine, each trial a train/run.py process with an offline W&B run.",
+                          [(SweepOptions, None)])
     parser.add_argument("spec", help="the sweep YAML, e.g. sweeps/lr.yaml")
-    parser.add_argument("--count", type=int, help="trials to run (default: a grid's every point; needed otherwise)")
-    parser.add_argument("--out_dir", "--out-dir", default="", help="sweep folder (default runs/sweeps/<sweep name>)")
-    parser.add_argument("--seed", type=int, help="seed of the proposals (default: fresh randomness)")
-    parser.add_argument("--wandb_mode", "--wandb-mode", default="offline", choices=("offline", "online", "auto"),
-                        help="W&B mode of the trials (default offline)")
-    return parser
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    namespace, rest = parser.parse_known_args(argv)
+    given = vars(namespace)
+    path = given.pop("spec")
+    options = SweepOptions(**{key: coerce(key, value, SweepOptions) for key, value in given.items()})
+    if options.count is not None and options.count < 1:
+        raise SweepError(f"--count must be >= 1, got {options.count}")
+    if options.seed is not None and options.seed < 0:
+        raise SweepError(f"--seed must be >= 0, got {options.seed}")
+    if options.wandb_mode not in ("offline", "online", "auto"):
+        raise SweepError(f"--wandb_mode must be offline, online or auto, got {options.wandb_mode!r}")
+    return path, options, parse_overrides(rest)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: check everything, then run the trials; one ``error:`` line and exit status 2 on bad input."""
-    try:
-        args, rest = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-        if not hasattr(sweeps, "next_run"):
-            raise SweepError("W&B's sweep engine is not installed (pip install sweeps)")
-        if args.count is not None and args.count < 1:
-            raise SweepError(f"--count must be >= 1, got {args.count}")
-        if args.seed is not None and args.seed < 0:
-            raise SweepError(f"--seed must be >= 0, got {args.seed}")
-        raw = load_spec(args.spec)
-        given = parse_overrides(rest)
-        overrides = dict(given)
-        spec = json.loads(json.dumps(raw, default=str))  # plain containers the pinning may edit
-        pinned = pin_parameters(spec, overrides) if isinstance(spec.get("parameters"), dict) else []
-        spec = check_spec(spec, args.spec)
-        program = resolve_program(spec.get("program"))
-        if args.count is None and spec["method"] != "grid":
-            raise SweepError(f"--count N is needed: a {spec['method']} sweep never ends by itself")
-    except (SweepError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with stops_raise():  # Ctrl-C and SIGTERM stop the trial in progress cleanly and keep every result
+        try:
+            path, options, given = parse_options(sys.argv[1:] if argv is None else argv)
+            if not hasattr(sweeps, "next_run"):
+                raise SweepError("W&B's sweep engine is not installed (pip install sweeps)")
+            raw = load_spec(path)
+            overrides = dict(given)
+            spec = json.loads(json.dumps(raw, default=str))  # plain containers the pinning may edit
+            pinned = pin_parameters(spec, overrides) if isinstance(spec.get("parameters"), dict) else []
+            spec = check_spec(spec, path)
+            program = resolve_program(spec.get("program"))
+            if options.count is None and spec["method"] != "grid":
+                raise SweepError(f"--count N is needed: a {spec['method']} sweep never ends by itself")
+            name = re.sub(r"[^\w.-]+", "-", str(spec.get("name") or Path(path).stem))
+            out_dir = Path(options.out_dir or Path("runs") / "sweeps" / name)
+            sweep = {"sweep": name, "spec": path, "method": spec["method"], "metric": dict(spec["metric"]),
+                     "seed": options.seed, "spec_config": raw, "overrides": given}
+            trials = earlier_trials(out_dir, sweep)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / "sweep.json", sweep)
+        except (SweepError, ConfigError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Stopped:
+            return 130
+        print(f"sweep {name}: {spec['method']} over {', '.join(searched_parameters(spec))}; {spec['metric']['name']} "
+              f"({spec['metric']['goal']}){early_text(spec)}; {len(trials)} earlier trials; {out_dir}/leaderboard.json",
+              flush=True)
+        if pinned:
+            print(f"pinned by the extra flags (not searched): {', '.join(pinned)}", flush=True)
+        return run_sweep(spec, program, name, out_dir, trials, overrides, options)
 
-    name = re.sub(r"[^\w.-]+", "-", str(spec.get("name") or Path(args.spec).stem))
-    out_dir = Path(args.out_dir or Path("runs") / "sweeps" / name)
-    board = out_dir / "leaderboard.json"
-    sweep = {"sweep": name, "spec": args.spec, "method": spec["method"], "metric": dict(spec["metric"]),
-             "seed": args.seed, "spec_config": raw, "overrides": given}
-    try:
-        trials = earlier_trials(out_dir, sweep)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "sweep.json", sweep)
-    except (SweepError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
-    # ---- the sweep -----------------------------------------------------------------------------------------------
-    searched = [k for k, p in spec["parameters"].items() if "value" not in p] or list(spec["parameters"])
+def searched_parameters(spec: dict[str, Any]) -> list[str]:
+    """The parameters the engine chooses (constants left out, unless there is nothing else)."""
+    return [k for k, p in spec["parameters"].items() if "value" not in p] or list(spec["parameters"])
+
+
+def early_text(spec: dict[str, Any]) -> str:
+    return f"; hyperband {spec['early_terminate']}" if "early_terminate" in spec else ""
+
+
+def run_sweep(spec: dict[str, Any], program: str, name: str, out_dir: Path, trials: list[Trial],
+              overrides: dict[str, str], options: SweepOptions) -> int:
+    """Propose, run and rank trials until ``--count``, a grid's end, ``run_cap`` or a stop; returns the exit status."""
+    board, searched = out_dir / "leaderboard.json", searched_parameters(spec)
     extra = [f"--{k}={v}" for k, v in overrides.items()]
     for key in ("project", "entity"):  # the sweep's W&B project, as an agent's runs get it
         if spec.get(key) and f"wandb_{key}" not in overrides and f"wandb_{key}" not in spec["parameters"]:
             extra.append(f"--wandb_{key}={spec[key]}")
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")}
     env["WANDB_RUN_GROUP"] = name
-    env.setdefault("WANDB__TRANSACTION_LOG_FLUSH_INTERVAL", "0.2")  # default 15 s: hyperband would see epochs late
-    early = f"; hyperband {spec['early_terminate']}" if "early_terminate" in spec else ""
-    print(f"sweep {name}: {spec['method']} over {', '.join(searched)}; {spec['metric']['name']} "
-          f"({spec['metric']['goal']}){early}; {len(trials)} earlier trials; {out_dir}/leaderboard.json", flush=True)
-    if pinned:
-        print(f"pinned by the extra flags (not searched): {', '.join(pinned)}", flush=True)
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's choice stands
-            signal.signal(sig, _raise_interrupt)  # stop like Ctrl-C: the trial ends cleanly, results are kept
-
     status, failed_in_a_row, started = 0, 0, 0
     try:
-        while args.count is None or started < args.count:
+        while options.count is None or started < options.count:
             if spec.get("run_cap") and len(trials) >= spec["run_cap"]:
                 print(f"run_cap {spec['run_cap']} reached", flush=True)
                 break
@@ -587,14 +525,14 @@ def main(argv: list[str] | None = None) -> int:
             index = max((t.index for t in trials), default=0) + 1
             while (out_dir / f"{name}-{index:03d}").exists():  # never reuse a trial folder
                 index += 1
-            params = propose(spec, [t.sweep_run(spec["metric"]["name"]) for t in engine_trials], args.seed, index)
+            params = propose(spec, [t.sweep_run(spec["metric"]["name"]) for t in engine_trials], options.seed, index)
             if params is None:
                 print(f"grid exhausted after {len(engine_trials)} trials", flush=True)
                 break
             trial = Trial(name=f"{name}-{index:03d}", index=index, config=params, wandb_run_id=generate_id(),
                           out_dir=str((out_dir / f"{name}-{index:03d}").resolve()))
             trial.command = trial_argv(spec, program, params, extra + [
-                f"--out_dir={trial.out_dir}", f"--run_name={trial.name}", f"--wandb_mode={args.wandb_mode}"])
+                f"--out_dir={trial.out_dir}", f"--run_name={trial.name}", f"--wandb_mode={options.wandb_mode}"])
             print(f"\n[{trial.name}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in params.items() if k in searched)
                   + f"\n$ {shlex.join(trial.command)}", flush=True)
             trials.append(trial)
@@ -609,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 status = 1
                 break
-    except KeyboardInterrupt:
+    except Stopped:
         if trials:
             write_json(board, leaderboard(trials, spec["metric"]["goal"]))
         print(f"\ninterrupted: {len(trials)} trials kept in {board}", file=sys.stderr)

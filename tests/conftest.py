@@ -69,6 +69,36 @@ def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, env:
                           timeout=timeout, env=os.environ | (env or {}), **kwargs)
 
 
+def user_env(home: Path) -> dict[str, str]:
+    """The environment of a user who set nothing for W&B but its folder: W&B's data folder is its default, under
+    ``home`` (``~/.local/share/wandb``), as on a fresh machine."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}
+    return env | {"HOME": str(home), "XDG_DATA_HOME": str(home / ".local" / "share"),
+                  "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config")}
+
+
+REAL_RUN = ["--train_subset=1000", "--test_subset=200", "--epochs=2", "--batch_size=100", "--explain_samples=8",
+            "--probe_images=10", "--run_name=real-run"]
+
+
+@pytest.fixture(scope="session")
+def trained(cifar_jpeg, tmp_path_factory) -> dict:
+    """The one real training run the train, explain, probe, trust and offline-sync tests share: 2 epochs on 1,000
+    real training images and 200 test images on the CPU, default recipe otherwise (lr from the batch, warm-up a
+    fifth of the run), explain and probes on, W&B offline in a folder of its own with nothing else set."""
+    root = tmp_path_factory.mktemp("trained")
+    out, wandb_dir, home = root / "out", root / "wandb-dir", root / "home"
+    wandb_dir.mkdir()
+    home.mkdir()
+    env = user_env(home) | {"WANDB_DIR": str(wandb_dir)}
+    result = subprocess.run([sys.executable, "train/run.py", "--data_dir", str(cifar_jpeg), *REAL_RUN,
+                             f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    return {"result": result, "out": out, "summary": summary, "run_dir": Path(summary["wandb_run_dir"]),
+            "wandb_dir": wandb_dir / "wandb", "home": home, "env": env}
+
+
 def wandb_records(run_dir: str | Path) -> list[dict]:
     """Every record of an offline W&B run, read back with W&B's own ``wandb leet inspect --json``."""
     out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,

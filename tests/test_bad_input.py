@@ -17,7 +17,7 @@ from train.config import Config
 from train.data import load_data
 from train.run import main
 
-SMALL = ["--train_subset=0", "--epochs=1", "--batch_size=40", "--explain_samples=0"]
+SMALL = ["--train_subset=0", "--epochs=1", "--batch_size=40", "--explain_samples=0", "--probe_images=0"]
 
 
 class Payload:
@@ -30,9 +30,10 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-@pytest.fixture
-def cases(small_folder, tmp_path) -> dict[str, Path]:
-    """Broken inputs built from the real small image folder."""
+@pytest.fixture(scope="module")
+def cases(small_folder, tmp_path_factory) -> dict[str, Path]:
+    """Broken inputs built from the real small image folder (read only by the tests)."""
+    tmp_path = tmp_path_factory.mktemp("cases")
     made: dict[str, Path] = {}
 
     def copy(name: str) -> Path:
@@ -66,10 +67,30 @@ def cases(small_folder, tmp_path) -> dict[str, Path]:
     made["text_ckpt"] = tmp_path / "text.pt"
     made["text_ckpt"].write_text("not a checkpoint")
     config = Config(data_dir=str(small_folder), batch_size=40, epochs=2, explain_samples=0).to_dict()
-    made["mismatch_ckpt"] = tmp_path / "mismatch.pt"
-    torch.save({"format": FORMAT, "model": timm.create_model("resnet18_cifar", num_classes=5).state_dict(),
-                "config": config, "epoch": 1, "metrics": {}, "classes": [str(i) for i in range(5)]},
-               made["mismatch_ckpt"])
+    good = {"format": FORMAT, "model": timm.create_model("resnet18_cifar", num_classes=10).state_dict(),
+            "config": config, "epoch": 1, "metrics": {"val/acc": 0.1}, "classes": [str(i) for i in range(10)],
+            "optimizer": {}, "scheduler": {}, "rng": {"torch": torch.get_rng_state(), "loader": torch.get_rng_state()},
+            "state": {"run_uid": "abc", "epoch": 1, "best_acc": 0.1, "best_epoch": 1, "train_seconds": 1.0,
+                      "loop_seconds": 1.0, "train_images": 120, "history": [{"epoch": 1, "val/acc": 0.1}],
+                      "wandb_run_id": "", "probes": {}}}
+    nested: list = [0.5]
+    for _ in range(40):
+        nested = [nested, nested]  # 2**40 leaves if anyone walked it
+    crafted = {
+        "mismatch_ckpt": {**good, "model": timm.create_model("resnet18_cifar", num_classes=5).state_dict(),
+                          "classes": [str(i) for i in range(5)]},
+        "model_only_ckpt": {k: v for k, v in good.items() if k not in ("optimizer", "scheduler", "rng", "state")},
+        "epoch_text_ckpt": {**good, "epoch": "1"},
+        "classes_dict_ckpt": {**good, "classes": {"a": 1}},
+        "config_list_ckpt": {**good, "config": ["lr", 0.1]},
+        "history_bomb_ckpt": {**good, "state": {**good["state"], "history": nested}},
+        "rng_text_ckpt": {**good, "rng": {"torch": "seed", "loader": 3}},
+        "config_bad_value_ckpt": {**good, "config": {**config, "lr": -1.0}},
+    }
+    for name, content in crafted.items():
+        made[name] = tmp_path / f"{name}.pt"
+        torch.save(content, made[name])
+    made["long"] = tmp_path / ("x" * 300)
     return made
 
 
@@ -81,7 +102,7 @@ BAD = {
     "epochs zero": (["--epochs=0"], "--epochs must be >= 1"),
     "batch size zero": (["--batch_size=0"], "--batch_size must be >= 1"),
     "subset negative": (["--train_subset=-5"], "--train_subset must be >= 0"),
-    "momentum out of range": (["--momentum=1.5"], "--momentum must be in [0, 1)"),
+    "momentum out of range": (["--momentum=1.5"], "--momentum must be in (0, 1)"),
     "unknown flag": (["--weight-decay-rate=1"], "unknown flag --weight-decay-rate (did you mean --weight_decay?)"),
     "unknown model": (["--model=resnet18cifar"], "is not a timm model (did you mean resnet18_cifar?)"),
     "unknown cam method": (["--data_dir={small}", "--cam_method=gradcamz", "--explain_samples=4"],
@@ -104,6 +125,19 @@ BAD = {
     "resume foreign": (["--resume={foreign_ckpt}"], "is not a cifar-insight checkpoint"),
     "resume text": (["--resume={text_ckpt}"], "checkpoint"),
     "resume model mismatch": (["--resume={mismatch_ckpt}"], "does not fit model 'resnet18_cifar'"),
+    "resume a best.pt": (["--resume={model_only_ckpt}"], "holds a model but not what resume needs (optimizer, "
+                                                          "scheduler, rng, state); resume from a run's last.pt"),
+    "checkpoint epoch is text": (["--resume={epoch_text_ckpt}"], "its 'epoch' is not what this project writes"),
+    "checkpoint classes a dict": (["--resume={classes_dict_ckpt}"], "its 'classes' is not what this project writes"),
+    "checkpoint config a list": (["--resume={config_list_ckpt}"], "its 'config' is not what this project writes"),
+    "checkpoint history bomb": (["--resume={history_bomb_ckpt}"],
+                                "its run state is damaged (its 'history' is missing or malformed)"),
+    "checkpoint rng text": (["--resume={rng_text_ckpt}"], "its random state is damaged"),
+    "checkpoint config value": (["--resume={config_bad_value_ckpt}"], "has an unusable config (--lr must be > 0"),
+    "resume name too long": (["--resume={long}"], "cannot be read (File name too long)"),
+    "data_dir name too long": (["--data_dir={long}"], "cannot be read (File name too long"),
+    "config name too long": (["--config={long}"], "cannot be read"),
+    "out_dir name too long": (["--data_dir={small}", "--out_dir={long}"], "is not writable (its name is too long)"),
     "out_dir is a file": (["--data_dir={small}", "--out_dir={a_file}"], "is a file, not a folder"),
     "out_dir not writable": (["--data_dir={small}", "--out_dir={a_file}/sub"], "is not writable"),
 }
@@ -122,7 +156,8 @@ def test_bad_input_is_one_error_line_and_exit_2(name, cases, small_folder, tmp_p
         argv = [*SMALL, *([] if has_data else [f"--data_dir={small_folder}"]), *argv]
     if not any(a.startswith("--out_dir") for a in argv):
         argv.append(f"--out_dir={tmp_path / 'out'}")
-    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.pt") if p.is_file()}
+    files = [p for p in [*tmp_path.rglob("*.pt"), *cases.values()] if p.suffix == ".pt" and p.is_file()]
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     assert main(argv) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]

@@ -243,8 +243,8 @@ def test_hooks_removed_and_flags_restored_after_an_error_inside(resnet: nn.Modul
     ("kwargs", "error", "match"),
     [
         ({"method": "gradcam++"}, ValueError, r"unknown CAM method 'gradcam\+\+'; valid methods: gradcam, gradcampp"),
-        ({"layer": "layer5"}, ValueError, r"unknown layer \['layer5'\]; valid names include \[.*'layer4'"),
-        ({"layer": ["layer4", "stem"]}, ValueError, r"unknown layer \['stem'\]; valid names include"),
+        ({"layer": "layer5"}, ValueError, r"unknown layer \['layer5'\] \(did you mean layer\d\?\); the model's top"),
+        ({"layer": ["layer4", "stem"]}, ValueError, r"unknown layer \['stem'\].*top-level modules are \[.*'layer4'"),
         ({"layer": "fc"}, ValueError, r"layer 'fc' outputs shape \(4, 10\), not a \[N, C, h, w\] feature map"),
         ({"class_idx": 10}, ValueError, r"class_idx must be in \[0, 10\) for this model, got 10"),
         ({"class_idx": -1}, ValueError, r"class_idx must be non-negative"),

@@ -1,13 +1,17 @@
-"""Flags: both spellings, both forms, YAML defaults, and the one-line error wall."""
+"""Flags: generated from the config dataclass (help from the docstrings), both spellings and forms, YAML defaults
+(bounded), derived defaults (lr, warm-up), and the one-line error wall."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 
 import pytest
 
-from tests.conftest import run_cli
-from train.config import Config, ConfigError, parse_args
+from explain.run import parse_args as explain_parse_args
+from tests.conftest import REPO, run_cli
+from train.config import Config, ConfigError, field_help, parse_args, train_parser
 from train.run import main
 
 # A valid, non-default value for every flag, as the user would type it, and what it parses to.
@@ -20,6 +24,8 @@ SAMPLES = {
     "epochs": ("3", 3),
     "batch_size": ("64", 64),
     "lr": ("0.05", 0.05),
+    "lr_base": ("0.2", 0.2),
+    "lr_base_size": ("256", 256),
     "warmup_epochs": ("0.5", 0.5),
     "weight_decay": ("1e-4", 1e-4),
     "momentum": ("0.8", 0.8),
@@ -40,6 +46,8 @@ SAMPLES = {
     "explain_samples": ("16", 16),
     "cam_method": ("layercam", "layercam"),
     "cam_layer": ("layer3", "layer3"),
+    "trust": ("false", False),
+    "probe_images": ("6", 6),
 }
 
 
@@ -58,24 +66,63 @@ def test_every_flag_parses_in_both_spellings_and_forms(key, form):
     assert given == {key}
 
 
+def test_every_flag_has_its_docstring_as_help():
+    options = {action.dest: action for action in train_parser()._actions if action.option_strings}
+    for field in dataclasses.fields(Config):
+        text = field_help(Config, field.name)
+        assert len(text) > 10, field.name  # every field documents itself
+        assert options[field.name].help.startswith(text.replace("%", "%%")), field.name
+    shown = run_cli("--help", timeout=120)
+    assert shown.returncode == 0
+    flat = " ".join(shown.stdout.split())
+    assert "Nesterov momentum, in (0, 1). (default: 0.9)" in flat
+    assert "unset = lr_base * batch_size / lr_base_size" in flat
+
+
+def test_explain_help_lists_each_flag_once():
+    result = run_cli("--help", script="explain/run.py", timeout=120)
+    assert result.returncode == 0
+    listed = re.findall(r"^\s+(--[\w-]+)", result.stdout, flags=re.MULTILINE)
+    assert "--checkpoint" in listed and "--device" in listed and "--cam_method" in listed
+    assert len(listed) == len(set(listed)), listed
+    assert "the checkpoint's" in result.stdout
+
+
 @pytest.mark.parametrize("text,expected", [("True", True), ("False", False), ("true", True), ("false", False),
                                            ("1", True), ("0", False)])
 def test_booleans(text, expected):
     assert parse_args([f"--compile={text}"])[0].compile is expected
 
 
+def test_lr_scales_with_the_batch_unless_given():
+    config, given = parse_args([])
+    assert config.lr == pytest.approx(0.4) and config.batch_size == 512 and "lr" not in given
+    assert parse_args(["--batch_size=128"])[0].lr == pytest.approx(0.1)
+    assert parse_args(["--batch_size=64", "--lr_base=0.2", "--lr_base_size=256"])[0].lr == pytest.approx(0.05)
+    assert parse_args(["--batch_size=64", "--lr=0.3"])[0].lr == 0.3  # an explicit lr wins
+
+
+def test_warmup_is_a_fifth_of_the_run_unless_given():
+    assert parse_args([])[0].warmup_epochs == pytest.approx(4.0)
+    assert parse_args(["--epochs=2"])[0].warmup_epochs == pytest.approx(0.4)
+    assert parse_args(["--epochs=2", "--warmup_epochs=0"])[0].warmup_epochs == 0.0
+
+
 def test_yaml_file_gives_defaults_and_the_command_line_wins(tmp_path):
     file = tmp_path / "c.yaml"
-    file.write_text("lr: 0.01\nepochs: 5\nbatch-size: 32\ntta: false\n")
+    file.write_text("lr: 0.01\nepochs: 5\nbatch-size: 32\ntta: false\nwarmup_epochs: null\n")
     config, given = parse_args(["--config", str(file), "--lr=0.3"])
     assert (config.lr, config.epochs, config.batch_size, config.tta) == (0.3, 5, 32, False)
-    assert given == {"lr", "epochs", "batch_size", "tta"}
+    assert config.warmup_epochs == pytest.approx(1.0)  # null = unset = a fifth of the 5 epochs
+    assert given == {"lr", "epochs", "batch_size", "tta", "warmup_epochs"}
 
 
 @pytest.mark.parametrize("argv,message", [
     (["--lr=0"], "--lr must be > 0"),
     (["--lr=-1"], "--lr must be > 0"),
     (["--lr=abc"], "--lr expects float"),
+    (["--lr=nan"], "--lr expects float"),
+    (["--lr=inf"], "--lr expects float"),
     (["--epochs=0"], "--epochs must be >= 1"),
     (["--epochs=1.5"], "--epochs expects int"),
     (["--batch_size=0"], "--batch_size must be >= 1"),
@@ -83,33 +130,74 @@ def test_yaml_file_gives_defaults_and_the_command_line_wins(tmp_path):
     (["--compile=maybe"], "--compile expects bool"),
     (["--precision=fp16"], "--precision must be one of"),
     (["--wandb_mode=cloud"], "--wandb_mode must be one of"),
+    (["--momentum=0"], "--momentum must be in (0, 1)"),
+    (["--seed=4294967296"], "--seed must be in [0, 4294967295]"),
+    (["--seed=-1"], "--seed must be in [0, 4294967295]"),
+    (["--probe_images=-1"], "--probe_images must be in [0, 1000]"),
+    (["--lr_base_size=0"], "--lr_base_size must be >= 1"),
+    (["--device=cuda:x"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--run_name=a/b"], "--run_name must be a plain name"),
+    (["--run_name=" + "x" * 300], "--run_name must be a plain name"),
+    (["--out_dir=a\x00b"], "--out_dir must be text without NUL bytes"),
     (["--model=resnet18_cifra"], "did you mean resnet18_cifar"),
     (["--learning_rate=0.1"], "unknown flag --learning_rate"),
     (["--batchsize=8"], "did you mean --batch_size"),
     (["--config", "missing.yaml"], "does not exist"),
     (["stray"], "unexpected argument"),
-    (["--epochs"], "expected one argument"),
+    (["--epochs"], "--epochs: expected one argument"),
 ])
 def test_bad_values_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def billion_laughs(levels: int = 9) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
 def test_config_file_errors(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("lr: [0.1\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        parse_args(["--config", str(bad)])
-    unknown = tmp_path / "unknown.yaml"
-    unknown.write_text("lrr: 0.1\n")
-    with pytest.raises(ConfigError, match="unknown key 'lrr' \\(did you mean --lr\\?\\)"):
-        parse_args(["--config", str(unknown)])
-    wrong = tmp_path / "wrong.yaml"
-    wrong.write_text("epochs: many\n")
-    with pytest.raises(ConfigError, match="--epochs expects int"):
-        parse_args(["--config", str(wrong)])
+    cases = {
+        "lr: [0.1\n": "not valid YAML",
+        "lrr: 0.1\n": "unknown key 'lrr' \\(did you mean --lr\\?\\)",
+        "epochs: many\n": "--epochs expects int",
+        "epochs: [1, 2]\n": "--epochs expects int",
+        "data_dir: {a: 1}\n": "--data_dir expects str",
+        "- 1\n- 2\n": "must hold a mapping",
+        billion_laughs(): "aliases \\(\\*name\\) are not accepted",
+        "a: " + "[" * 5000 + "]" * 5000 + "\n": "nested more than 32 levels deep",
+        "# padding\n" * 200_000: "is larger than 1024 KB",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"c{i}.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            parse_args(["--config", str(path)])
+    assert len(billion_laughs()) < 1000  # a small file that would expand to 9**9 strings
+
+
+def test_explain_flags_are_the_same_flags():
+    path, given = explain_parse_args(["--checkpoint", "x.pt", "--cam-layer=layer3", "--explain_samples", "4"])
+    assert path == "x.pt" and given == {"cam_layer": "layer3", "explain_samples": "4"}
+    with pytest.raises(ConfigError, match=r"unknown flag --epochs"):
+        explain_parse_args(["--checkpoint", "x.pt", "--epochs=3"])  # a training flag explain does not take
+
+
+@pytest.mark.parametrize("module", ["data", "config"])
+def test_data_and_config_import_nothing_from_the_model(module):
+    """DESIGN.md's data flow: config → data → loader → model; neither config nor data may reach back to the model
+    (or load timm's registry to validate a config)."""
+    tree = ast.parse((REPO / "train" / f"{module}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    assert not {name for name in imported if name.startswith(("train.model", "timm"))}, imported
 
 
 @pytest.mark.parametrize("argv", [["--lr=0"], ["--lrr=0.1"], ["--data_dir={file}"]])
@@ -119,10 +207,10 @@ def test_entry_point_exits_2_without_traceback(argv, tmp_path):
     result = run_cli(*argv, "--out_dir", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # a failed start leaves no folder behind
 
 
-def test_both_entry_points_run_help():
-    for args in (("train/run.py", "--help"), ("-m", "train.run", "--help")):
-        result = run_cli(*args[1:], script=args[0], timeout=120)
-        assert result.returncode == 0 and "--batch_size" in result.stdout and "--batch-size" in result.stdout
+def test_module_form_runs_help():
+    result = run_cli("train.run", "--help", script="-m", timeout=120)
+    assert result.returncode == 0 and "--batch_size" in result.stdout and "--batch-size" in result.stdout

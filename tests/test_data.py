@@ -21,15 +21,13 @@ from tests.conftest import CLASSES
 from train.data import (
     DataError,
     Dataset,
-    DeviceLoader,
     balanced_subset,
-    batch_crop,
-    batch_cutout,
-    batch_flip_lr,
+    decode_image,
     download_cifar10,
     load_data,
     read_cifar_batch,
 )
+from train.loader import DeviceLoader, batch_crop, batch_cutout, batch_flip_lr
 
 
 def write_cifar_batches(root: Path, train: Dataset, test: Dataset, protocol: int = 2) -> Path:
@@ -180,9 +178,9 @@ def test_balanced_subset_is_balanced_and_seeded():
 def test_crop_takes_a_window_of_the_padded_image():
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    out = batch_crop(images, 4, gen)
-    assert out.shape == images.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    out = batch_crop(padded, 32, gen)
+    assert out.shape == images.shape and out.dtype == torch.uint8
     offsets = set()
     for i in range(len(images)):
         match = [(dy, dx) for dy in range(9) for dx in range(9)
@@ -265,5 +263,139 @@ def test_cache_write_failure_is_not_fatal(small_folder, tmp_path):
 def test_pickle_free_cache_file(small_folder):
     load_data(small_folder)
     blob = io.BytesIO((small_folder / ".cache" / "train.pt").read_bytes())
-    assert set(torch.load(blob, weights_only=True)) == {"key", "images", "labels", "classes"}
+    assert set(torch.load(blob, weights_only=True)) == {"key", "images", "labels", "classes", "notes"}
     assert os.path.getsize(small_folder / ".cache" / "train.pt") > 120 * 3 * 32 * 32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Any image decoded right, or refused
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped_to_white(tmp_path):
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    pixels, size = decode_image(tmp_path / "g16.png")
+    assert size == (32, 32) and pixels.shape == (32, 32, 3)
+    np.testing.assert_allclose(pixels[..., 0].astype(float), np.rint(ramp / 257), atol=1)
+    assert 0 < pixels.mean() < 255  # Pillow's convert("RGB") would make this all white
+
+
+def test_transparency_is_composited_onto_white(tmp_path):
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, :16] = (200, 10, 10, 255)  # opaque red left half, fully transparent (black) right half
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    pixels, _ = decode_image(tmp_path / "a.png")
+    assert (pixels[:, :16] == (200, 10, 10)).all() and (pixels[:, 16:] == 255).all()
+    palette = Image.fromarray(rgba[..., :3]).quantize(4)
+    palette.info["transparency"] = palette.getpixel((20, 5))
+    palette.save(tmp_path / "p.png", transparency=palette.getpixel((20, 5)))
+    assert (decode_image(tmp_path / "p.png")[0][:, 16:] == 255).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    picture = np.zeros((32, 32, 3), np.uint8)
+    picture[:, :16] = (250, 0, 0)  # red left, black right as stored
+    exif = Image.Exif()
+    exif[0x0112] = 3  # "rotate 180° to display"
+    Image.fromarray(picture).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    pixels, _ = decode_image(tmp_path / "r.jpg")
+    assert pixels[:, 20:, 0].mean() > 200 and pixels[:, :12, 0].mean() < 50  # red is on the right once shown
+
+
+def test_float_images_are_scaled_or_refused(tmp_path):
+    unit = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(unit).save(tmp_path / "unit.tiff")
+    pixels, _ = decode_image(tmp_path / "unit.tiff")
+    assert pixels.max() == 255 and 120 < pixels.mean() < 135  # not truncated to black
+    Image.fromarray(unit * 1e6 - 5).save(tmp_path / "wild.tiff")
+    with pytest.raises(DataError, match="neither 8 nor 16 bits nor floats"):
+        decode_image(tmp_path / "wild.tiff")
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "LA", "1", "I"])
+def test_other_modes_become_rgb(mode, tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I") else "x.png")
+    image.save(path)
+    pixels, size = decode_image(path)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8 and size == (24, 40)
+
+
+def test_bombs_dangling_links_and_junk_are_refused(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (20_000, 20_000)).save(bomb)  # 400 megapixels, a few hundred KB on disk
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(DataError, match="too large to decode safely"):
+        decode_image(bomb)
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match="cannot read image"):
+        decode_image(tmp_path / "junk.png")
+
+
+def image_folder(root: Path, sizes: dict[str, tuple[int, int]], train: int = 3, test: int = 2) -> Path:
+    """Class folders of random images of the given (width, height) per class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        for name, (width, height) in sizes.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_resized_images_are_reported_once(tmp_path):
+    root = image_folder(tmp_path / "d", {"a": (64, 64), "b": (64, 64), "c": (32, 32)})
+    train, test = load_data(root)
+    assert train.images.shape == (9, 3, 32, 32)
+    assert "train/: resized 6 images from 64×64 to 32×32 (bilinear)" in train.notes
+    assert "test/: resized 4 images from 64×64 to 32×32 (bilinear)" in test.notes
+    again, _ = load_data(root)  # from the cache: still said
+    assert "train/: resized 6 images from 64×64 to 32×32 (bilinear)" in again.notes
+
+
+def test_empty_classes_are_named_and_one_class_is_an_error(tmp_path):
+    root = image_folder(tmp_path / "d", {"a": (32, 32), "b": (32, 32)})
+    for split in ("train", "test"):
+        (root / split / "empty").mkdir()
+    for image in (root / "test" / "b").iterdir():
+        image.unlink()
+    train, _ = load_data(root)
+    assert train.classes == ["a", "b", "empty"]  # the cache noticed the new class folder
+    assert "warning: train/ has no images of 1 class(es): empty" in train.notes
+    assert "warning: test/ has no images of 2 class(es): b, empty" in train.notes
+    for image in (root / "train" / "b").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match="1 class folder\\(s\\) with training images; a classifier needs at least two"):
+        load_data(root)
+
+
+def test_empty_test_split_and_dangling_links_are_data_errors(tmp_path):
+    root = image_folder(tmp_path / "d", {"a": (32, 32), "b": (32, 32)}, test=0)
+    with pytest.raises(DataError, match="test/ has no images"):
+        load_data(root)
+    root = image_folder(tmp_path / "e", {"a": (32, 32), "b": (32, 32)})
+    (root / "train" / "a" / "9.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match="9.png is a broken symbolic link"):
+        load_data(root)
+
+
+def test_cifar_pickle_bomb_is_refused_without_expanding(small_folder, tmp_path):
+    train, test = load_data(small_folder)
+    folder = write_cifar_batches(tmp_path, train, test)
+    nested: list = [0] * 9
+    for _ in range(30):
+        nested = [nested] * 9  # 9**30 elements if anyone expanded it
+    blob = pickle.dumps({b"data": nested, b"labels": [0]}, protocol=2)
+    assert len(blob) < 2000
+    (folder / "data_batch_1").write_bytes(blob)
+    with pytest.raises(DataError, match="data is not a uint8 array"):
+        load_data(tmp_path, download=False)
+
+
+def test_cache_is_readable_by_the_group(small_folder):
+    load_data(small_folder)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (small_folder / ".cache" / "train.pt").stat().st_mode & 0o777 == 0o666 & ~mask

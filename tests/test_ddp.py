@@ -36,6 +36,7 @@ def wandb_runs() -> set[Path]:
 def test_two_processes_train_exactly_what_one_process_trains(cifar_jpeg, tmp_path):
     flags = ["--data_dir", str(cifar_jpeg), "--train_subset=200", "--test_subset=100", "--epochs=2",
              "--batch_size=50", "--lr=0.05", "--warmup_epochs=0", "--explain_samples=0", "--model=convnext_atto",
+             "--probe_images=0",
              "--device=cpu", "--precision=fp32"]
     before = wandb_runs()
     proc = torchrun(*flags, f"--out_dir={tmp_path / 'ddp'}")
@@ -46,9 +47,11 @@ def test_two_processes_train_exactly_what_one_process_trains(cifar_jpeg, tmp_pat
     assert single.returncode == 0, single.stderr[-3000:]
 
     assert stdout.count("epoch 1/2 ") == 1 and "2 processes (DDP)" in stdout  # only rank 0 prints
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "last.pt", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
+                                                                     "summary.json"]
     ddp, one = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("ddp", "one"))
-    for a, b in zip(ddp["history"], one["history"], strict=True):  # all-reduced metrics of the same global batches
+    # all-reduced metrics of the same global batches
+    for a, b in zip(ddp["state"]["history"], one["state"]["history"], strict=True):
         for key in METRICS:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
     assert ddp["model"].keys() == one["model"].keys()
@@ -59,13 +62,14 @@ def test_two_processes_train_exactly_what_one_process_trains(cifar_jpeg, tmp_pat
     assert len(created) == 1 and str(next(iter(created))) == summary["wandb_run_dir"]  # one W&B run, rank 0's
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
     assert [row["epoch"] for row in rows] == [1, 2]
-    assert [row["val/loss"] for row in rows] == [row["val/loss"] for row in ddp["history"]]
+    assert [row["val/loss"] for row in rows] == [row["val/loss"] for row in ddp["state"]["history"]]
 
 
 def test_torchrun_stops_and_resumes_the_same_run(cifar_jpeg, tmp_path):
     out = tmp_path / "out"
     flags = ["--data_dir", str(cifar_jpeg), "--train_subset=200", "--test_subset=100", "--epochs=3",
-             "--batch_size=50", "--explain_samples=0", "--device=cpu", "--precision=fp32", f"--out_dir={out}"]
+             "--batch_size=50", "--explain_samples=0", "--device=cpu", "--precision=fp32", f"--out_dir={out}",
+             "--probe_images=4"]
     proc = torchrun(*flags)
     for line in proc.stdout:  # stop the whole job (torchrun forwards SIGTERM to every rank) after epoch 1
         if line.startswith("epoch 1/3"):
@@ -81,7 +85,7 @@ def test_torchrun_stops_and_resumes_the_same_run(cifar_jpeg, tmp_path):
     assert stdout.count(f"--resume auto: continuing {out / 'last.pt'}") == 1
     assert "epoch 2/3" in stdout and "epoch 1/3" not in stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs"] == 3 and summary["wandb_run_id"] == first["wandb_run_id"]
+    assert summary["epochs"] == 3 and summary["wandb_run_id"] == first["state"]["wandb_run_id"]
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "summary.json"]

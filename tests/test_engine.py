@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.data import Dataset, DeviceLoader
+from train.data import Dataset
 from train.engine import (
     NonFiniteLossError,
     amp_dtype,
@@ -18,6 +18,7 @@ from train.engine import (
     resolve_device,
     train_one_epoch,
 )
+from train.loader import DeviceLoader
 
 
 def separable(n: int = 256, seed: int = 0) -> Dataset:

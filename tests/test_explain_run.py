@@ -4,6 +4,7 @@ input is one ``error:`` line and exit status 2."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -28,31 +29,26 @@ PICTURES = ("misclassified.png", "gradcam.png", "confusion_matrix.png")
 
 
 @pytest.fixture(scope="module")
-def trained(cifar_jpeg, tmp_path_factory):
-    """One epoch on 200 train / 100 test real JPEG CIFAR-10 images, with explain skipped (--explain_samples=0)."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    result = run_cli("--data_dir", str(cifar_jpeg), "--train_subset=200", "--test_subset=100", "--epochs=1",
-                     "--batch_size=50", "--explain_samples=0", "--out_dir", str(out), "--run_name=trained")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
 def explained(trained, tmp_path_factory):
-    """``python explain/run.py --checkpoint best.pt`` with every other setting left to its default."""
-    root = tmp_path_factory.mktemp("wandb")  # a W&B folder of its own, to find the one run it makes
-    result = run_cli("--checkpoint", str(trained / "best.pt"), script="explain/run.py", env={"WANDB_DIR": str(root)})
+    """``python explain/run.py --checkpoint best.pt`` with every other setting left to its default, on a copy of
+    the shared run's ``best.pt`` (the pictures go next to it)."""
+    root = tmp_path_factory.mktemp("explain")
+    folder = root / "copy"
+    folder.mkdir()
+    shutil.copy(trained["out"] / "best.pt", folder / "best.pt")
+    result = run_cli("--checkpoint", str(folder / "best.pt"), script="explain/run.py", env={"WANDB_DIR": str(root)})
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    return {"result": result, "run_dir": runs[0], "records": wandb_records(runs[0]), "out": trained}
+    return {"result": result, "run_dir": runs[0], "records": wandb_records(runs[0]), "out": folder,
+            "checkpoint": folder / "best.pt"}
 
 
 @pytest.mark.slow
 def test_explain_writes_the_pictures_next_to_the_checkpoint(explained):
     result, out = explained["result"], explained["out"]
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("explained ") and "100 test images" in lines[0]
+    assert lines[0].startswith("explained ") and "200 test images" in lines[0]
     assert "Traceback" not in result.stderr
     for name in PICTURES:
         with Image.open(out / name) as picture:
@@ -60,20 +56,20 @@ def test_explain_writes_the_pictures_next_to_the_checkpoint(explained):
 
 
 @pytest.mark.slow
-def test_explain_is_a_wandb_run_of_job_type_explain(explained, trained):
+def test_explain_is_a_wandb_run_of_job_type_explain(explained):
     records = explained["records"]
     run = next(r["run"] for r in records if r["type"] == "run")
     assert run["job_type"] == "explain"
     state = wandb_summary(explained["run_dir"])
     assert state["state"] == "finished"
     config = state["config"]
-    assert config["checkpoint"] == str(trained / "best.pt") and config["run_name"] == "trained-explain"
+    assert config["checkpoint"] == str(explained["checkpoint"]) and config["run_name"] == "real-run-explain"
     assert config["cam_method"] == "gradcam" and config["cam_layer"] == "layer4"
-    assert config["test_subset"] == 100 and config["explain_samples"] == 64  # not the checkpoint's 0
+    assert config["test_subset"] == 200 and config["explain_samples"] == 64  # not the checkpoint's 8
     # the single-pass accuracy explain measured is the one training logged for the same weights and images
-    best = torch.load(trained / "best.pt", weights_only=True)
+    best = torch.load(explained["checkpoint"], weights_only=True)
     assert state["summary"]["test_acc_no_tta"] == pytest.approx(best["metrics"]["val/acc_no_tta"])
-    assert state["summary"]["checkpoint_epoch"] == 1 == explain_row(records)["epoch"]
+    assert state["summary"]["checkpoint_epoch"] == best["epoch"] == explain_row(records)["epoch"]
 
 
 @pytest.mark.slow
@@ -83,7 +79,7 @@ def test_explain_table_shows_the_test_images(explained, cifar_jpeg):
     table, files = logged_table(records, "explain/misclassified")
     assert table["columns"] == list(COLUMNS)
     assert len(table["data"]) == min(64, summary["mistakes"]) == summary["explained"]
-    _, test = load_data(cifar_jpeg)  # `index` is the position in the full test set, not in the 100-image subset
+    _, test = load_data(cifar_jpeg)  # `index` is the position in the full test set, not in the 200-image subset
     classes = test.classes
     for row in table["data"]:
         cell = dict(zip(COLUMNS, row, strict=True))
@@ -98,13 +94,13 @@ def test_explain_table_shows_the_test_images(explained, cifar_jpeg):
         assert row[f"{key}._type"] == "table-file"
     assert row["explain/confusion_matrix_image._type"] == "image-file"
     matrix, _ = logged_table(records, "explain/confusion_matrix_table")
-    assert sum(n for _, _, n in matrix["data"]) == 100
+    assert sum(n for _, _, n in matrix["data"]) == 200
 
 
 @pytest.mark.slow
 def test_module_form_with_dash_flags_fused_layers_and_no_wandb(trained, tmp_path):
     out = tmp_path / "pictures"
-    result = run_cli("explain.run", "--checkpoint", str(trained / "best.pt"), "--explain-samples=4",
+    result = run_cli("explain.run", "--checkpoint", str(trained["out"] / "best.pt"), "--explain-samples=4",
                      "--cam_method", "gradcampp", "--cam-layer=layer3,layer4", "--out-dir", str(out),
                      "--wandb_mode=disabled", script="-m", env={"WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]

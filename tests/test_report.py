@@ -20,8 +20,7 @@ from explain.cam import compute_cams
 from explain.overlay import overlay_cam
 from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
 from tests.conftest import copy_images, history, wandb_records
-from train.data import load_data
-from train.model import CIFAR10_CLASSES
+from train.data import CIFAR10_CLASSES, load_data
 from train.tracking import Tracker
 
 CLASSES = list(CIFAR10_CLASSES)  # the JPEG copy's class folders, in label order

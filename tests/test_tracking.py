@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from tests.conftest import history, wandb_records, wandb_summary
-from train.tracking import Tracker, epoch_row, resolve_mode
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import REPO, history, wandb_records, wandb_summary
+from train.tracking import Tracker, epoch_row, read_metrics, resolve_mode
 
 TRAIN = {"loss": 1.5, "acc": 0.4, "images": 100, "seconds": 2.0, "images_per_second": 50.0, "lr": 0.1}
 VAL = {"loss": 1.2, "acc": 0.5, "acc_no_tta": 0.45, "images": 50, "seconds": 1.0}
@@ -17,11 +23,14 @@ def test_epoch_row_has_exactly_the_logged_keys():
 
 def test_auto_mode_is_offline_without_credentials_and_online_with_them(monkeypatch):
     assert resolve_mode("auto") == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert resolve_mode("auto") == "online"
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    assert resolve_mode("auto") == "offline"
     assert resolve_mode("disabled") == "disabled"
+    # in a process of its own: wandb.login keeps a key it found for the rest of the process
+    code = "from train.tracking import resolve_mode; print(resolve_mode('auto'))"
+    for extra, expected in (({"WANDB_API_KEY": "x" * 40}, "online"),
+                            ({"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "offline"}, "offline")):
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, **extra}).stdout
+        assert out.strip() == expected
 
 
 def test_offline_run_logs_epochs_against_the_epoch_axis():
@@ -47,18 +56,23 @@ def test_disabled_and_non_zero_ranks_log_nothing():
         assert tracker.id is None and tracker.dir is None
 
 
-def test_unreachable_server_falls_back_to_an_offline_run(monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
-    tracker = Tracker({"lr": 0.1}, mode="online", project="test")
-    assert tracker.mode == "offline" and tracker.id
-    assert "W&B online init failed" in capsys.readouterr().err
-    tracker.log(epoch_row(1, TRAIN, VAL))
-    run_dir = tracker.dir
-    tracker.finish()
+def test_unreachable_server_falls_back_to_an_offline_run(tmp_path):
+    """In a process of its own (as a training run is): W&B's login state would leak into the other tests."""
+    code = ("from train.tracking import Tracker, epoch_row\n"
+            f"TRAIN, VAL = {TRAIN!r}, {VAL!r}\n"
+            "tracker = Tracker({'lr': 0.1}, mode='online', project='test')\n"
+            "print(tracker.mode, tracker.dir)\n"
+            "tracker.log(epoch_row(1, TRAIN, VAL))\n"
+            "tracker.finish()\n")
+    env = {**__import__("os").environ, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
+           "WANDB_INIT_TIMEOUT": "5"}  # nothing listens on port 9
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    mode, run_dir = result.stdout.split()
+    assert mode == "offline" and "warning: W&B online init failed" in result.stderr
     assert [row["epoch"] for row in history(wandb_records(run_dir))] == [1]
-    assert "wandb sync" in capsys.readouterr().err
+    assert "wandb sync" in result.stderr
 
 
 def test_a_failing_logging_call_warns_and_training_goes_on(capsys):
@@ -70,3 +84,34 @@ def test_a_failing_logging_call_warns_and_training_goes_on(capsys):
     err = capsys.readouterr().err
     assert "warning: W&B log failed" in err and "continuing without W&B" in err
     assert tracker.run is None
+
+
+def test_epoch_rows_go_to_metrics_jsonl_in_every_mode(tmp_path):
+    for mode in ("offline", "disabled"):
+        path = tmp_path / f"{mode}.jsonl"
+        tracker = Tracker({"lr": 0.1}, mode=mode, project="test", metrics_file=path)
+        picture = np.zeros((8, 8, 3), np.uint8)
+        for epoch in (1, 2):
+            tracker.log_epoch(epoch_row(epoch, TRAIN, VAL), images={"probes/0_cat": (picture, f"epoch {epoch}")})
+        run_dir = tracker.dir
+        tracker.finish()
+        assert read_metrics(path) == [epoch_row(1, TRAIN, VAL), epoch_row(2, TRAIN, VAL)]  # scalars only
+        if mode == "offline":
+            rows = history(wandb_records(run_dir))
+            assert [row["epoch"] for row in rows] == [1, 2] and rows[0]["probes/0_cat._type"] == "image-file"
+    with open(path, "a") as file:
+        file.write(json.dumps({"epoch": 3})[:5])  # a line still being written is not read
+    assert len(read_metrics(path)) == 2
+
+
+def test_a_resumed_stream_holds_each_epoch_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [epoch_row(e, TRAIN, VAL) for e in (1, 2, 3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # epoch 3 logged, but last.pt holds only 1-2
+    tracker = Tracker({}, mode="offline", project="test", metrics_file=path)
+    tracker.continue_from(rows[:2])
+    tracker.log_epoch(rows[2])
+    run_dir = tracker.dir
+    tracker.finish()
+    assert [r["epoch"] for r in read_metrics(path)] == [1, 2, 3]
+    assert [r["epoch"] for r in history(wandb_records(run_dir))] == [1, 2, 3]  # offline: the part holds the run

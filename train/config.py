@@ -1,8 +1,11 @@
 """One typed source of truth for a training run: the defaults, the flags, the YAML file, and their validation.
 
-Flags are the W&B config keys (``--batch_size``; ``--batch-size`` is accepted too), in ``--key=value`` or
-``--key value`` form, booleans as ``--compile=False``. ``--config FILE.yaml`` supplies defaults; the command line
-wins. Every problem is a :class:`ConfigError` whose message the entry points print as one ``error:`` line.
+Every field of :class:`Config` is a flag of ``train/run.py`` and a W&B config key; its docstring is the flag's
+``--help`` text. Flags come as ``--batch_size`` or ``--batch-size``, ``--key=value`` or ``--key value``, booleans as
+``--compile=False``; ``--config FILE.yaml`` supplies defaults and the command line wins. :func:`build_parser` makes
+the argparse parser of any dataclass (``explain/run.py`` and ``sweeps/local.py`` use it too), :func:`closest` is the
+one "did you mean" helper. Every problem is a :class:`ConfigError` whose message the entry points print as one
+``error:`` line.
 """
 
 from __future__ import annotations
@@ -11,66 +14,110 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+from simple_parsing.docstring import get_attribute_docstring
 
 __all__ = [
     "Config",
     "ConfigError",
-    "ErrorExitParser",
+    "build_parser",
     "closest",
+    "coerce",
     "config_from_dict",
+    "field_help",
     "parse_args",
     "parse_bool",
+    "parse_flags",
     "read_yaml",
-    "reject_unknown",
+    "resolve",
+    "train_parser",
 ]
 
 
 @dataclass
 class Config:
-    """Every setting of a training run; each field is a flag and a W&B config key."""
+    """Training settings: each is a flag of train/run.py and a W&B config key."""
 
-    # data
-    data_dir: str = "data"  # image-folder root (train/, test/) or CIFAR-10 python batches; downloaded when absent
-    train_subset: int = 0  # class-balanced, seeded subset of the training set (0 = all), for smoke runs
-    test_subset: int = 0  # same for the test set
-    cutout: int = 0  # side of the square cut out of each training image (0 = off)
-    # model
-    model: str = "resnet18_cifar"  # any timm model name; resnet18_cifar is registered by `import train`
-    # optimisation: SGD-Nesterov, linear warm-up then linear decay to zero, label smoothing
-    epochs: int = 20  # passes over the training set
-    batch_size: int = 512  # images per optimizer step
-    lr: float = 0.4  # peak learning rate, reached after warmup_epochs (0.1 per 128 images, linearly scaled)
-    warmup_epochs: float = 4.0  # epochs of linear warm-up from lr/10 (may be fractional)
-    weight_decay: float = 5e-4  # L2 on weights (not on biases or norm layers)
-    momentum: float = 0.9  # Nesterov momentum
-    label_smoothing: float = 0.1  # cross-entropy label smoothing
-    tta: bool = True  # evaluate with horizontal-flip test-time augmentation (val/acc); val/acc_no_tta is logged too
-    seed: int = 0  # seeds the model init, subsets, shuffling and augmentation
-    # system
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16
-    compile: bool = False  # torch.compile the model
-    deterministic: bool = False  # deterministic kernels (slower on GPU): a resumed run then ends bit-identical
-    eval_batch_size: int = 1024  # images per evaluation forward pass
-    # outputs and resume
-    out_dir: str = ""  # where checkpoints, summary.json and pictures go (default runs/<run_name>)
-    run_name: str = ""  # W&B run name and default out_dir name (default: a timestamp)
-    resume: str = ""  # a last.pt to continue from, or "auto": the newest last.pt of this out_dir/run_name (if any)
-    # tracking
-    wandb_project: str = "cifar-insight"  # W&B project
-    wandb_entity: str = ""  # W&B entity (team or user); empty = your default
-    wandb_mode: str = "auto"  # auto (online when W&B credentials exist, else offline), online, offline, disabled
-    # explain
-    explain_samples: int = 64  # most confident mistakes explained at the end of training (0 = skip explain)
-    cam_method: str = "gradcam"  # torchcam method for the explain step
-    cam_layer: str = "layer4"  # module(s) the CAM is computed on; comma-separated names are fused
+    # ---- data ----------------------------------------------------------------------------------------------------
+    data_dir: str = "data"
+    """Image-folder root (train/ and test/ class folders) or CIFAR-10 python batches; CIFAR-10 is downloaded there
+    when neither is present."""
+    train_subset: int = 0
+    """Class-balanced, seeded subset of the training set, for smoke runs (0 = all)."""
+    test_subset: int = 0
+    """Class-balanced, seeded subset of the test set (0 = all)."""
+    cutout: int = 0
+    """Side of the square cut out of each training image (0 = off)."""
+    # ---- model ---------------------------------------------------------------------------------------------------
+    model: str = "resnet18_cifar"
+    """Any timm model name; resnet18_cifar is registered by `import train`."""
+    # ---- optimisation: SGD-Nesterov, linear warm-up then linear decay, label smoothing -----------------------------
+    epochs: int = 20
+    """Passes over the training set."""
+    batch_size: int = 512
+    """Images per optimizer step (the global batch under torchrun)."""
+    lr: float | None = None
+    """Peak learning rate; unset = lr_base * batch_size / lr_base_size (0.4 at the default batch of 512)."""
+    lr_base: float = 0.1
+    """Learning rate per lr_base_size images of batch, scaled linearly with batch_size when --lr is not given."""
+    lr_base_size: int = 128
+    """Batch size at which the learning rate is lr_base."""
+    warmup_epochs: float | None = None
+    """Epochs of linear warm-up from lr/10, may be fractional; unset = 20% of --epochs."""
+    weight_decay: float = 5e-4
+    """L2 penalty on weights (not on biases or norm layers)."""
+    momentum: float = 0.9
+    """Nesterov momentum, in (0, 1)."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing."""
+    tta: bool = True
+    """Evaluate with horizontal-flip test-time augmentation (val/acc); the single pass is logged as val/acc_no_tta."""
+    seed: int = 0
+    """Seeds the model init, the subsets, the probe images, shuffling and augmentation."""
+    # ---- system --------------------------------------------------------------------------------------------------
+    device: str = "auto"
+    """auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16."""
+    compile: bool = False
+    """torch.compile the model; its compile time is reported as compile_seconds."""
+    deterministic: bool = False
+    """Deterministic kernels (slower on a GPU): a killed and resumed run then ends bit-identical."""
+    eval_batch_size: int = 1024
+    """Images per evaluation (and explain) forward pass."""
+    # ---- outputs and resume ----------------------------------------------------------------------------------------
+    out_dir: str = ""
+    """Folder of the outputs: checkpoints, metrics.jsonl, summary.json, pictures; empty = runs/<run_name>."""
+    run_name: str = ""
+    """W&B run name and out_dir's default name; empty = the start time (YYYYmmdd-HHMMSS)."""
+    resume: str = ""
+    """A last.pt to continue, or auto: the newest last.pt of this out_dir/run_name, else a new run; empty = new."""
+    # ---- tracking ------------------------------------------------------------------------------------------------
+    wandb_project: str = "cifar-insight"
+    """W&B project."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); empty = your default."""
+    wandb_mode: str = "auto"
+    """auto (online when W&B credentials exist, else offline; never prompts), online, offline or disabled."""
+    # ---- explain -------------------------------------------------------------------------------------------------
+    explain_samples: int = 64
+    """Most confident test mistakes explained with CAMs and tables (0 = no explain step after training)."""
+    cam_method: str = "gradcam"
+    """torchcam method of the explain step and the probes (gradcam, gradcampp, layercam, scorecam, ...)."""
+    cam_layer: str = "layer4"
+    """Module the CAMs are computed on; comma-separated names are fused."""
+    trust: bool = True
+    """Measure how far the explain step's CAMs can be trusted (deletion/insertion vs random, randomization check)."""
+    probe_images: int = 20
+    """Fixed test images whose prediction and CAM are logged before training and after every epoch (0 = off)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (what W&B and the checkpoints store)."""
@@ -83,6 +130,15 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_NAME_BYTES = 200  # a run name becomes a folder name (255 bytes on most file systems, W&B adds to it)
+MAX_PROBES = 1000
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Values
 
 
 def parse_bool(value: str | bool | int) -> bool:
@@ -97,18 +153,29 @@ def parse_bool(value: str | bool | int) -> bool:
     raise ValueError(f"expected True or False, got {value!r}")
 
 
-def closest(name: str, choices: Sequence[str]) -> str:
-    """A ``did you mean`` suffix naming the closest of ``choices`` to ``name`` (empty when none is close)."""
-    match = difflib.get_close_matches(name.replace("-", "_"), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean --{match[0]}?)" if match else ""
+def closest(name: str, choices: Iterable[str], prefix: str = "--") -> str:
+    """The one "did you mean" helper: `` (did you mean --x?)`` for the choice closest to ``name``, else ``""``."""
+    match = difflib.get_close_matches(str(name).replace("-", "_"), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {prefix}{match[0]}?)" if match else ""
 
 
-_FIELDS = {f.name: f for f in fields(Config)}
+def _base_type(cls: type, name: str) -> type:
+    """The type of field ``name`` of dataclass ``cls``, ``X | None`` read as ``X``."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args and typing.get_origin(hint) is not list else hint
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Convert ``value`` to the type of field ``key`` or raise a one-line :class:`ConfigError`."""
-    kind = type(getattr(Config, key))
+def coerce(key: str, value: Any, cls: type = Config) -> Any:
+    """Convert ``value`` (a flag's text, a YAML or checkpoint value) to the type of field ``key`` of ``cls``.
+
+    Raises:
+        ConfigError: one line naming the flag, e.g. ``--lr expects float, got 'abc'``.
+    """
+    kind = _base_type(cls, key)
+    default = next(f for f in fields(cls) if f.name == key).default
+    if value is None and default is None:
+        return None  # an optional setting left unset (e.g. `lr: null` in a YAML file)
     try:
         if kind is bool:
             return parse_bool(value)
@@ -123,11 +190,16 @@ def _coerce(key: str, value: Any) -> Any:
             if not math.isfinite(number):
                 raise ValueError
             return number
-        if value is None:
-            return ""
+        if typing.get_origin(kind) is list:
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
+        if value is None or isinstance(value, dict | list | tuple):
+            raise ValueError
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--{key} expects {kind.__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"--{key} expects {name}, got {value!r}") from None
 
 
 def _validate(config: Config) -> Config:
@@ -136,49 +208,100 @@ def _validate(config: Config) -> Config:
         ("epochs", config.epochs >= 1, "must be >= 1"),
         ("batch_size", config.batch_size >= 1, "must be >= 1"),
         ("eval_batch_size", config.eval_batch_size >= 1, "must be >= 1"),
-        ("lr", config.lr > 0, "must be > 0"),
-        ("warmup_epochs", config.warmup_epochs >= 0, "must be >= 0"),
+        ("lr", config.lr is None or config.lr > 0, "must be > 0"),
+        ("lr_base", config.lr_base > 0, "must be > 0"),
+        ("lr_base_size", config.lr_base_size >= 1, "must be >= 1"),
+        ("warmup_epochs", config.warmup_epochs is None or config.warmup_epochs >= 0, "must be >= 0"),
         ("weight_decay", config.weight_decay >= 0, "must be >= 0"),
-        ("momentum", 0 <= config.momentum < 1, "must be in [0, 1)"),
+        ("momentum", 0 < config.momentum < 1, "must be in (0, 1) (Nesterov momentum needs momentum > 0)"),
         ("label_smoothing", 0 <= config.label_smoothing < 1, "must be in [0, 1)"),
         ("train_subset", config.train_subset >= 0, "must be >= 0 (0 = all)"),
         ("test_subset", config.test_subset >= 0, "must be >= 0 (0 = all)"),
         ("cutout", 0 <= config.cutout <= 32, "must be in [0, 32]"),
-        ("seed", config.seed >= 0, "must be >= 0"),
+        ("seed", 0 <= config.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]"),
         ("explain_samples", config.explain_samples >= 0, "must be >= 0"),
+        ("probe_images", 0 <= config.probe_images <= MAX_PROBES, f"must be in [0, {MAX_PROBES}]"),
         ("precision", config.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("wandb_mode", config.wandb_mode in WANDB_MODES, f"must be one of {', '.join(WANDB_MODES)}"),
-        ("device", config.device == "auto" or config.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        ("device", re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", config.device) is not None,
          "must be auto, cpu, cuda or cuda:N"),
         ("model", bool(config.model), "must not be empty"),
+        ("cam_method", bool(config.cam_method), "must not be empty"),
+        ("cam_layer", bool(config.cam_layer.strip(" ,")), "must name a module"),
+        ("run_name", _plain_name(config.run_name), f"must be a plain name of at most {MAX_NAME_BYTES} bytes "
+                                                    "(no / or \\, not . or ..)"),
     ]
     for key, ok, requirement in checks:
         if not ok:
             raise ConfigError(f"--{key} {requirement}, got {getattr(config, key)!r}")
-    _check_model(config.model)
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, str) and ("\x00" in value or len(value.encode(errors="replace")) > 4096):
+            raise ConfigError(f"--{f.name} must be text without NUL bytes and at most 4096 bytes long")
     return config
 
 
-def _check_model(name: str) -> None:
-    import timm
+def _plain_name(name: str) -> bool:
+    return not name or (len(name.encode(errors="replace")) <= MAX_NAME_BYTES and name not in (".", "..")
+                        and not any(c in name for c in "/\\\x00"))
 
-    import train  # noqa: F401  (registers resnet18_cifar)
 
-    if not timm.is_model(name):
-        match = difflib.get_close_matches(name, timm.list_models(), n=1)
-        hint = f" (did you mean {match[0]}?)" if match else ""
-        raise ConfigError(f"--model {name!r} is not a timm model{hint}")
+def resolve(config: Config) -> Config:
+    """Fill the settings derived from others when not given: ``lr`` (linear scaling rule, as timm's ``lr_base``)
+    and ``warmup_epochs`` (a fifth of the run, so a short run still warms up and decays). W&B and the checkpoints
+    record the resolved values."""
+    if config.lr is None:
+        config.lr = config.lr_base * config.batch_size / config.lr_base_size
+    if config.warmup_epochs is None:
+        config.warmup_epochs = 0.2 * config.epochs
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a validated, resolved :class:`Config` from a stored dict (a checkpoint's), ignoring unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a stored config must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(Config)}
+    return resolve(_validate(Config(**{k: coerce(k, v) for k, v in data.items() if k in names})))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# YAML: safe (no code runs) and bounded (no alias expansion, no deep nesting, no huge files)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and with a depth limit: a 60 KB "billion laughs" file of nested aliases
+    would expand to gigabytes, and a file nested thousands deep would exhaust the recursion limit."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                              self.peek_event().start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def read_yaml(path: str, what: str) -> Any:
-    """Parse the YAML file ``path`` safely (no code runs); problems are one-line :class:`ConfigError` naming ``what``
-    (e.g. ``"--config file"``, ``"sweep spec"``)."""
+    """Parse the YAML file ``path`` safely; problems are one-line :class:`ConfigError` naming ``what`` (e.g.
+    ``"--config file"``, ``"sweep spec"``)."""
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{what} {path!r} does not exist")
     try:
-        return yaml.safe_load(file.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
+        if not file.is_file():
+            raise ConfigError(f"{what} {path!r} does not exist")
+        if file.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path!r} is larger than {MAX_YAML_BYTES // 1024} KB")
+        return yaml.load(file.read_text(), Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"{what} {path!r} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -194,64 +317,106 @@ def load_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"--config file {path!r} must hold a mapping of flag: value")
+    names = [f.name for f in fields(Config)]
     clean = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in _FIELDS:
-            raise ConfigError(f"--config file {path!r}: unknown key {key!r}{closest(str(key), list(_FIELDS))}")
+        if name not in names:
+            raise ConfigError(f"--config file {path!r}: unknown key {str(key)[:100]!r}{closest(str(key), names)}")
         clean[name] = value
     return clean
 
 
-def reject_unknown(unknown: Sequence[str], flags: Sequence[str]) -> None:
-    """Raise a :class:`ConfigError` for the first argument argparse did not know, suggesting the closest flag."""
-    if not unknown:
-        return
-    arg = next((u for u in unknown if u.startswith("-")), unknown[0])
-    if not arg.startswith("-"):
-        raise ConfigError(f"unexpected argument {arg!r} (flags look like --key=value)")
-    flag = arg.split("=", 1)[0]
-    raise ConfigError(f"unknown flag {flag}{closest(flag.lstrip('-'), flags)}")
+# ---------------------------------------------------------------------------------------------------------------------
+# The command line, generated from dataclasses
 
 
-class ErrorExitParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise :class:`ConfigError` (one line) instead of printing usage."""
+class _ErrorRaisingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`ConfigError` (one line) instead of printing usage and exiting."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(message)
+    flag_names: list[str]  # every flag's field name, for "did you mean"
+
+    def error(self, message: str) -> typing.NoReturn:
+        # argparse names an option by all its spellings ("argument --out_dir/--out-dir: ..."): keep the first
+        match = re.fullmatch(r"argument (--[\w-]+)(?:/[^:]*)?: (.*)", message, flags=re.DOTALL)
+        raise ConfigError(f"{match[1]}: {match[2]}" if match else message)
 
 
-def _parser() -> ErrorExitParser:
-    parser = ErrorExitParser(prog="train/run.py", allow_abbrev=False,
-                             description="Train a timm classifier on CIFAR-10 (or any image folder), tracked in W&B.")
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of flag defaults; the command line wins")
-    for f in fields(Config):
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = getattr(Config, f.name)
-        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=type(default).__name__.upper(),
-                            help=f"(default: {default!r})")
+def field_help(cls: type, name: str) -> str:
+    """The docstring below field ``name`` of dataclass ``cls``, on one line (the flag's ``--help`` text)."""
+    return " ".join(get_attribute_docstring(cls, name).docstring_below.split())
+
+
+def build_parser(prog: str, description: str, groups: Sequence[tuple[type, Sequence[str] | None]],
+                 defaults: dict[str, str] | None = None) -> _ErrorRaisingParser:
+    """An argparse parser with one flag per field of each dataclass in ``groups``, help from the fields' docstrings.
+
+    Args:
+        prog, description: What ``--help`` shows first.
+        groups: ``(dataclass, field names or None for all)``; each field becomes ``--name`` (and ``--na-me``), a
+            list field takes one or more values, a field without a default is required.
+        defaults: Text shown as a flag's default instead of its field default (e.g. "the checkpoint's").
+
+    Values are left as given (strings): :func:`coerce` types them, so the command line, YAML files and stored
+    configs share one conversion and one set of messages. Flags not given are absent from the parsed namespace,
+    which is how callers know what was given explicitly (resume lets those override the checkpoint).
+    """
+    parser = _ErrorRaisingParser(prog=prog, description=description, allow_abbrev=False)
+    parser.flag_names = []
+    for cls, names in groups:
+        group = parser.add_argument_group((cls.__doc__ or cls.__name__).splitlines()[0].rstrip("."))
+        for f in fields(cls):
+            if names is not None and f.name not in names:
+                continue
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            kind = _base_type(cls, f.name)
+            is_list = typing.get_origin(kind) is list
+            shown = (defaults or {}).get(f.name)
+            if shown is None and not required:
+                value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                shown = "" if value in (None, "", []) else repr(value)  # the docstring says what unset means
+            help_text = field_help(cls, f.name) + (f" (default: {shown})" if shown else "")
+            options = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            parser.flag_names.append(f.name)
+            group.add_argument(*options, dest=f.name, required=required, nargs="+" if is_list else None,
+                               default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
+                               metavar=getattr(typing.get_args(kind)[0] if is_list else kind, "__name__", "X").upper())
+    return parser
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> dict[str, Any]:
+    """The flags given in ``argv`` as ``{name: text}``; an unknown flag or stray argument is a :class:`ConfigError`
+    naming the closest known flag."""
+    namespace, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        known = getattr(parser, "flag_names", [])  # build_parser's parsers list them
+        arg = next((u for u in unknown if u.startswith("-")), unknown[0])
+        if not arg.startswith("-"):
+            raise ConfigError(f"unexpected argument {arg[:100]!r} (flags look like --key=value)")
+        flag = arg.split("=", 1)[0][:100]
+        raise ConfigError(f"unknown flag {flag}{closest(flag.lstrip('-'), known)}")
+    return vars(namespace)
+
+
+def train_parser() -> _ErrorRaisingParser:
+    """``train/run.py``'s parser: every :class:`Config` field, plus ``--config FILE.yaml``."""
+    parser = build_parser("train/run.py", "Train a timm classifier on CIFAR-10 (or any image folder), every epoch "
+                          "tracked in W&B, its mistakes explained with CAMs.", [(Config, None)])
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="YAML file of flag defaults (same keys); the command line wins")
+    parser.flag_names.append("config")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, set[str]]:
-    """Parse the command line (and its ``--config`` file) into a validated :class:`Config`.
+    """Parse the command line (and its ``--config`` file) into a validated, resolved :class:`Config`.
 
     Returns:
         The config and the set of keys given explicitly (on the command line or in the file), which resume uses
         to decide what overrides a checkpoint's config.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    namespace, unknown = parser.parse_known_args(argv)
-    reject_unknown(unknown, list(_FIELDS))
-    given = vars(namespace)
-    values = load_yaml(given.pop("config")) if given.get("config") else {}
-    given.pop("config", None)
+    given = parse_flags(train_parser(), sys.argv[1:] if argv is None else argv)
+    values = load_yaml(given.pop("config")) if "config" in given else {}
     values.update(given)
-    config = Config(**{key: _coerce(key, value) for key, value in values.items()})
-    return _validate(config), set(values)
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a validated :class:`Config` from a stored dict (a checkpoint's), ignoring keys this version lacks."""
-    return _validate(Config(**{k: _coerce(k, v) for k, v in data.items() if k in _FIELDS}))
+    config = Config(**{key: coerce(key, value) for key, value in values.items()})
+    return resolve(_validate(config)), set(values)

@@ -3,51 +3,58 @@
 Sources, chosen by what ``data_dir`` holds:
 
 * ``train/`` and ``test/`` class folders: an image-folder data set (class names = sorted folder names), e.g. the
-  JPEG CIFAR-10 copy or any user's own images (resized to 32×32 when they are not).
+  JPEG CIFAR-10 copy or any user's own images (see :func:`decode_image` for how any image becomes 32×32 RGB).
 * ``cifar-10-batches-py/``: the CIFAR-10 python batches, read with a restricted unpickler that only admits what
-  those files contain, so a crafted batch file never runs code.
+  those files contain, so a crafted batch file never runs code and never expands into gigabytes.
 * neither: CIFAR-10 is downloaded there with torchvision's downloader, then read as above.
 
 Each split is decoded once into uint8 ``[N, 3, 32, 32]`` images and int64 labels and cached next to the data
-(``<data_dir>/.cache/``; rebuilt when the source files change). :class:`DeviceLoader` keeps a split on the training
-device and augments, shuffles and batches it there with the pure functions :func:`batch_crop`,
-:func:`batch_flip_lr` and :func:`batch_cutout` (the airbench recipe): no DataLoader, no per-image Python per step.
+(``<data_dir>/.cache/``; rebuilt when the files or the class folders change). Batching on the device is
+:mod:`train.loader`'s job.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import io
 import os
 import pickle
 import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from train.files import atomic_write
 
 __all__ = [
+    "CIFAR10_CLASSES",
+    "IMAGE_SIZE",
+    "RESIZE_FILTER",
     "DataError",
     "Dataset",
-    "DeviceLoader",
     "balanced_subset",
-    "batch_crop",
-    "batch_cutout",
-    "batch_flip_lr",
+    "decode_image",
+    "download_cifar10",
+    "image_files",
     "load_data",
     "read_cifar_batch",
 ]
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SIZE = 32
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+RESIZE_FILTER = "bilinear"  # Pillow's, with its antialiasing when shrinking
+BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto: white, as image viewers show them
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCHES = ("test_batch",)
-CACHE_VERSION = 1
+CIFAR_ROW = 3 * IMAGE_SIZE * IMAGE_SIZE
+MAX_BATCH_BYTES = 1 << 30  # a CIFAR-10 batch is ~31 MB
+CACHE_VERSION = 2
 
 
 class DataError(ValueError):
@@ -61,6 +68,7 @@ class Dataset:
     images: torch.Tensor  # uint8 [N, 3, 32, 32], raw pixels
     labels: torch.Tensor  # int64 [N]
     classes: list[str]
+    notes: list[str] = field(default_factory=list)  # what loading did that the user should hear ("warning: ...")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -70,7 +78,7 @@ class Dataset:
         return Dataset(self.images[indices], self.labels[indices], self.classes)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # CIFAR-10 python batches: a restricted unpickler
 
 
@@ -83,7 +91,7 @@ def _numpy_reconstruct():
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR-10 batch files contain (dicts, lists, bytes, str, numbers and uint8 numpy arrays)."""
+    """Admits only what CIFAR-10 batch files contain (dicts, lists, bytes, str, numbers and numpy arrays)."""
 
     def find_class(self, module: str, name: str):
         allowed = {
@@ -98,8 +106,19 @@ class _CifarUnpickler(pickle.Unpickler):
         return allowed[(module, name)]()
 
 
+def _unpickle(path: Path) -> object:
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise DataError(f"{path} is larger than {MAX_BATCH_BYTES >> 20} MB: not a CIFAR-10 batch")
+    with open(path, "rb") as file:
+        return _CifarUnpickler(file, encoding="bytes").load()
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch file safely.
+
+    Only a uint8 ``data`` array of 3,072-byte rows and a flat list of int ``labels`` are accepted, and they are
+    checked before anything is converted, so shared references in a crafted pickle (a "billion laughs") are never
+    expanded.
 
     Returns:
         uint8 images ``[N, 3, 32, 32]`` and int64 labels ``[N]``.
@@ -108,32 +127,33 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         DataError: the file is missing, truncated, not a CIFAR batch, or carries anything but data.
     """
     try:
-        with open(path, "rb") as file:
-            batch = _CifarUnpickler(file, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        batch = _unpickle(path)
+        data, labels = batch[b"data"], batch[b"labels"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_ROW:
+            raise ValueError(f"data is not a uint8 array of {CIFAR_ROW}-byte rows")
+        if not isinstance(labels, list) or len(labels) != len(data) or not all(type(x) is int for x in labels):
+            raise ValueError(f"labels are not a list of {len(data)} ints")
         images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
     except FileNotFoundError:
         raise DataError(f"CIFAR-10 batch {path} is missing") from None
+    except DataError:
+        raise
     except Exception as exc:  # any failure to parse is the same user-facing problem
-        raise DataError(f"{path} is not a valid CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
-    if len(images) != len(labels):
-        raise DataError(f"{path} is not a valid CIFAR-10 batch ({len(images)} images but {len(labels)} labels)")
-    return images, labels
+        raise DataError(f"{path} is not a valid CIFAR-10 batch ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return images, np.asarray(labels, dtype=np.int64)
 
 
 def _cifar_classes(folder: Path) -> list[str]:
     meta = folder / "batches.meta"
-    if meta.is_file():
-        try:
-            with open(meta, "rb") as file:
-                names = _CifarUnpickler(file, encoding="bytes").load()[b"label_names"]
-            return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        except Exception as exc:
-            raise DataError(f"{meta} is not a valid CIFAR-10 meta file ({type(exc).__name__})") from None
-    from train.model import CIFAR10_CLASSES
-
-    return list(CIFAR10_CLASSES)
+    if not meta.is_file():
+        return list(CIFAR10_CLASSES)
+    try:
+        names = _unpickle(meta)[b"label_names"]
+        if not isinstance(names, list) or not 0 < len(names) <= 100_000:
+            raise ValueError("label_names is not a list of names")
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except Exception as exc:
+        raise DataError(f"{meta} is not a valid CIFAR-10 meta file ({type(exc).__name__})") from None
 
 
 def _read_cifar_split(folder: Path, split: str) -> Dataset:
@@ -169,63 +189,148 @@ def download_cifar10(data_dir: Path, url: str | None = None, md5: str | None = N
             shutil.rmtree(data_dir, ignore_errors=True)
         raise DataError(
             f"--data_dir {str(data_dir)!r} has no train/ and test/ folders nor {CIFAR_FOLDER}/, and downloading "
-            f"CIFAR-10 into it failed ({type(exc).__name__}: {exc}); point --data_dir at a data set"
+            f"CIFAR-10 into it failed ({type(exc).__name__}: {str(exc)[:200]}); point --data_dir at a data set"
         ) from None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Image folders
+# ---------------------------------------------------------------------------------------------------------------------
+# Images: any file Pillow reads, in any mode and size, to 32×32 RGB uint8
+
+
+def _to_rgb(image):
+    """Pillow's ``convert("RGB")`` clips 16-bit pixels to white, drops alpha and truncates floats to black; this
+    scales 16-bit and float pixels to 8 bits and composites transparency onto :data:`BACKGROUND`."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise ValueError(f"{mode} pixels that are not finite numbers")
+        low, high = pixels.min(), pixels.max()
+        if mode == "F" and low >= 0 and high <= 1:  # float images in [0, 1]
+            pixels = pixels * 255
+        elif mode.startswith("I;16") or (low >= 0 and 255 < high <= 65535):  # 16-bit samples
+            pixels = pixels / 257
+        elif low < 0 or high > 255:
+            raise ValueError(f"{mode} pixels in [{low:g}, {high:g}], neither 8 nor 16 bits nor floats in [0, 1]")
+        image = Image.fromarray(np.rint(pixels).astype(np.uint8), mode="L")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read any image Pillow can decode as ``size``×``size`` RGB uint8 ``[H, W, 3]``.
+
+    EXIF orientation is applied; 16-bit and float pixels are scaled to 8 bits (floats in [0, 1] or [0, 255];
+    others are refused); transparent pixels are composited onto white; palette, grey, CMYK and other modes are
+    converted to RGB; other sizes are resized with Pillow's bilinear filter (aspect ratio not kept).
+
+    Returns:
+        The pixels and the original ``(width, height)``.
+
+    Raises:
+        DataError: unreadable, not an image, a decompression bomb (more pixels than Pillow's limit), or pixels
+            that cannot be scaled to 8 bits.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                original = image.size
+                image = ImageOps.exif_transpose(image)
+                image = _to_rgb(image)
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(image, dtype=np.uint8), original
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image {path} is too large to decode safely ({str(exc).split('.')[0]})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        # Pillow raises UnidentifiedImageError (an OSError) for non-images, SyntaxError/EOFError for damaged ones
+        reason = type(exc).__name__ + (f": {str(exc)[:120]}" if isinstance(exc, ValueError) else "")
+        raise DataError(f"cannot read image {path} ({reason})") from None
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files of ``folder`` in name order (hidden files skipped).
+
+    Raises:
+        DataError: a file that is not an image by its extension, or a broken symbolic link.
+    """
+    files = []
+    for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        if path.name.startswith(".") or (recursive and path.is_dir()):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path} is a broken symbolic link")
+        if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        files.append(path)
+    return files
+
+
+def _resize_note(sizes: Counter) -> list[str]:
+    """One line saying how many images were resized from which sizes (none when all were 32×32)."""
+    resized = {s: n for s, n in sizes.items() if s != (IMAGE_SIZE, IMAGE_SIZE)}
+    if not resized:
+        return []
+    total = sum(resized.values())
+    common = sorted(resized.items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{w}×{h}" + (f" ({n:,})" if len(resized) > 1 else "") for (w, h), n in common[:3])
+    more = f" and {len(common) - 3} more sizes" if len(common) > 3 else ""
+    return [f"resized {total:,} images from {shown}{more} to {IMAGE_SIZE}×{IMAGE_SIZE} ({RESIZE_FILTER})"]
+
+
+def _read_image_folder(root: Path, files: list[tuple[Path, int]], classes: list[str]) -> Dataset:
+    pixels, sizes = [], Counter()
+    for path, _ in files:
+        array, size = decode_image(path)
+        pixels.append(array)
+        sizes[size] += 1
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return Dataset(images, labels, classes, notes=[f"{root.name}/: {note}" for note in _resize_note(sizes)])
 
 
 def _class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    files = []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.name.startswith("."):
-                continue
-            if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise DataError(f"{path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-            files.append((path, label))
-    return files
+def _split_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    return [(path, label) for label, name in enumerate(classes) for path in image_files(root / name)]
 
 
-def _decode(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path} ({type(exc).__name__})") from None
-
-
-def _read_image_folder(root: Path, classes: list[str]) -> Dataset:
-    files = _image_files(root, classes)
-    if not files:
-        raise DataError(f"{root} has class folders but no images")
-    pixels = np.stack([_decode(path) for path, _ in files])  # [N, H, W, 3]
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return Dataset(images, labels, classes)
+def _class_notes(root: Path, counts: dict[str, list[int]]) -> list[str]:
+    """Warnings for classes without training or test images; an error when fewer than two classes can be learned."""
+    learnable = [name for name, (train, _) in counts.items() if train]
+    if len(learnable) < 2:
+        raise DataError(f"--data_dir {str(root)!r}: {len(learnable)} class folder(s) with training images; a "
+                        f"classifier needs at least two")
+    notes = []
+    for split, index in (("train", 0), ("test", 1)):
+        empty = [name for name, numbers in counts.items() if not numbers[index]]
+        if empty:
+            shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            notes.append(f"warning: {split}/ has no images of {len(empty)} class(es): {shown}")
+    return notes
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Source detection and the decoded-array cache
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    """A hash of the files' names, sizes and modification times: changes whenever the source changes."""
-    digest = hashlib.sha1(f"v{CACHE_VERSION}".encode())
+def _fingerprint(classes: list[str], paths: list[Path]) -> str:
+    """A hash of the class folders and of the files' names, sizes and modification times."""
+    digest = hashlib.sha1(f"v{CACHE_VERSION}\0{len(classes)}\0".encode())
+    digest.update("\0".join(classes).encode(errors="surrogateescape"))
     for path in paths:
         stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 
@@ -235,60 +340,81 @@ def _cached(cache_file: Path, key: str, build) -> Dataset:
         try:
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
             if blob.get("key") == key:
-                return Dataset(blob["images"], blob["labels"], list(blob["classes"]))
+                return Dataset(blob["images"], blob["labels"], list(blob["classes"]), list(blob.get("notes", [])))
         except Exception:  # a stale or damaged cache is simply rebuilt
             pass
     dataset = build()
-    blob = {"key": key, "images": dataset.images, "labels": dataset.labels, "classes": dataset.classes}
+    blob = {"key": key, "images": dataset.images, "labels": dataset.labels, "classes": dataset.classes,
+            "notes": dataset.notes}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as tmp:
-            torch.save(blob, tmp)
-        os.replace(tmp.name, cache_file)
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        atomic_write(cache_file, buffer.getbuffer())
     except OSError:  # a read-only data folder still works, just without the cache
         pass
     return dataset
+
+
+def _load_image_folders(root: Path) -> tuple[Dataset, Dataset]:
+    train_classes, test_classes = _class_folders(root / "train"), _class_folders(root / "test")
+    if not train_classes:
+        raise DataError(f"--data_dir {str(root)!r}: train/ has no class folders")
+    if train_classes != test_classes:
+        missing = sorted(set(train_classes) ^ set(test_classes))
+        raise DataError(f"--data_dir {str(root)!r}: train/ and test/ class folders differ ({', '.join(missing[:10])})")
+    files = {split: _split_files(root / split, train_classes) for split in ("train", "test")}
+    if not files["test"]:
+        raise DataError(f"--data_dir {str(root)!r}: test/ has no images")
+    counts = {name: [0, 0] for name in train_classes}
+    for index, split in enumerate(("train", "test")):
+        for _, label in files[split]:
+            counts[train_classes[label]][index] += 1
+    notes = _class_notes(root, counts)
+    splits = []
+    for split in ("train", "test"):
+        key = _fingerprint(train_classes, [path for path, _ in files[split]])
+        dataset = _cached(root / ".cache" / f"{split}.pt", key,
+                          lambda s=split: _read_image_folder(root / s, files[s], train_classes))
+        dataset.notes = dataset.notes + (notes if split == "train" else [])
+        splits.append(dataset)
+    return splits[0], splits[1]
 
 
 def load_data(data_dir: str | os.PathLike, download: bool = True) -> tuple[Dataset, Dataset]:
     """Load the train and test splits found in (or downloaded into) ``data_dir``.
 
     Returns:
-        ``(train, test)`` with the same class names.
+        ``(train, test)`` with the same class names; their ``notes`` say what loading did (resized images,
+        ``warning:`` lines for classes without images).
 
     Raises:
         DataError: nothing usable is there and it cannot be downloaded, or the data is inconsistent or unreadable.
     """
     root = Path(data_dir)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"--data_dir {str(root)!r} is a file, not a folder")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train_classes, test_classes = _class_folders(root / "train"), _class_folders(root / "test")
-        if not train_classes:
-            raise DataError(f"--data_dir {str(root)!r}: train/ has no class folders")
-        if train_classes != test_classes:
-            missing = sorted(set(train_classes) ^ set(test_classes))
-            raise DataError(f"--data_dir {str(root)!r}: train/ and test/ class folders differ ({', '.join(missing)})")
+    try:
+        if root.exists() and not root.is_dir():
+            raise DataError(f"--data_dir {str(root)!r} is a file, not a folder")
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return _load_image_folders(root)
+        folder = root / CIFAR_FOLDER
+        if not folder.is_dir():
+            if not download:
+                raise DataError(f"--data_dir {str(root)!r} has no train/ and test/ folders nor {CIFAR_FOLDER}/")
+            download_cifar10(root)
         splits = []
-        for split in ("train", "test"):
-            files = [path for path, _ in _image_files(root / split, train_classes)]
-            key = _fingerprint(files)
-            splits.append(_cached(root / ".cache" / f"{split}.pt", key,
-                                  lambda s=split: _read_image_folder(root / s, train_classes)))
-        return splits[0], splits[1]
-    folder = root / CIFAR_FOLDER
-    if not folder.is_dir():
-        if not download:
-            raise DataError(f"--data_dir {str(root)!r} has no train/ and test/ folders nor {CIFAR_FOLDER}/")
-        download_cifar10(root)
-    splits = []
-    for split, names in (("train", CIFAR_TRAIN_BATCHES), ("test", CIFAR_TEST_BATCHES)):
-        paths = [folder / name for name in names]
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
-            raise DataError(f"--data_dir {str(root)!r}: {CIFAR_FOLDER}/ lacks {', '.join(missing)}")
-        splits.append(_cached(root / ".cache" / f"cifar-{split}.pt", _fingerprint(paths),
-                              lambda s=split: _read_cifar_split(folder, s)))
+        for split, names in (("train", CIFAR_TRAIN_BATCHES), ("test", CIFAR_TEST_BATCHES)):
+            paths = [folder / name for name in names]
+            missing = [p.name for p in paths if not p.is_file()]
+            if missing:
+                raise DataError(f"--data_dir {str(root)!r}: {CIFAR_FOLDER}/ lacks {', '.join(missing)}")
+            splits.append(_cached(root / ".cache" / f"cifar-{split}.pt", _fingerprint([], paths),
+                                  lambda s=split: _read_cifar_split(folder, s)))
+    except OSError as exc:  # permissions, a file vanishing mid-read, names too long for the file system
+        raise DataError(f"--data_dir {str(root)!r} cannot be read ({exc.strerror or type(exc).__name__}: "
+                        f"{exc.filename or ''})") from None
+    if len(splits[1]) == 0:
+        raise DataError(f"--data_dir {str(root)!r}: the test split is empty")
     return splits[0], splits[1]
 
 
@@ -313,109 +439,3 @@ def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
         members = torch.nonzero(labels == cls).flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
     return torch.sort(torch.cat(chosen)).values
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Batched augmentation on the device (pure functions) and the loader
-
-
-def batch_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crops of ``images`` (``[N, C, H, W]``) after zero-padding each side by ``pad``, one offset per image."""
-    if pad <= 0:
-        return images
-    n, channels, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
-    device = images.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
-    rows = (dy[:, None] + torch.arange(height, device=device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(width, device=device))[:, None, None, :]
-    index_n = torch.arange(n, device=device)[:, None, None, None]
-    index_c = torch.arange(channels, device=device)[None, :, None, None]
-    return padded[index_n, index_c, rows, cols]
-
-
-def batch_flip_lr(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mirror a random half of ``images`` (``[N, C, H, W]``) left to right."""
-    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
-
-
-def batch_cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero a ``size``×``size`` square at a random centre of each image (DeVries & Taylor, 2017)."""
-    if size <= 0:
-        return images
-    n, _, height, width = images.shape
-    device = images.device
-    cy = torch.randint(0, height, (n, 1), generator=generator, device=device) - size // 2
-    cx = torch.randint(0, width, (n, 1), generator=generator, device=device) - size // 2
-    rows = torch.arange(height, device=device)[None, :]
-    cols = torch.arange(width, device=device)[None, :]
-    inside_rows = (rows >= cy) & (rows < cy + size)  # [N, H]
-    inside_cols = (cols >= cx) & (cols < cx + size)  # [N, W]
-    mask = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
-    return images.masked_fill(mask, 0)
-
-
-class DeviceLoader:
-    """Batches of one split, resident on ``device``; training batches are shuffled and augmented there.
-
-    The whole split lives on the device as uint8. Each training epoch draws one permutation and augments the
-    epoch's images in a few batched tensor ops; batches are then slices, converted to ``dtype`` in [0, 1].
-
-    With ``world_size > 1`` (one process per device under torchrun), ``batch_size`` is still the global batch: every
-    rank draws the same permutation and augmentation (same generator, same seed) and takes its own ``1/world_size``
-    slice of each global batch, so the processes together see exactly the batches one process would. Evaluation
-    splits the (unshuffled) set into contiguous, disjoint shards.
-
-    Args:
-        dataset: The split to serve.
-        batch_size: Images per (global) batch.
-        device: Where the images live and batches are made.
-        train: Shuffle, augment (crop with ``pad``, flip, ``cutout``) and drop the last partial batch.
-        dtype: Floating type of the batches.
-        pad: Zero padding of the random crop.
-        cutout: Side of the cutout square (0 = off).
-        seed: Seeds the shuffling and augmentation generator (its state is saved in checkpoints).
-        rank: This process's rank; world_size: number of processes sharing each batch.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device | str, *, train: bool,
-                 dtype: torch.dtype = torch.float32, pad: int = 4, cutout: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        if train and batch_size % world_size:
-            raise DataError(f"--batch_size {batch_size} does not split evenly over {world_size} processes")
-        if train and len(dataset.labels) < batch_size:
-            raise DataError(f"{len(dataset.labels)} training images are fewer than --batch_size {batch_size}")
-        self.device = torch.device(device)
-        if not train and world_size > 1:  # evaluation: a contiguous shard each
-            bounds = [len(dataset.labels) * r // world_size for r in range(world_size + 1)]
-            dataset = dataset.subset(torch.arange(bounds[rank], bounds[rank + 1]))
-        self.images = dataset.images.to(self.device)
-        self.labels = dataset.labels.to(self.device)
-        self.batch_size, self.train, self.dtype = batch_size, train, dtype
-        self.pad, self.cutout, self.rank, self.world_size = pad, cutout, rank, world_size
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-
-    def __len__(self) -> int:
-        if self.train:
-            return len(self.labels) // self.batch_size
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def _epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.train:
-            return self.images, self.labels
-        order = torch.randperm(len(self.labels), generator=self.generator, device=self.device)
-        images = batch_crop(self.images[order], self.pad, self.generator)
-        images = batch_flip_lr(images, self.generator)
-        images = batch_cutout(images, self.cutout, self.generator)
-        return images, self.labels[order]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        images, labels = self._epoch()
-        local = self.batch_size // self.world_size if self.train else self.batch_size
-        offset = self.rank * local if self.train else 0
-        for step in range(len(self)):
-            start = step * self.batch_size + offset
-            window = slice(start, start + local)
-            yield images[window].to(self.dtype).div_(255), labels[window]

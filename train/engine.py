@@ -19,8 +19,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from train.config import Config
-from train.data import Dataset, DeviceLoader
+from train.config import Config, ConfigError
+from train.data import Dataset
+from train.loader import DeviceLoader
 
 __all__ = ["NonFiniteLossError", "Recipe", "amp_dtype", "build_recipe", "compile_overhead", "evaluate",
            "make_optimizer", "make_scheduler", "predict", "resolve_device", "train_one_epoch"]
@@ -35,10 +36,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as given (``cpu``, ``cuda``, ``cuda:1``)."""
+    """``auto`` → CUDA when available, else CPU; anything else as given (``cpu``, ``cuda``, ``cuda:1``).
+
+    Raises:
+        ConfigError: the device asked for is not on this machine.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name!r}: Apple's MPS is not available on this machine")
+    return device
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -86,6 +98,18 @@ class Recipe:
     eval_loss: nn.Module
     amp: torch.dtype | None  # autocast dtype (None = fp32)
     channels_last: bool
+    device: torch.device
+
+    def train_epoch(self, net: nn.Module, *, progress: bool = False, desc: str = "train") -> dict[str, float]:
+        """One epoch of :func:`train_one_epoch` of ``net`` (the model, or its DDP/compiled wrapper) with this recipe."""
+        return train_one_epoch(net, self.train_loader, self.optimizer, self.scheduler, self.train_loss,
+                               device=self.device, amp=self.amp, channels_last=self.channels_last, progress=progress,
+                               desc=desc)
+
+    def evaluate(self, net: nn.Module, *, tta: bool) -> dict[str, float]:
+        """:func:`evaluate` of ``net`` on this recipe's test loader."""
+        return evaluate(net, self.test_loader, self.eval_loss, device=self.device, amp=self.amp,
+                        channels_last=self.channels_last, tta=tta)
 
 
 def build_recipe(config: Config, train_set: Dataset, test_set: Dataset, device: torch.device, *, rank: int = 0,
@@ -109,7 +133,7 @@ def build_recipe(config: Config, train_set: Dataset, test_set: Dataset, device: 
     return Recipe(train_loader, test_loader, model, optimizer, scheduler,
                   train_loss=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
                   eval_loss=nn.CrossEntropyLoss(), amp=amp_dtype(config.precision, device),
-                  channels_last=channels_last)
+                  channels_last=channels_last, device=device)
 
 
 def compile_overhead(epoch_seconds: Sequence[float]) -> float:

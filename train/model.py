@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import timm
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CifarResNet", "resnet18_cifar"]
+from train.config import ConfigError, closest
+from train.data import CIFAR10_CLASSES
+
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarResNet", "check_model_name", "resnet18_cifar"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class CifarResNet(ResNet):
@@ -76,3 +79,9 @@ def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-18 (BasicBlock [2, 2, 2, 2]) for 32×32 images: 11,173,962 parameters at 10 classes."""
     model_args = {"block": BasicBlock, "layers": (2, 2, 2, 2)}
     return build_model_with_cfg(CifarResNet, "resnet18_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+def check_model_name(name: str) -> None:
+    """Raise a :class:`ConfigError` naming the closest timm model when ``name`` is not one."""
+    if not timm.is_model(name):
+        raise ConfigError(f"--model {name!r} is not a timm model{closest(name, timm.list_models(), prefix='')}")

@@ -1,20 +1,33 @@
-"""The only training module that talks to Weights & Biases.
+"""The one place that turns the engine's dicts into log rows: W&B and ``metrics.jsonl``, one stream.
 
 One :class:`Tracker` per run: ``wandb.init`` once (rank 0 only; other ranks get a no-op tracker), ``epoch`` as the
-step metric of every other metric, one ``log`` per epoch (:func:`epoch_row` turns the engine's dicts into that
-row), the checkpoint as a ``model`` Artifact, and the summary. ``wandb_mode=auto`` runs online when W&B credentials
-exist and offline otherwise — it never prompts. If W&B fails (unreachable server, a logging call that raises),
-the run carries on offline or untracked with a warning; training is never lost to tracking.
+step metric of every other metric, one row per epoch (:func:`epoch_row` builds it from ``train_one_epoch`` and
+``evaluate``), the checkpoint as a ``model`` Artifact, and the summary. Every epoch row also goes to
+``out_dir/metrics.jsonl`` (timm's ``update_summary`` → ``summary.csv`` pattern), whatever the W&B mode, so a run can
+be read (and ``sweeps/local.py`` can apply hyperband) without W&B's reader.
+
+``wandb_mode=auto`` runs online when W&B credentials exist and offline otherwise — it never prompts. If W&B fails
+(unreachable server, a logging call that raises), the run carries on offline or untracked with a warning; training
+is never lost to tracking.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Tracker", "epoch_row", "resolve_mode"]
+import numpy as np
+
+from train.files import atomic_write
+from train.stops import stops_deferred
+
+__all__ = ["METRICS_FILE", "Tracker", "epoch_row", "finish_active_run", "read_metrics", "resolve_mode"]
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def resolve_mode(mode: str) -> str:
@@ -46,53 +59,73 @@ def epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dic
     }
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file; a last line still being written (no newline yet) is left out."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n") and line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    return json.dumps(plain) + "\n"
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     """``Type: first line of the message``: W&B errors can span many lines, a warning is one."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 class Tracker:
-    """A W&B run (or nothing, when ``enabled`` is False or the mode is ``disabled``).
+    """A run's W&B run (or none: ``enabled`` False or mode ``disabled``) and its ``metrics.jsonl``.
 
     Args:
         config: Every flag; becomes the run's config.
         mode: ``auto``, ``online``, ``offline`` or ``disabled``.
         project, entity, name: W&B project, entity (empty = default) and run name.
-        run_id: Continue this W&B run id (resume); None starts a new run.
+        run_id: Continue this W&B run id (resume); None or empty starts a new run.
         job_type: ``train`` or ``explain``.
-        group: Optional W&B group (sweeps group their trials).
+        group: Optional W&B group (sweeps group their trials; ``WANDB_RUN_GROUP`` works too).
         enabled: False on non-zero ranks: every method is then a no-op.
+        metrics_file: Where epoch rows are appended as JSON lines (None: nowhere).
     """
 
     def __init__(self, config: dict[str, Any], *, mode: str = "auto", project: str = "cifar-insight",
                  entity: str = "", name: str = "", run_id: str | None = None, job_type: str = "train",
-                 group: str | None = None, enabled: bool = True):
+                 group: str | None = None, enabled: bool = True, metrics_file: str | os.PathLike | None = None):
         self.run, self.mode = None, "disabled"
+        self.metrics_file = Path(metrics_file) if metrics_file and enabled else None
         if not enabled:
+            return
+        self.mode = resolve_mode(mode)
+        if self.mode == "disabled":
             return
         import wandb
 
-        self.mode = resolve_mode(mode)
         kwargs = dict(project=project, entity=entity or None, name=name or None, config=config, job_type=job_type,
-                      group=group, id=run_id, resume="allow" if run_id else None)
-        try:
-            self.run = wandb.init(mode=self.mode, **kwargs)
-        except Exception as exc:  # W&B unreachable or misconfigured: keep the run, offline
-            if self.mode != "online":
-                raise
-            _warn(f"W&B online init failed ({_reason(exc)}); logging offline instead")
-            self.mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
-        if self.mode == "disabled":
-            self.run = None
-            return
-        self.run.define_metric("epoch")
-        self.run.define_metric("*", step_metric="epoch")
+                      group=group, id=run_id or None, resume="allow" if run_id else None)
+        with stops_deferred():  # a stop inside wandb.init would leave W&B half started; it lands right after
+            try:
+                self.run = wandb.init(mode=self.mode, **kwargs)
+            except Exception as exc:  # W&B unreachable or misconfigured: keep the run, offline
+                if self.mode != "online":
+                    raise
+                _warn(f"W&B online init failed ({_reason(exc)}); logging offline instead")
+                self.mode = "offline"
+                self.run = wandb.init(mode="offline", **kwargs)
+            self.run.define_metric("epoch")
+            self.run.define_metric("*", step_metric="epoch")
 
     @property
     def id(self) -> str | None:
@@ -124,8 +157,14 @@ class Tracker:
             _warn(f"W&B {what} failed ({_reason(exc)}); continuing without W&B")
             self.run = None
 
+    def _wandb_row(self, row: dict[str, Any], images: dict[str, tuple[np.ndarray, str]] | None) -> dict[str, Any]:
+        import wandb
+
+        media = {key: wandb.Image(pixels, caption=caption) for key, (pixels, caption) in (images or {}).items()}
+        return {**row, **media}
+
     def log(self, row: dict[str, Any], commit: bool = True) -> None:
-        """Log one row at W&B step ``row["epoch"]`` (so a resumed run's steps continue where they stopped).
+        """Log one W&B row at step ``row["epoch"]`` (so a resumed run's steps continue where they stopped).
 
         ``commit=False`` keeps the row open so that a later ``log`` of the same epoch (the explain row at the end
         of training) joins it: one history row per epoch. W&B drops data logged to a step already committed.
@@ -133,8 +172,40 @@ class Tracker:
         step = int(row["epoch"]) if "epoch" in row else None
         self._guard("log", lambda: self.run.log(row, step=step, commit=commit))
 
+    def log_epoch(self, row: dict[str, Any], images: dict[str, tuple[np.ndarray, str]] | None = None,
+                  commit: bool = True) -> None:
+        """An epoch's row: appended to ``metrics.jsonl`` (scalars) and logged to W&B with ``images``.
+
+        Args:
+            row: ``epoch`` and the epoch's numbers.
+            images: ``{key: (uint8 [H, W, 3] pixels, caption)}`` logged as ``wandb.Image`` (not in the JSON file).
+            commit: See :meth:`log`.
+        """
+        if self.metrics_file is not None:
+            with open(self.metrics_file, "a") as file:
+                file.write(_json_line(row))
+        if self.run is not None:
+            self.log(self._wandb_row(row, images), commit=commit)
+
+    def continue_from(self, rows: list[dict[str, Any]],
+                      images: list[dict[str, tuple[np.ndarray, str]]] | None = None) -> None:
+        """Start the stream of a resumed run with its finished epochs' ``rows`` (and their ``images``).
+
+        ``metrics.jsonl`` is rewritten to hold exactly those rows (a killed process may have appended one more).
+        Offline W&B cannot reopen a run, and a killed process may not have flushed its last rows: the resumed
+        offline part logs the finished epochs again (same steps), so it alone holds the whole run. Online, W&B
+        resumes the run in place and nothing is logged again.
+        """
+        if self.metrics_file is not None:
+            atomic_write(self.metrics_file, "".join(_json_line(row) for row in rows))
+        if self.run is not None and self.mode == "offline":
+            for i, row in enumerate(rows):
+                self.log(self._wandb_row(row, images[i] if images else None))
+
     def log_model(self, path: str | os.PathLike, metadata: dict[str, Any], aliases: list[str]) -> None:
         """Log a checkpoint file as a W&B Artifact of type ``model`` named ``model-<run id>``."""
+        if self.run is None:
+            return
         import wandb
 
         def log() -> None:
@@ -158,3 +229,15 @@ class Tracker:
         if offline:
             print(f"wandb: offline run saved in {run_dir}; upload it with `wandb sync {run_dir}`", file=sys.stderr)
 
+
+def finish_active_run(exit_code: int) -> None:
+    """Finish whatever W&B run this process has open (a stop or an error can land anywhere, even inside
+    ``wandb.init``), recording ``exit_code``: W&B then shows the run as ended, not as still running."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb else None
+    if run is None:
+        return
+    try:
+        run.finish(exit_code=exit_code)
+    except Exception as exc:  # the process is ending anyway; say why W&B could not be told
+        _warn(f"W&B finish failed ({_reason(exc)})")

@@ -1,0 +1,221 @@
+"""A run's life in real processes: kill -9 and resume, stops at any moment, two processes on one folder, a full disk,
+a copied checkpoint — nothing is overwritten, nothing is lost, every stop is one ``stopped:`` line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import wandb
+
+from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
+from train.tracking import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def flags(data: Path, epochs: int = 3, **extra: str) -> list[str]:
+    """A tiny real run: 120 training images (3 steps of 40), 40 test images, no explain, no probes."""
+    return ["--data_dir", str(data), f"--epochs={epochs}", "--batch_size=40", "--explain_samples=0",
+            "--probe_images=0", *[f"--{k}={v}" for k, v in extra.items()]]
+
+
+def start(*args: str, cwd: Path = REPO, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "train" / "run.py"), *args], cwd=cwd, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def stop_after(proc: subprocess.Popen, prefix: str, sig: int = signal.SIGTERM, times: int = 1) -> tuple[str, str]:
+    """Send ``sig`` the moment a stdout line starts with ``prefix``; the rest of the output."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            for _ in range(times):
+                proc.send_signal(sig)
+                time.sleep(0.05)
+            break
+    return proc.communicate(timeout=300)
+
+
+def wandb_parts(run_id: str) -> list[Path]:
+    return sorted((Path(os.environ["WANDB_DIR"]) / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def test_kill_9_then_resume_continues_with_the_same_wandb_run(small_folder, tmp_path):
+    # The parent's own W&B service (a notebook, this test runner) is exported as WANDB_SERVICE; a training process
+    # that joined it would leave the killed run's id registered there ("run ID ... is in use") and never resume.
+    wandb.init(mode="offline", project="host", dir=str(tmp_path)).finish()
+    assert os.environ.get("WANDB_SERVICE")
+    out = tmp_path / "out"
+    args = [*flags(small_folder, deterministic="True"), "--out_dir", str(out)]
+    proc = subprocess.Popen([sys.executable, "train/run.py", *args], cwd=REPO, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = torch.load(out / "last.pt", weights_only=True)
+    done, run_id = first["epoch"], first["state"]["wandb_run_id"]
+    assert done >= 1 and (out / ".lock").exists()  # a killed process leaves its lock file: stale, not held
+
+    resumed = run_cli("--resume", "auto", "--out_dir", str(out), timeout=600)  # finds out/last.pt
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--resume auto: continuing {out / 'last.pt'}" in resumed.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["wandb_run_id"] == run_id
+    assert f"epoch {done + 1}/3" in resumed.stdout and f"epoch {done}/3" not in resumed.stdout
+    # the resumed offline part holds the whole run: the finished epochs replayed from the checkpoint, then the rest
+    rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and [row["_step"] for row in rows] == [1, 2, 3]
+    assert [row["val/acc"] for row in rows[:done]] == [r["val/acc"] for r in first["state"]["history"]]
+    parts = wandb_parts(run_id)
+    assert len(parts) == 2 and summary["wandb_run_dir"] in map(str, parts)  # same id; the killed part is kept too
+    assert [row["epoch"] for row in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]  # each epoch once
+
+    # --deterministic: the interrupted-and-resumed run ends exactly where an uninterrupted one does
+    whole = run_cli(*args[:-1], str(tmp_path / "whole"), timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = (torch.load(path / "last.pt", weights_only=True) for path in (out, tmp_path / "whole"))
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert a["metrics"][key] == b["metrics"][key], key
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_sigterm_after_an_epoch_keeps_it_and_a_double_stop_stays_clean(small_folder, tmp_path):
+    out = tmp_path / "out"
+    proc = start(*flags(small_folder, epochs=20), "--out_dir", str(out))
+    # the stop lands the moment epoch 1's row is out, and a second one right behind it
+    stdout, stderr = stop_after(proc, "epoch 1/20", times=2)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert f"stopped: SIGTERM during epoch 2: that epoch was abandoned; epoch 1 is saved; resume with --resume " \
+           f"{out / 'last.pt'}" in stderr
+    assert "Traceback" not in stderr
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and not (out / "summary.json").exists() and not (out / ".lock").exists()
+    state = wandb_summary(wandb_parts(saved["state"]["wandb_run_id"])[0])
+    assert state["exit_code"] == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_start_up_is_clean(sig, small_folder, tmp_path):
+    out = tmp_path / "out"
+    proc = start(*flags(small_folder), "--out_dir", str(out))
+    time.sleep(1.5)  # importing torch, timm, wandb
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 0), stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"stopped: {signal.Signals(sig).name} during start-up")
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def test_a_stop_during_the_explain_step_finishes_the_wandb_run(small_folder, tmp_path):
+    out = tmp_path / "out"
+    proc = start(*flags(small_folder, epochs=1), "--explain_samples=64", "--cam_method=scorecam", "--out_dir",
+                 str(out))
+    _, stderr = stop_after(proc, "epoch 1/1")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "stopped: SIGTERM during the explain step: epoch 1 is saved; explain the model with python " \
+           f"explain/run.py --checkpoint {out / 'best.pt'}" in stderr
+    assert "Traceback" not in stderr
+    saved = torch.load(out / "last.pt", weights_only=True)
+    state = wandb_summary(wandb_parts(saved["state"]["wandb_run_id"])[0])
+    assert state["exit_code"] == 128 + signal.SIGTERM
+
+
+def test_explain_run_stops_cleanly(small_folder, tmp_path):
+    out = tmp_path / "out"
+    trained = run_cli(*flags(small_folder, epochs=1), "--wandb_mode=disabled", "--out_dir", str(out), timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "explain/run.py", "--checkpoint", str(out / "best.pt"),
+                             "--cam_method=scorecam", "--wandb_mode=offline"], cwd=REPO, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(12)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("stopped: SIGINT")
+
+
+def test_a_disabled_run_resumes_offline_beside_its_checkpoint(small_folder, tmp_path):
+    """Resume works whatever the W&B mode of either part, writes beside the checkpoint it continues (not into
+    runs/<its name> of the current folder, which holds another run) and clears what a killed save left."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    for cwd in (here, there):  # two runs of the same name, each in its own folder
+        cwd.mkdir()
+        proc = start(*flags(small_folder), "--run_name=same", "--wandb_mode=disabled", cwd=cwd)
+        _, stderr = stop_after(proc, "epoch 1/3")
+        assert proc.returncode == 0, stderr[-2000:]
+    theirs = there / "runs" / "same"
+    (theirs / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # what kill -9 during a save leaves
+    ours = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (here / "runs" / "same").iterdir()}
+    resumed = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--resume", str(theirs / "last.pt"),
+                              "--wandb_mode=offline"], cwd=here, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ours == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (here / "runs" / "same").iterdir()}
+    summary = json.loads((theirs / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["wandb_run_id"]
+    rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]  # the disabled part's epoch replayed into the offline run
+    assert not list(theirs.glob(".*.tmp"))
+
+
+def test_two_processes_never_share_a_folder(small_folder, tmp_path):
+    out = tmp_path / "out"
+    first = start(*flags(small_folder, epochs=20), "--out_dir", str(out))
+    for line in first.stdout:
+        if line.startswith("epoch 1/20"):
+            break
+    try:
+        for args in (["--resume", "auto", "--out_dir", str(out)], [*flags(small_folder), "--out_dir", str(out)]):
+            second = run_cli(*args, timeout=300)
+            assert second.returncode == 2
+            assert second.stderr.strip() == f"error: --out_dir {str(out)!r} is in use by process {first.pid}"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=300)
+    assert first.returncode == 0 and torch.load(out / "last.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_a_folder_with_only_best_pt_holds_a_run(small_folder, tmp_path, capsys):
+    from train.run import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"the first save was cut short")
+    assert main([*flags(small_folder), "--out_dir", str(out)]) == 2
+    assert "already holds a run; its first save was cut short (best.pt without last.pt)" in capsys.readouterr().err
+
+
+def _small_files() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (60 << 20, 60 << 20))  # best.pt (45 MB) fits, last.pt (90 MB) not
+
+
+def test_a_failed_save_says_what_is_saved_and_wandb_shows_no_unsaved_epoch(small_folder, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "train/run.py", *flags(small_folder, epochs=2), "--out_dir", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=_small_files)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = [x for x in result.stderr.splitlines() if x.startswith("error: ")][-1]
+    assert line == f"error: epoch 1: saving its checkpoint in {out} failed (File too large); no epoch had finished"
+    assert not (out / "last.pt").exists() and read_metrics(out / "metrics.jsonl") == []
+    run_dir = next(p for p in (Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*")
+                   if wandb_summary(p)["config"].get("out_dir") == str(out))
+    assert not [row for row in history(wandb_records(run_dir)) if "train/loss" in row]
+
+
+def test_failed_starts_leave_no_folder_behind(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--data_dir", str(tmp_path / "none")],
+                            cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "has no train/ and test/ folders" in result.stderr
+    assert list(cwd.iterdir()) == []  # no runs/<timestamp>/

@@ -1,0 +1,254 @@
+"""What a run carries from epoch to epoch and across a resume, and who may write its ``out_dir``.
+
+* :class:`RunState` — the resumable state besides the weights and the optimizer: progress, every finished epoch's
+  row, the W&B run id, the probe series; stored in ``last.pt`` under ``state``.
+* :func:`resume_config` — the resume policy: ``--resume PATH|auto``, the checkpoint's config overridden only by
+  the flags that may change, "nothing to resume" for a finished run.
+* :class:`OutDir` — an exclusive lock on ``out_dir`` for the run's lifetime (a lock file with the pid, released on
+  exit and by the kernel when the process dies), refusing a folder that holds another run, cleaning up what a
+  killed save left, and removing a folder it created when the run ends before its first checkpoint.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.checkpoint import CheckpointError, load_checkpoint
+from train.config import Config, ConfigError, config_from_dict
+from train.files import remove_stale_temporaries
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; out_dir is then not protected against a second process
+    fcntl = None
+
+__all__ = ["RESUME_OVERRIDABLE", "NothingToResume", "OutDir", "RunError", "RunState", "find_last_checkpoint",
+           "resume_config", "resume_state"]
+
+# What a resumed run may change; everything else (data, model, schedule, seed, probes) is the checkpoint's.
+RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_size", "out_dir", "wandb_mode",
+                      "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer", "trust"}
+LOCK_FILE = ".lock"
+
+
+class RunError(ValueError):
+    """``out_dir`` cannot be used for this run (in use, holds another run, not writable); one line for the user."""
+
+
+class NothingToResume(Exception):  # noqa: N818  (not an error: the program says so and exits 0)
+    """``--resume`` of a run that already finished all its epochs."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class RunState:
+    """The resumable state of a run besides weights, optimizer, schedule and random generators."""
+
+    run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells this run from another in one out_dir
+    epoch: int = 0  # last finished epoch
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    train_seconds: float = 0.0  # training steps only
+    loop_seconds: float = 0.0  # whole epochs, evaluation included
+    train_images: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # each finished epoch's row, as logged
+    wandb_run_id: str = ""
+    probes: dict[str, Any] = field(default_factory=dict)  # explain.probes' series (indices, per-epoch results)
+
+    def record(self, row: dict[str, float], train: dict[str, float]) -> bool:
+        """Account for a finished epoch; returns whether it is the best so far (by ``val/acc``)."""
+        self.epoch = int(row["epoch"])
+        self.history.append(row)
+        self.train_seconds += train["seconds"]
+        self.loop_seconds += row["epoch_seconds"]
+        self.train_images += train["images"]
+        is_best = row["val/acc"] > self.best_acc
+        if is_best:
+            self.best_acc, self.best_epoch = row["val/acc"], self.epoch
+        return is_best
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> RunState:
+        """Rebuild from a checkpoint's ``state``, refusing wrong keys or types (a crafted or damaged file)."""
+        problem = "it is not a mapping" if not isinstance(data, dict) else None
+        if problem is None:
+            checks = {"run_uid": lambda v: isinstance(v, str) and 0 < len(v) <= 64,
+                      "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                      "best_acc": _number, "best_epoch": lambda v: isinstance(v, int) and v >= 0,
+                      "train_seconds": _number, "loop_seconds": _number, "train_images": _number,
+                      "history": lambda v: isinstance(v, list) and len(v) == data.get("epoch")
+                      and all(isinstance(r, dict) and all(isinstance(k, str) and (_number(x) or x is None)
+                                                          for k, x in r.items()) for r in v),
+                      "wandb_run_id": lambda v: isinstance(v, str) and len(v) <= 128,
+                      "probes": lambda v: isinstance(v, dict)}
+            problem = next((f"its {k!r} is missing or malformed" for k, ok in checks.items()
+                            if k not in data or not ok(data[k])), None)
+        if problem:
+            raise CheckpointError(f"checkpoint {source!r} cannot be resumed: its run state is damaged ({problem})")
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def find_last_checkpoint(config: Config) -> str:
+    """``--resume auto``: the newest ``last.pt`` of this ``out_dir`` (or ``runs/<run_name>``, or any run under
+    ``runs/`` when neither is given); empty when there is none, so the same command starts or continues a run."""
+    if config.out_dir:
+        candidates = [Path(config.out_dir) / "last.pt"]
+    elif config.run_name:
+        candidates = [Path("runs") / config.run_name / "last.pt"]
+    else:
+        candidates = list(Path("runs").glob("*/last.pt"))
+    existing = [path for path in candidates if path.is_file()]
+    return str(max(existing, key=lambda path: path.stat().st_mtime)) if existing else ""
+
+
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "state")
+
+
+def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, Any] | None]:
+    """Apply the resume policy: the checkpoint's config, overridden by the flags given now that may change.
+
+    Returns:
+        The run's config (``out_dir`` beside the checkpoint unless ``--out_dir`` is given) and the loaded
+        checkpoint, or ``(config, None)`` for a new run.
+
+    Raises:
+        CheckpointError: the file cannot be resumed (not a ``last.pt``, damaged).
+        ConfigError: a flag that may not change differs from the checkpoint's.
+        NothingToResume: the run already finished all its epochs.
+    """
+    if not config.resume:
+        return config, None
+    checkpoint = load_checkpoint(config.resume)
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {config.resume!r} holds a model but not what resume needs "
+                              f"({', '.join(missing)}); resume from a run's last.pt")
+    rng = checkpoint["rng"]
+    if not (isinstance(rng, dict) and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                          for k in ("torch", "loader"))):
+        raise CheckpointError(f"checkpoint {config.resume!r} cannot be resumed: its random state is damaged")
+    stored = checkpoint["config"]
+    for key in sorted(given - RESUME_OVERRIDABLE):
+        if getattr(config, key) != stored.get(key):
+            raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has {stored.get(key)!r}); "
+                              f"start a new run instead")
+    try:
+        resumed = config_from_dict({**stored, **{k: getattr(config, k) for k in given}})
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {config.resume!r} has an unusable config ({exc})") from None
+    state = RunState.from_dict(checkpoint["state"], config.resume)
+    if state.epoch >= resumed.epochs:
+        raise NothingToResume(f"nothing to resume: {config.resume} finished all {resumed.epochs} epochs "
+                              f"(test acc {checkpoint['metrics'].get('val/acc', float('nan')):.4f}); nothing was "
+                              f"changed")
+    if "out_dir" not in given:  # beside the checkpoint it continues, wherever the run was started from
+        resumed.out_dir = str(Path(config.resume).parent)
+    return resumed, checkpoint
+
+
+def resume_state(checkpoint: dict[str, Any] | None, source: str) -> RunState:
+    """The :class:`RunState` of a resumed checkpoint, or a fresh one."""
+    return RunState.from_dict(checkpoint["state"], source) if checkpoint else RunState()
+
+
+class OutDir:
+    """The run's folder, held with an exclusive lock from :meth:`open` to :meth:`close`.
+
+    Args:
+        path: The folder (created when missing).
+        run_uid: This run's :attr:`RunState.run_uid`.
+        resuming: True when continuing a checkpoint (the folder may then hold that run's files, and only those).
+    """
+
+    def __init__(self, path: str | os.PathLike, run_uid: str, resuming: bool):
+        self.path, self.run_uid, self.resuming = Path(path), run_uid, resuming
+        self._lock_file = None
+        self._created: list[Path] = []
+
+    def open(self) -> OutDir:
+        """Create (if needed), lock and check the folder.
+
+        Raises:
+            RunError: not a folder, not writable, in use by another process, or holding another run.
+        """
+        name = str(self.path)
+        try:
+            if self.path.exists() and not self.path.is_dir():
+                raise RunError(f"--out_dir {name!r} is a file, not a folder")
+            for parent in reversed([self.path, *self.path.parents]):
+                if not parent.exists():
+                    parent.mkdir()
+                    self._created.append(parent)
+            self._lock_file = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115  (held until close())
+        except OSError as exc:
+            self.close()
+            reason = "its name is too long" if exc.errno == errno.ENAMETOOLONG else f"{exc.strerror or exc}"
+            raise RunError(f"--out_dir {name!r} is not writable ({reason})") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock_file.seek(0)
+                holder = self._lock_file.read().strip() or "unknown"
+                self._lock_file.close()
+                self._lock_file = None
+                raise RunError(f"--out_dir {name!r} is in use by process {holder}") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+        try:
+            self._check_holds_no_other_run()
+        except BaseException:
+            self.close()
+            raise
+        remove_stale_temporaries(self.path)
+        return self
+
+    def _check_holds_no_other_run(self) -> None:
+        last, best = self.path / "last.pt", self.path / "best.pt"
+        if not self.resuming:
+            if last.exists() or best.exists():
+                hint = (f"continue it with --resume {last}" if last.exists() else
+                        "its first save was cut short (best.pt without last.pt)")
+                raise RunError(f"--out_dir {str(self.path)!r} already holds a run; {hint}, or choose another "
+                               f"--out_dir/--run_name")
+            return
+        for path in (last, best):
+            if path.exists():
+                try:
+                    uid = load_checkpoint(path).get("run_uid")
+                except CheckpointError:
+                    uid = None
+                if uid != self.run_uid:
+                    raise RunError(f"--out_dir {str(self.path)!r} holds a different run ({path.name}); resume into "
+                                   f"the checkpoint's own folder or an empty --out_dir")
+
+    def close(self, keep: bool = True) -> None:
+        """Release the lock; with ``keep=False`` (no checkpoint was written) remove the folders :meth:`open` made,
+        when nothing else was put in them."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+        if not keep:
+            for folder in reversed(self._created):
+                try:
+                    folder.rmdir()  # only succeeds when empty
+                except OSError:
+                    break
+        self._created = []
