@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchcam.methods import ISCAM, SSCAM, GradCAM, GradCAMpp, LayerCAM, ScoreCAM, SmoothGradCAMpp, XGradCAM
+from tqdm import tqdm
 
 from train.config import closest
 
@@ -47,8 +49,11 @@ def compute_cams(
     method: str = "gradcam",
     layer: str | Sequence[str] = "layer4",
     batch_size: int = 256,
+    *,
+    return_logits: bool = False,
+    progress: bool | None = None,
     **method_kwargs: Any,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Compute one class activation map per image, upsampled to the input size and scaled to [0, 1].
 
     The model runs in eval mode on the device of its parameters, ``batch_size`` images per forward pass; gradients
@@ -64,11 +69,15 @@ def compute_cams(
         layer: Name of the hooked module (see ``model.named_modules()``) or a list of names whose maps torchcam
             fuses with its ``fuse_cams``.
         batch_size: Images per forward pass; the Score-CAM family also uses it for its masked forward passes.
+        return_logits: Also return the logits ``[N, K]`` of the forward pass the maps come from (fp32, detached):
+            the prediction and the map of an image from one forward.
+        progress: Show a tqdm bar on stderr; ``None`` = only for the Score-CAM family, which takes minutes on a
+            CPU (it then also works through the images a few at a time, so the bar moves).
         **method_kwargs: Passed to the torchcam extractor, e.g. ``num_samples`` or ``std`` for the smoothed methods.
 
     Returns:
         Float32 maps ``[N, H, W]`` in [0, 1] (each map min-max scaled on its own; a constant map is all zeros), on
-        the device of ``images``.
+        the device of ``images``; with ``return_logits``, ``(maps, logits)``.
 
     Note:
         The Score-CAM family (``scorecam``, ``sscam``, ``iscam``) runs one masked forward pass per channel of the
@@ -88,13 +97,17 @@ def compute_cams(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if len(images) == 0:
-        return torch.zeros((0, *images.shape[2:]), device=images.device)
+        empty = torch.zeros((0, *images.shape[2:]), device=images.device)
+        return (empty, torch.zeros(0, 0, device=images.device)) if return_logits else empty
     targets = _class_indices(class_idx, len(images))
 
     extractor_cls = CAM_METHODS[method]
     uses_gradients = not issubclass(extractor_cls, ScoreCAM)
+    chunk_size = batch_size
     if not uses_gradients:
         method_kwargs.setdefault("batch_size", batch_size)
+        chunk_size = min(batch_size, 4)  # each image costs hundreds of forwards already
+    show = (not uses_gradients) if progress is None else progress
     training_flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -102,19 +115,22 @@ def compute_cams(
             torch.inference_mode(False),
             torch.set_grad_enabled(uses_gradients),
             extractor_cls(model, layers, **method_kwargs) as extractor,
+            tqdm(total=len(images), desc=f"{method} CAMs", unit="image", disable=not show, leave=False,
+                 file=sys.stderr) as bar,
         ):
-            cams = [
-                _batch_cams(model, extractor, chunk, chunk_targets)
-                for chunk, chunk_targets in zip(images.split(batch_size), targets.split(batch_size), strict=True)
-            ]
+            results = []
+            for chunk, chunk_targets in zip(images.split(chunk_size), targets.split(chunk_size), strict=True):
+                results.append(_batch_cams(model, extractor, chunk, chunk_targets))
+                bar.update(len(chunk))
     finally:
         for module, training in training_flags:
             module.training = training
-    return torch.cat(cams).to(images.device)
+    cams = torch.cat([maps for maps, _ in results]).to(images.device)
+    return (cams, torch.cat([logits for _, logits in results]).to(images.device)) if return_logits else cams
 
 
-def _batch_cams(model: nn.Module, extractor: Any, images: Tensor, class_idx: Tensor) -> Tensor:
-    """CAMs of one batch: forward (hooks record the layers), torchcam weights, fuse, upsample, min-max scale."""
+def _batch_cams(model: nn.Module, extractor: Any, images: Tensor, class_idx: Tensor) -> tuple[Tensor, Tensor]:
+    """CAMs and logits of one batch: forward (hooks record the layers), torchcam weights, fuse, upsample, scale."""
     param = next(model.parameters())
     x = images.to(device=param.device, dtype=param.dtype, copy=True)
     if images.dtype == torch.uint8:
@@ -130,7 +146,7 @@ def _batch_cams(model: nn.Module, extractor: Any, images: Tensor, class_idx: Ten
             raise ValueError(f"layer {name!r} outputs shape {tuple(activation.shape)}, not a [N, C, h, w] feature map")
     maps = extractor.fuse_cams(extractor(class_idx=class_idx.tolist(), scores=scores))
     maps = F.interpolate(maps.unsqueeze(1).float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return _min_max_scale(maps.squeeze(1).detach())
+    return _min_max_scale(maps.squeeze(1).detach()), scores.detach().float()
 
 
 def _min_max_scale(maps: Tensor) -> Tensor:

@@ -14,12 +14,17 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["DPI", "SCALE", "confusion_figure", "gradcam_figure", "misclassified_figure", "tile_figure", "upscale"]
+__all__ = ["DPI", "MAX_MATRIX_CLASSES", "PNG_ROWS", "SCALE", "cam_methods_figure", "confusion_figure",
+           "faithfulness_figure", "gradcam_figure", "images_figure", "misclassified_figure", "most_confused_classes",
+           "probes_figure", "sanity_figure", "tile_figure", "upscale"]
 
 SCALE = 4  # display upscaling of the overlays (nearest neighbour): 32×32 → 128×128
 DPI = 100  # of the PNG files
 CAPTION_LINE = 16  # pixels per caption line in the picture grids
 GRADCAM_ROWS = 16  # lines of image | CAM pred | CAM true per column group in gradcam.png
+PNG_ROWS = 64  # mistakes drawn in misclassified.png and gradcam.png (the W&B table holds all of them)
+MAX_MATRIX_CLASSES = 50  # classes drawn in confusion_matrix.png: the most confused ones beyond this
+RIGHT, WRONG = "tab:green", "tab:red"
 
 def upscale(picture: np.ndarray, scale: int = SCALE) -> np.ndarray:
     return picture.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -47,7 +52,8 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1) -> Fig
     def left(col: int) -> int:
         return gap + col * (width + gap) + (col // group) * group_gap
 
-    canvas = np.full((top + lines * (band + height + gap), left(cols - 1) + width + gap, 3), 255, np.uint8)
+    wide = max(left(cols - 1) + width + gap, 8 * len(title) + 2 * gap)  # the title fits over a narrow grid
+    canvas = np.full((top + lines * (band + height + gap), wide, 3), 255, np.uint8)
     fig = Figure(figsize=(canvas.shape[1] / DPI, canvas.shape[0] / DPI), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))
     for i, cell in enumerate(cells):
@@ -67,7 +73,8 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1) -> Fig
 
 
 def misclassified_figure(rows: list[dict[str, Any]], mistakes: int) -> Figure:
-    """The mistakes in a grid, each captioned with its true class (black) and prediction (red)."""
+    """The mistakes (the first :data:`PNG_ROWS`) in a grid, captioned with true class (black) and prediction (red)."""
+    rows = rows[:PNG_ROWS]
     cells = [(upscale(row["image"]), [(f"true: {row['true']}", "black"),
                                       (f"pred: {row['pred']} {row['confidence']:.2f}", "tab:red")]) for row in rows]
     title = f"{len(rows)} most confident mistakes (of {mistakes})" if rows else f"no mistakes shown (of {mistakes})"
@@ -75,7 +82,9 @@ def misclassified_figure(rows: list[dict[str, Any]], mistakes: int) -> Figure:
 
 
 def gradcam_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -> Figure:
-    """Triples of image | CAM of the predicted class | CAM of the true class, up to GRADCAM_ROWS lines per group."""
+    """Triples of image | CAM of the predicted class | CAM of the true class, up to GRADCAM_ROWS lines per group
+    (the first :data:`PNG_ROWS` mistakes)."""
+    rows = rows[:PNG_ROWS]
     groups = math.ceil(len(rows) / GRADCAM_ROWS)
     lines = math.ceil(len(rows) / groups) if rows else 0
     cells: list[Cell] = []
@@ -97,23 +106,116 @@ def gradcam_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -
     return tile_figure(cells, 3 * groups, title, group=3)
 
 
+def most_confused_classes(counts: Tensor, limit: int = MAX_MATRIX_CLASSES) -> Tensor:
+    """The ``limit`` classes in the most mistakes (as true or predicted class), in label order; all when fewer."""
+    if len(counts) <= limit:
+        return torch.arange(len(counts))
+    off = counts.clone()
+    off.fill_diagonal_(0)
+    involvement = off.sum(0) + off.sum(1)
+    return torch.sort(torch.topk(involvement, limit, sorted=False).indices).values
+
+
 def confusion_figure(counts: Tensor, classes: list[str], acc: float) -> Figure:
-    """The row-normalized confusion matrix as a heat map; non-empty cells annotated in percent (up to 20 classes)."""
+    """The row-normalized confusion matrix as a heat map; non-empty cells annotated in percent (up to 20 classes).
+
+    Beyond :data:`MAX_MATRIX_CLASSES` classes only the most confused ones are drawn (their rows and columns), so a
+    1,000-class data set gives a readable figure of bounded size, not a 550-inch one.
+    """
+    shown = most_confused_classes(counts)
     totals = counts.sum(1, keepdim=True).clamp_min(1)
-    rates = (counts / totals).numpy()
-    size = len(classes)
+    rates = (counts / totals)[shown][:, shown].numpy()
+    names = [classes[i] for i in shown.tolist()]
+    size = len(names)
     side = max(5.0, 0.55 * size + 2.5)
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
-    ax.set_xticks(range(size), classes, rotation=45, ha="right")
-    ax.set_yticks(range(size), classes)
+    ax.set_xticks(range(size), names, rotation=45, ha="right")
+    ax.set_yticks(range(size), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix (rows sum to 1) — accuracy {acc:.3f} on {int(counts.sum()):,} images")
+    which = f"the {size} most confused of {len(classes):,} classes; " if size < len(classes) else ""
+    ax.set_title(f"Confusion matrix (rows sum to 1; {which}accuracy {acc:.3f} on {int(counts.sum()):,} images)")
     if size <= 20:
-        for t, p in torch.nonzero(counts).tolist():
+        for t, p in np.argwhere(rates > 0).tolist():
             ax.text(p, t, f"{100 * rates[t, p]:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if rates[t, p] > 0.5 else "black")
+                    color="white" if rates[t, p] > 0.5 else "black")
     return fig
+
+
+def faithfulness_figure(result: dict[str, Any], method: str) -> Figure:
+    """Mean deletion and insertion curves of the maps against a random pixel order, AUCs in the legends."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    fractions = result["fractions"]
+    for ax, name, better in zip(fig.subplots(1, 2), ("deletion", "insertion"), ("lower", "higher"), strict=True):
+        for suffix, label, style in (("", method, "-"), ("_random", "random order", "--")):
+            ax.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3,
+                    label=f"{label} (AUC {result[f'{name}_auc{suffix}']:.3f})")
+        ax.set_xlabel(f"fraction of pixels {'removed' if name == 'deletion' else 'put back'}, most salient first")
+        ax.set_ylabel("probability of the explained class")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name.capitalize()} ({better} AUC = more faithful), {len(result[name])} images")
+        ax.legend()
+    return fig
+
+
+def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list[str],
+                  rank_corr: np.ndarray) -> Figure:
+    """Per image (rows): the image, its CAM, and the CAM after each cascade stage of the randomization test.
+
+    Args:
+        pictures: uint8 ``[k, h, w, 3]`` images (display size).
+        overlays: One uint8 ``[k, h, w, 3]`` array per column: the original CAM, then one per stage.
+        stages: Stage names, top first.
+        rank_corr: ``[stages, k]`` Spearman rank correlation of each image's map with its original.
+    """
+    cells: list[Cell] = []
+    for i in range(len(pictures)):
+        cells.append((pictures[i], [("image", "black"), ("", "black")]))
+        cells.append((overlays[0][i], [("CAM", "black"), ("original", "black")]))
+        for s, stage in enumerate(stages):
+            corr = float(rank_corr[s, i])
+            cells.append((overlays[s + 1][i], [(f"+ {stage} random", "black"),
+                                               (f"rank corr {corr:.2f}", RIGHT if corr < 0.5 else WRONG)]))
+    title = "Randomization test: the CAM as the model is re-initialized from the top (it should change)"
+    return tile_figure(cells, len(stages) + 2, title)
+
+
+def probes_figure(rows: list[list[tuple[np.ndarray, str, bool]]], labels: list[str], epochs: list[int]) -> Figure:
+    """Probe images (rows) over epochs (columns): each cell the CAM of the true class and ``p_true``, green when the
+    prediction is right, red when wrong.
+
+    Args:
+        rows: Per probe, per shown epoch: ``(overlay uint8 [h, w, 3], caption, right)``.
+        labels: Per probe, the row's label (index and class).
+        epochs: The shown epochs.
+    """
+    cells: list[Cell] = []
+    for label, row in zip(labels, rows, strict=True):
+        for column, (picture, caption, right) in enumerate(row):
+            head = label if column == 0 else ""
+            cells.append((picture, [(head, "black"), (caption, RIGHT if right else WRONG)]))
+    title = "Probe images by epoch: CAM of the true class"
+    return tile_figure(cells, max(len(epochs), 1), title)
+
+
+def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray], captions: list[str]) -> Figure:
+    """The same images (rows) under each CAM method (columns)."""
+    cells: list[Cell] = []
+    for i in range(len(pictures)):
+        cells.append((pictures[i], [(captions[i], "black")]))
+        cells += [(maps[i], [(method, "black")]) for method, maps in overlays.items()]
+    return tile_figure(cells, len(overlays) + 1, "CAM methods on the same images (most faithful first)")
+
+
+def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np.ndarray,
+                  captions: list[list[str]]) -> Figure:
+    """Per image: the original (thumbnail) | what the model sees (32×32, upscaled) | the CAM overlay."""
+    cells: list[Cell] = []
+    for thumb, picture, overlay, lines in zip(thumbnails, inputs, overlays, captions, strict=True):
+        cells += [(thumb, [(lines[0], "black"), ("original", "black")]),
+                  (picture, [(lines[1], "black"), ("model input", "black")]),
+                  (overlay, [(lines[2], "black"), ("CAM", "black")])]
+    return tile_figure(cells, 3, "Your images: original | model input | CAM")

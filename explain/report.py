@@ -31,15 +31,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from explain.cam import CAM_METHODS, compute_cams
-from explain.figures import DPI, SCALE, confusion_figure, gradcam_figure, misclassified_figure
+from explain.figures import (
+    DPI,
+    SCALE,
+    cam_methods_figure,
+    confusion_figure,
+    faithfulness_figure,
+    gradcam_figure,
+    images_figure,
+    misclassified_figure,
+    most_confused_classes,
+    probes_figure,
+    sanity_figure,
+)
 from explain.overlay import overlay_cam, to_hwc_uint8
+from explain.probes import Probes
+from explain.trust import AUC_KEYS, compare_methods, deletion_insertion, randomization_test, verdict
 from train.checkpoint import unwrap
-from train.data import Dataset
+from train.data import Dataset, Images
 from train.engine import predict
+from train.files import write_json
 from train.loader import DeviceLoader
 from train.tracking import Tracker
 
@@ -49,14 +65,25 @@ __all__ = [
     "cams_for_pred_and_true",
     "check_cam_settings",
     "confusion_matrix",
+    "explain_images",
     "explain_model",
     "find_mistakes",
+    "measure_trust",
+    "write_probes",
 ]
 
 COLUMNS = ("index", "image", "true", "pred", "confidence", "p_true", "top3", "gradcam_pred", "gradcam_true")
 ALPHA = 0.5  # weight of the heat layer in the overlays
 COLORMAP = "jet"
 MOST_CONFUSED = 10  # true→pred pairs listed in explain/most_confused
+# The trust figures of the explain step: on the first TRUST_IMAGES explained mistakes, TRUST_STEPS deletion and
+# insertion steps (2 + 4 × (TRUST_STEPS - 1) forwards per image) — about 3× the explain step's own CAM time on a
+# 2-core CPU (bench/trust_speed.py), nothing on a GPU; the same everywhere, so the figures compare across runs.
+TRUST_IMAGES = 10
+TRUST_STEPS = 8
+SANITY_IMAGES = 4  # images shown in sanity.png
+COMPARE_IMAGES = 8  # images shown in cam_methods.png
+PROBE_COLUMNS = 11  # epochs shown in probes.png
 
 
 def find_mistakes(probs: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -137,8 +164,10 @@ def cams_for_pred_and_true(model: nn.Module, images: Tensor, preds: Tensor, labe
 def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, tracker: Tracker | None = None,
                   samples: int = 64, cam_method: str = "gradcam", cam_layer: str | Sequence[str] = "layer4",
                   device: torch.device | str = "cpu", amp: torch.dtype | None = None, batch_size: int = 1024,
-                  indices: Tensor | None = None, epoch: int | None = None) -> dict[str, Any]:
-    """Explain the model's mistakes on ``test_set``: one W&B row (see the module docstring) and three PNG files.
+                  indices: Tensor | None = None, epoch: int | None = None, trust: bool = True,
+                  trust_images: int = TRUST_IMAGES, compare: Sequence[str] = (),
+                  commit: bool = True) -> dict[str, Any]:
+    """Explain the model's mistakes on ``test_set``: one W&B row (see the module docstring) and PNG files.
 
     Predictions are single-pass (no test-time augmentation), so the table shows what the network itself does.
     The model is left in eval mode. ``samples=0`` still logs the confusion matrix and its companions with an empty
@@ -147,8 +176,8 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     Args:
         model: The classifier, on ``device`` (DDP or ``torch.compile`` wrappers are looked through).
         test_set: The images to predict and explain.
-        out_dir: Where ``misclassified.png``, ``gradcam.png`` and ``confusion_matrix.png`` are written.
-        tracker: Where the W&B row goes (None or a disabled tracker: only the PNG files).
+        out_dir: Where the PNG files (and ``cam_methods.json``) are written.
+        tracker: Where the W&B row goes (None or a disabled tracker: only the files).
         samples: How many of the most confident mistakes to explain.
         cam_method: A name of :data:`explain.cam.CAM_METHODS`.
         cam_layer: Module name(s) the CAM is computed on; comma-separated names (or a list) are fused.
@@ -158,10 +187,18 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
         indices: Position of each ``test_set`` image in the full test set (e.g. a ``--test_subset``'s indices),
             logged as ``index``; default ``0..N-1``.
         epoch: Logged as ``epoch`` in the row when given (the epoch of the explained weights).
+        trust: Measure the trust figures (:mod:`explain.trust`) on the first ``trust_images`` explained mistakes,
+            for the predicted class (the CAM shown first).
+        trust_images: How many of the explained mistakes the trust figures use (they cost a few dozen forwards
+            per image).
+        compare: CAM methods to compare on those same images (``cam_methods.json``/``.png``, W&B table).
+        commit: Commit the W&B row; False leaves it open for more keys of the same step (a training run adds the
+            probe summary, then commits).
 
     Returns:
-        ``images``, ``acc`` (single pass), ``mistakes`` (count), ``explained`` (table rows), and the paths of the
-        three PNGs as ``misclassified_png``, ``gradcam_png``, ``confusion_matrix_png``.
+        ``images``, ``acc`` (single pass), ``mistakes`` (count), ``explained`` (table rows), the PNG paths
+        (``*_png``), and with ``trust`` the five trust figures, ``trust_images`` and the ``trust_verdict`` line;
+        with ``compare`` the comparison rows under ``cam_methods``.
 
     Raises:
         ValueError: If ``samples`` is negative, ``indices`` has the wrong length, or the CAM settings are invalid.
@@ -170,59 +207,215 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
         raise ValueError(f"samples must be >= 0, got {samples}")
     if indices is not None and len(indices) != len(test_set):
         raise ValueError(f"indices must hold one position per test image ({len(test_set)}), got {len(indices)}")
-    model, device = unwrap(model), torch.device(device)
+    model, device, out_dir = unwrap(model), torch.device(device), Path(out_dir)
     layers = check_cam_settings(model, cam_method, cam_layer, tuple(test_set.images.shape[-2:]))
+    for method in compare:
+        check_cam_settings(model, method, layers)
     classes = list(test_set.classes)
     positions = (torch.arange(len(test_set)) if indices is None else indices).cpu()
 
-    # ---- predictions: one pass, softmax, mistakes ----
-    loader = DeviceLoader(test_set, batch_size, device, train=False)
-    logits, _, labels = predict(model, loader, amp=amp)
-    probs = logits.float().softmax(1).cpu()
-    labels = labels.cpu()
+    # ---- predictions: one pass, softmax, mistakes, then CAMs for the predicted and the true class, batched ----
+    logits, _, labels = predict(model, DeviceLoader(test_set, batch_size, device, train=False), amp=amp)
+    probs, labels = logits.float().softmax(1).cpu(), labels.cpu()
     preds = probs.argmax(1)
     counts = confusion_matrix(labels, preds, len(classes))
     chosen = find_mistakes(probs, labels, samples)
-
-    # ---- CAMs for the predicted and the true class, batched, then overlays on the raw pixels ----
     images = test_set.images[chosen]
     cams_pred, cams_true = cams_for_pred_and_true(model, images.to(device), preds[chosen], labels[chosen],
                                                   method=cam_method, layer=layers)
-    pixels = to_hwc_uint8(images)
-    overlays_pred = overlay_cam(images, cams_pred, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
-    overlays_true = overlay_cam(images, cams_true, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
-    rows = []
-    for i, index in enumerate(chosen.tolist()):
-        top = torch.topk(probs[index], min(3, len(classes)))
-        rows.append({
-            "index": int(positions[index]),
-            "true": classes[labels[index]],
-            "pred": classes[preds[index]],
-            "confidence": float(probs[index, preds[index]]),
-            "p_true": float(probs[index, labels[index]]),
-            "top3": ", ".join(f"{classes[c]} {p:.2f}" for p, c in zip(top.values.tolist(), top.indices.tolist(),
-                                                                       strict=True)),
-            "image": pixels[i], "gradcam_pred": overlays_pred[i], "gradcam_true": overlays_true[i],
-        })
+    rows = _mistake_rows(images, cams_pred, cams_true, probs[chosen], labels[chosen], positions[chosen], classes)
 
     # ---- pictures ----
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = float((preds == labels).float().mean()) if len(labels) else 0.0
-    paths = {
-        "misclassified_png": out_dir / "misclassified.png",
-        "gradcam_png": out_dir / "gradcam.png",
-        "confusion_matrix_png": out_dir / "confusion_matrix.png",
-    }
+    paths = {f"{name}_png": out_dir / f"{name}.png" for name in ("misclassified", "gradcam", "confusion_matrix")}
     mistakes = int((preds != labels).sum())
     misclassified_figure(rows, mistakes).savefig(paths["misclassified_png"], dpi=DPI)
     gradcam_figure(rows, cam_method, layers).savefig(paths["gradcam_png"], dpi=DPI)
     confusion_figure(counts, classes, acc).savefig(paths["confusion_matrix_png"], dpi=DPI)
+    result = {"images": len(labels), "acc": acc, "mistakes": mistakes, "explained": len(rows),
+              **{key: str(path) for key, path in paths.items()}}
+    logged = tracker is not None and tracker.id is not None  # untracked: skip building the W&B objects
+    row = _wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch) if logged else {}
 
-    if tracker is not None and tracker.id is not None:  # untracked: skip building the W&B objects
-        tracker.log(_wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch))
-    return {"images": len(labels), "acc": acc, "mistakes": mistakes, "explained": len(rows),
-            **{key: str(path) for key, path in paths.items()}}
+    # ---- how far the maps can be trusted, and other methods on the same images ----
+    k = min(trust_images, len(rows))
+    if trust and k:
+        result.update(measure_trust(model, images[:k].to(device), preds[chosen][:k], cams_pred[:k], cam_method,
+                                    layers, out_dir, row if logged else None))
+        if logged:
+            tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
+    if compare and k:
+        result["cam_methods"] = compare_cam_methods(model, images[:k].to(device), preds[chosen][:k], compare,
+                                                    layers, out_dir, row if logged else None)
+    if logged:
+        tracker.log(row, commit=commit)
+    return result
+
+
+TRUST_KEYS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random", "sanity_rank_corr")
+
+
+def _mistake_rows(images: Tensor, cams_pred: Tensor, cams_true: Tensor, probs: Tensor, labels: Tensor,
+                  positions: Tensor, classes: list[str]) -> list[dict[str, Any]]:
+    """One dict per explained mistake with the table's columns (pictures as uint8 arrays)."""
+    pixels = to_hwc_uint8(images)
+    overlays_pred = overlay_cam(images, cams_pred, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+    overlays_true = overlay_cam(images, cams_true, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+    rows = []
+    for i in range(len(images)):
+        pred, true = int(probs[i].argmax()), int(labels[i])
+        top = torch.topk(probs[i], min(3, len(classes)))
+        rows.append({
+            "index": int(positions[i]), "true": classes[true], "pred": classes[pred],
+            "confidence": float(probs[i, pred]), "p_true": float(probs[i, true]),
+            "top3": ", ".join(f"{classes[c]} {p:.2f}" for p, c in zip(top.values.tolist(), top.indices.tolist(),
+                                                                       strict=True)),
+            "image": pixels[i], "gradcam_pred": overlays_pred[i], "gradcam_true": overlays_true[i],
+        })
+    return rows
+
+
+def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, cams: Tensor, method: str, layers: list[str],
+                  out_dir: Path, row: dict[str, Any] | None) -> dict[str, Any]:
+    """The trust figures of ``cams`` (:mod:`explain.trust`), ``faithfulness.png`` and ``sanity.png``; the mean
+    curves go into the W&B ``row`` (when given) as ``explain/faithfulness_curves``.
+
+    Returns:
+        The five figures of :data:`TRUST_KEYS`, ``trust_images`` and ``trust_verdict``.
+    """
+    faithful = deletion_insertion(model, images, class_idx, cams, steps=TRUST_STEPS)
+    sanity = randomization_test(model, images, class_idx, method, layers)
+    figures = {**{key: faithful[key] for key in AUC_KEYS}, "sanity_rank_corr": sanity["rank_corr"]}
+    faithfulness_figure(faithful, method).savefig(out_dir / "faithfulness.png", dpi=DPI)
+    shown = images[:SANITY_IMAGES].cpu()
+    overlays = [overlay_cam(shown, maps[:SANITY_IMAGES], alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+                for maps in sanity["maps"]]
+    sanity_figure(upscale_all(to_hwc_uint8(shown)), overlays, sanity["stages"],
+                  sanity["rank_corr_per_image"][:, :SANITY_IMAGES].numpy()).savefig(out_dir / "sanity.png", dpi=DPI)
+    if row is not None:
+        import wandb
+
+        curves = [faithful[name].mean(0).tolist() for name in ("deletion", "deletion_random", "insertion",
+                                                              "insertion_random")]
+        row["explain/faithfulness_curves"] = wandb.plot.line_series(
+            xs=faithful["fractions"], ys=curves, xname="fraction of pixels changed",
+            keys=[f"deletion ({method})", "deletion (random order)", f"insertion ({method})",
+                  "insertion (random order)"],
+            title=f"Deletion and insertion: {method} vs a random pixel order")
+        row["explain/sanity"] = wandb.Table(columns=["stage", "rank_corr"],
+                                            data=[list(x) for x in zip(sanity["stages"],
+                                                                       sanity["rank_corr_per_stage"], strict=True)])
+    return {**figures, "trust_images": len(images), "trust_verdict": verdict(figures)}
+
+
+def compare_cam_methods(model: nn.Module, images: Tensor, class_idx: Tensor, methods: Sequence[str],
+                        layers: list[str], out_dir: Path, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """:func:`explain.trust.compare_methods`, written as ``cam_methods.json`` and ``cam_methods.png`` (the same
+    images, one column per method) and, in the W&B ``row``, as the Table ``explain/cam_methods``."""
+    compared = compare_methods(model, images, class_idx, methods, layers)
+    table = [{k: v for k, v in entry.items() if k != "cams"} for entry in compared]
+    write_json(out_dir / "cam_methods.json", table)
+    shown = images[:COMPARE_IMAGES].cpu()
+    overlays = {entry["method"]: overlay_cam(shown, entry["cams"][:COMPARE_IMAGES], alpha=ALPHA, colormap=COLORMAP,
+                                             scale=SCALE) for entry in compared}
+    cam_methods_figure(upscale_all(to_hwc_uint8(shown)), overlays,
+                       [f"image {i + 1}" for i in range(len(shown))]).savefig(out_dir / "cam_methods.png", dpi=DPI)
+    if row is not None:
+        import wandb
+
+        columns = list(table[0]) if table else ["method"]
+        row["explain/cam_methods"] = wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in table])
+    return table
+
+
+def explain_images(model: nn.Module, images: Images, classes: list[str], *, out_dir: Path,
+                   tracker: Tracker | None = None, method: str = "gradcam", layers: Sequence[str] = ("layer4",),
+                   target_class: int | None = None, trust: bool = True) -> dict[str, Any]:
+    """Predict and explain any images: top-3 classes and the CAM of the top prediction (or of ``target_class``).
+
+    Writes ``images.png`` (original thumbnail | model input | CAM) and ``images.json`` into ``out_dir``, logs the W&B
+    Table ``explain/images`` when tracked, and (with ``trust``) the trust figures of these maps.
+
+    Returns:
+        ``rows`` (per image: ``file``, ``size``, ``top3`` as ``[class, p]`` pairs, ``cam_class``), ``lines`` (one
+        printable line per image: ``cat.jpg: cat 0.91 (dog 0.05, deer 0.02)``), ``cams`` ``[N, 32, 32]`` and, with
+        ``trust``, the trust figures and ``trust_verdict``.
+    """
+    model = unwrap(model).eval()
+    device = next(model.parameters()).device
+    pixels = images.pixels.to(device)
+    with torch.inference_mode():
+        probs = model(pixels.float() / 255).float().softmax(1).cpu()
+    top = torch.topk(probs, min(3, len(classes)))
+    targets = top.indices[:, 0] if target_class is None else torch.full((len(probs),), target_class)
+    cams = compute_cams(model, pixels, targets, method=method, layer=list(layers))
+    rows, lines = [], []
+    for i, name in enumerate(images.names):
+        ranked = [[classes[c], round(float(p), 4)] for p, c in zip(top.values[i], top.indices[i], strict=True)]
+        rows.append({"file": name, "size": list(images.sizes[i]), "top3": ranked,
+                     "cam_class": classes[int(targets[i])]})
+        others = ", ".join(f"{c} {p:.2f}" for c, p in ranked[1:])
+        lines.append(f"{name}: {ranked[0][0]} {ranked[0][1]:.2f}" + (f" ({others})" if others else "")
+                     + (f"; CAM of {classes[target_class]}" if target_class is not None else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "images.json", rows)
+    inputs = upscale_all(to_hwc_uint8(images.pixels))
+    overlays = overlay_cam(images.pixels, cams.cpu(), alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+    captions = [[Path(r["file"]).name[:24], f"{r['top3'][0][0]} {r['top3'][0][1]:.2f}", f"CAM of {r['cam_class']}"]
+                for r in rows]
+    images_figure(images.thumbnails, inputs, overlays, captions).savefig(out_dir / "images.png", dpi=DPI)
+    result: dict[str, Any] = {"rows": rows, "lines": lines, "images_png": str(out_dir / "images.png"),
+                              "cams": cams.cpu()}
+    logged = tracker is not None and tracker.id is not None
+    row: dict[str, Any] = {}
+    if trust:
+        result.update(measure_trust(model, pixels, targets, cams, method, list(layers), out_dir,
+                                    row if logged else None))
+    if logged:
+        import wandb
+
+        row["explain/images"] = wandb.Table(
+            columns=["file", "original", "input", "cam", "top1", "p_top1", "top3", "cam_class"],
+            data=[[r["file"], wandb.Image(images.thumbnails[i]), wandb.Image(inputs[i]), wandb.Image(overlays[i]),
+                   r["top3"][0][0], r["top3"][0][1], ", ".join(f"{c} {p:.2f}" for c, p in r["top3"]), r["cam_class"]]
+                  for i, r in enumerate(rows)])
+        tracker.log(row)
+        if trust:
+            tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
+    return result
+
+
+def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) -> dict[str, str]:
+    """``probes.png`` (probes × at most :data:`PROBE_COLUMNS` epochs spread evenly, 0 and the last included),
+    ``probes.json`` (:meth:`explain.probes.Probes.summary` with the indices and epochs) and, when tracked, the W&B
+    Table ``probes/summary`` in the open row (the caller commits it)."""
+    summary = probes.summary()
+    write_json(out_dir / "probes.json", {"indices": probes.indices.tolist(), "epochs": probes.epochs,
+                                         "method": probes.method, "probes": summary})
+    picks = sorted({round(x) for x in np.linspace(0, len(probes.epochs) - 1, PROBE_COLUMNS)}) if probes.epochs else []
+    shown = [probes.epochs[i] for i in picks]
+    overlays = {epoch: probes.overlays(epoch).numpy() for epoch in shown}
+    rows = [[(overlays[epoch][p], f"epoch {epoch}: p_true {entry['epochs'][str(epoch)]['p_true']:.2f}",
+              entry["epochs"][str(epoch)]["pred"] == entry["class"]) for epoch in shown]
+            for p, entry in enumerate(summary)]
+    labels = [f"#{entry['index']} {entry['class']}" for entry in summary]
+    probes_figure(rows, labels, shown).savefig(out_dir / "probes.png", dpi=DPI)
+    if tracker is not None and tracker.id is not None and probes.epochs:
+        import wandb
+
+        columns = ["index", "class", "learned_epoch", "flips", "final_pred", "final_p_true", "p_true_by_epoch"]
+        data = [[e["index"], e["class"], e["learned_epoch"], e["flips"], e["epochs"][str(probes.epochs[-1])]["pred"],
+                 e["epochs"][str(probes.epochs[-1])]["p_true"],
+                 " ".join(f"{epoch}:{v['p_true']:.2f}" for epoch, v in e["epochs"].items())] for e in summary]
+        tracker.log({"epoch": probes.epochs[-1], "probes/summary": wandb.Table(columns=columns, data=data)},
+                    commit=False)
+    return {"probes_png": str(out_dir / "probes.png"), "probes_json": str(out_dir / "probes.json")}
+
+
+def upscale_all(pictures: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, h, w, 3]`` pictures ×:data:`SCALE`, nearest neighbour (as the overlays)."""
+    return pictures.repeat(SCALE, axis=1).repeat(SCALE, axis=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -244,10 +437,18 @@ def _wandb_row(rows: list[dict[str, Any]], counts: Tensor, classes: list[str], l
     ])
     most_confused = wandb.Table(columns=["true", "pred", "count"],
                                 data=[[classes[t], classes[p], n] for t, p, n in _most_confused(counts)])
+    # W&B's confusion matrix is a table of every (true, pred) pair: beyond MAX_MATRIX_CLASSES classes the others
+    # are pooled as "(other classes)", so 1,000 classes make 51², not a million, rows.
+    shown = most_confused_classes(counts).tolist()
+    names = [classes[i] for i in shown]
+    if len(shown) < len(classes):
+        remap = torch.full((len(classes),), len(shown), dtype=torch.long)
+        remap[shown] = torch.arange(len(shown))
+        labels, preds, names = remap[labels], remap[preds], [*names, "(other classes)"]
     row = {
         "explain/misclassified": table,
         "explain/confusion_matrix": wandb.plot.confusion_matrix(y_true=labels.tolist(), preds=preds.tolist(),
-                                                                class_names=classes),
+                                                                class_names=names),
         "explain/confusion_matrix_image": wandb.Image(str(confusion_png)),
         "explain/per_class_acc": per_class,
         "explain/most_confused": most_confused,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = Path(os.environ.get("CIFAR_JPEG_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
@@ -32,34 +37,57 @@ def offline_wandb(tmp_path_factory):
         yield root
 
 
+SUBSET = re.compile(r"cifar10-jpeg/(train/[^/]+/00\d\d|test/[^/]+/00[01]\d)\.jpg$")  # 100 + 20 per class
+
+
+@contextmanager
+def built_once(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder shared by every pytest-xdist worker of this session (``<basetemp>/../<name>``): the first worker
+    builds it (``fresh`` is True) while the others wait on a file lock, then all use it (the pytest-xdist recipe for
+    session fixtures that must run once)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        fresh = not (folder / ".built").exists()
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        yield folder, fresh
+        (folder / ".built").touch()
+
+
 @pytest.fixture(scope="session")
-def cifar_jpeg(tmp_path_factory) -> Path:
-    """The real JPEG CIFAR-10 copy from ../shared/data, unpacked once per session (skips where it is absent)."""
+def cifar_subset(tmp_path_factory) -> Path:
+    """Real CIFAR-10 images from the JPEG copy in ../shared/data: the first 100 training and 20 test images of
+    each class (1,000 / 200), unpacked once per session (skips where the archive is absent). Every test runs on
+    these: a process then decodes (or loads from the cache) 1,200 images, not 60,000."""
     if not ARCHIVE.is_file():
         pytest.skip(f"the JPEG CIFAR-10 archive is not at {ARCHIVE} (../shared/data beside the repo)")
-    root = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(ARCHIVE) as tar:
-        tar.extractall(root, filter="data")
+    with built_once(tmp_path_factory, "cifar") as (root, fresh):
+        if fresh:
+            with tarfile.open(ARCHIVE) as tar:
+                tar.extractall(root, members=(m for m in tar if m.isdir() or SUBSET.search(m.name)), filter="data")
     return root / "cifar10-jpeg"
 
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def copy_images(cifar_jpeg: Path, root: Path, train: int, test: int) -> Path:
+def copy_images(cifar: Path, root: Path, train: int, test: int) -> Path:
     """A 10-class image folder at ``root`` with the first ``train``/``test`` real JPEGs of each class."""
     for split, count in (("train", train), ("test", test)):
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
             for i in range(count):
-                shutil.copy(cifar_jpeg / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
+                shutil.copy(cifar / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
     return root
 
 
 @pytest.fixture(scope="session")
-def small_folder(cifar_jpeg, tmp_path_factory) -> Path:
+def small_folder(cifar_subset, tmp_path_factory) -> Path:
     """A 10-class image folder of real CIFAR-10 JPEGs: 12 train and 4 test images per class."""
-    return copy_images(cifar_jpeg, tmp_path_factory.mktemp("small"), 12, 4)
+    return copy_images(cifar_subset, tmp_path_factory.mktemp("small"), 12, 4)
 
 
 def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, env: dict[str, str] | None = None,
@@ -77,23 +105,27 @@ def user_env(home: Path) -> dict[str, str]:
                   "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config")}
 
 
-REAL_RUN = ["--train_subset=1000", "--test_subset=200", "--epochs=2", "--batch_size=100", "--explain_samples=8",
+REAL_RUN = ["--train_subset=1000", "--test_subset=200", "--epochs=2", "--batch_size=50", "--explain_samples=8",
             "--probe_images=10", "--run_name=real-run"]
 
 
 @pytest.fixture(scope="session")
-def trained(cifar_jpeg, tmp_path_factory) -> dict:
+def trained(cifar_subset, tmp_path_factory) -> dict:
     """The one real training run the train, explain, probe, trust and offline-sync tests share: 2 epochs on 1,000
     real training images and 200 test images on the CPU, default recipe otherwise (lr from the batch, warm-up a
     fifth of the run), explain and probes on, W&B offline in a folder of its own with nothing else set."""
-    root = tmp_path_factory.mktemp("trained")
-    out, wandb_dir, home = root / "out", root / "wandb-dir", root / "home"
-    wandb_dir.mkdir()
-    home.mkdir()
-    env = user_env(home) | {"WANDB_DIR": str(wandb_dir)}
-    result = subprocess.run([sys.executable, "train/run.py", "--data_dir", str(cifar_jpeg), *REAL_RUN,
-                             f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    with built_once(tmp_path_factory, "trained") as (root, fresh):
+        out, wandb_dir, home = root / "out", root / "wandb-dir", root / "home"
+        env = user_env(home) | {"WANDB_DIR": str(wandb_dir)}
+        if fresh:
+            wandb_dir.mkdir()
+            home.mkdir()
+            done = subprocess.run([sys.executable, "train/run.py", "--data_dir", str(cifar_subset), *REAL_RUN,
+                                   f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=1200,
+                                  env=env)
+            assert done.returncode == 0, done.stderr[-3000:]
+            (root / "output.json").write_text(json.dumps({"stdout": done.stdout, "stderr": done.stderr}))
+    result = SimpleNamespace(returncode=0, **json.loads((root / "output.json").read_text()))
     summary = json.loads((out / "summary.json").read_text())
     return {"result": result, "out": out, "summary": summary, "run_dir": Path(summary["wandb_run_dir"]),
             "wandb_dir": wandb_dir / "wandb", "home": home, "env": env}

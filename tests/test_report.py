@@ -20,7 +20,7 @@ from explain.cam import compute_cams
 from explain.overlay import overlay_cam
 from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
 from tests.conftest import copy_images, history, wandb_records
-from train.data import CIFAR10_CLASSES, load_data
+from train.data import CIFAR10_CLASSES, Dataset, load_data
 from train.tracking import Tracker
 
 CLASSES = list(CIFAR10_CLASSES)  # the JPEG copy's class folders, in label order
@@ -110,9 +110,9 @@ def test_check_cam_settings_fails_fast_on_bad_names():
 
 
 @pytest.fixture(scope="module")
-def data(cifar_jpeg, tmp_path_factory) -> Path:
+def data(cifar_subset, tmp_path_factory) -> Path:
     """A 10-class image folder of real CIFAR-10 JPEGs: 2 train and 20 test images per class."""
-    return copy_images(cifar_jpeg, tmp_path_factory.mktemp("report-data"), 2, 20)
+    return copy_images(cifar_subset, tmp_path_factory.mktemp("report-data"), 2, 20)
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +265,25 @@ def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["confusion_matrix.png", "gradcam.png", "misclassified.png"]
     with pytest.raises(ValueError, match="samples must be >= 0"):
         explain_model(model, test, out_dir=tmp_path, samples=-1)
+
+
+def test_a_thousand_classes_stay_bounded(tmp_path):
+    """Explaining a 1,000-class data set: the confusion PNG shows the most confused classes and W&B's confusion
+    matrix pools the rest, so neither grows with the square of the classes (a million rows, a 550-inch figure)."""
+    from tests.test_cam import TinyNet
+
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=1000).eval()
+    images = torch.randint(0, 256, (2000, 3, 32, 32), dtype=torch.uint8)
+    test = Dataset(images, torch.arange(1000).repeat(2), [f"class{i:03d}" for i in range(1000)])
+    tracker = Tracker({}, mode="offline", project="test", job_type="explain")
+    result = explain_model(model, test, out_dir=tmp_path, tracker=tracker, samples=4, cam_layer="features",
+                           trust=False)
+    run_dir = tracker.dir
+    tracker.finish()
+    assert result["mistakes"] > 1900
+    with Image.open(tmp_path / "confusion_matrix.png") as picture:
+        assert max(picture.size) < 4000  # 50 classes drawn, not 1,000
+    matrix, _ = logged_table(wandb_records(run_dir), "explain/confusion_matrix_table")
+    assert len(matrix["data"]) <= 51 * 51 and {row[0] for row in matrix["data"]} >= {"(other classes)"}
+    assert sum(row[2] for row in matrix["data"]) == 2000  # every image counted, pooled or not

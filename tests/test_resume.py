@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,16 @@ def start(*args: str, cwd: Path = REPO, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def communicate(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """The rest of the output; a process that does not end in time is killed (not left to load the machine)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def stop_after(proc: subprocess.Popen, prefix: str, sig: int = signal.SIGTERM, times: int = 1) -> tuple[str, str]:
     """Send ``sig`` the moment a stdout line starts with ``prefix``; the rest of the output."""
     for line in proc.stdout:
@@ -42,7 +53,7 @@ def stop_after(proc: subprocess.Popen, prefix: str, sig: int = signal.SIGTERM, t
                 proc.send_signal(sig)
                 time.sleep(0.05)
             break
-    return proc.communicate(timeout=300)
+    return communicate(proc)
 
 
 def wandb_parts(run_id: str) -> list[Path]:
@@ -55,7 +66,7 @@ def test_kill_9_then_resume_continues_with_the_same_wandb_run(small_folder, tmp_
     wandb.init(mode="offline", project="host", dir=str(tmp_path)).finish()
     assert os.environ.get("WANDB_SERVICE")
     out = tmp_path / "out"
-    args = [*flags(small_folder, deterministic="True"), "--out_dir", str(out)]
+    args = [*flags(small_folder, epochs=2, deterministic="True"), "--out_dir", str(out)]
     proc = subprocess.Popen([sys.executable, "train/run.py", *args], cwd=REPO, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -71,15 +82,15 @@ def test_kill_9_then_resume_continues_with_the_same_wandb_run(small_folder, tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"--resume auto: continuing {out / 'last.pt'}" in resumed.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs"] == 3 and summary["wandb_run_id"] == run_id
-    assert f"epoch {done + 1}/3" in resumed.stdout and f"epoch {done}/3" not in resumed.stdout
+    assert done == 1 and summary["epochs"] == 2 and summary["wandb_run_id"] == run_id
+    assert "epoch 2/2" in resumed.stdout and "epoch 1/2" not in resumed.stdout
     # the resumed offline part holds the whole run: the finished epochs replayed from the checkpoint, then the rest
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
-    assert [row["epoch"] for row in rows] == [1, 2, 3] and [row["_step"] for row in rows] == [1, 2, 3]
-    assert [row["val/acc"] for row in rows[:done]] == [r["val/acc"] for r in first["state"]["history"]]
+    assert [row["epoch"] for row in rows] == [1, 2] and [row["_step"] for row in rows] == [1, 2]
+    assert rows[0]["val/acc"] == first["state"]["history"][0]["val/acc"]
     parts = wandb_parts(run_id)
     assert len(parts) == 2 and summary["wandb_run_dir"] in map(str, parts)  # same id; the killed part is kept too
-    assert [row["epoch"] for row in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]  # each epoch once
+    assert [row["epoch"] for row in read_metrics(out / "metrics.jsonl")] == [1, 2]  # each epoch once
 
     # --deterministic: the interrupted-and-resumed run ends exactly where an uninterrupted one does
     whole = run_cli(*args[:-1], str(tmp_path / "whole"), timeout=600)
@@ -111,7 +122,7 @@ def test_a_stop_during_start_up_is_clean(sig, small_folder, tmp_path):
     proc = start(*flags(small_folder), "--out_dir", str(out))
     time.sleep(1.5)  # importing torch, timm, wandb
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = communicate(proc, 120)
     assert proc.returncode == (130 if sig == signal.SIGINT else 0), stderr
     assert stderr.strip().splitlines()[-1].startswith(f"stopped: {signal.Signals(sig).name} during start-up")
     assert "Traceback" not in stderr and not out.exists()
@@ -131,30 +142,32 @@ def test_a_stop_during_the_explain_step_finishes_the_wandb_run(small_folder, tmp
     assert state["exit_code"] == 128 + signal.SIGTERM
 
 
-def test_explain_run_stops_cleanly(small_folder, tmp_path):
-    out = tmp_path / "out"
-    trained = run_cli(*flags(small_folder, epochs=1), "--wandb_mode=disabled", "--out_dir", str(out), timeout=300)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    proc = subprocess.Popen([sys.executable, "explain/run.py", "--checkpoint", str(out / "best.pt"),
-                             "--cam_method=scorecam", "--wandb_mode=offline"], cwd=REPO, env=os.environ.copy(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(12)
+def test_explain_run_stops_cleanly(trained, tmp_path):
+    proc = subprocess.Popen([sys.executable, "explain/run.py", "--checkpoint", str(trained["out"] / "best.pt"),
+                             "--cam_method=scorecam", "--wandb_mode=offline", f"--out_dir={tmp_path}"], cwd=REPO,
+                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "scorecam CAMs" not in seen and proc.poll() is None:  # Score-CAM shows its progress; stop it there
+        seen += proc.stderr.read(1)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    _, stderr = communicate(proc, 120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, (seen + stderr)[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("stopped: SIGINT")
 
 
 def test_a_disabled_run_resumes_offline_beside_its_checkpoint(small_folder, tmp_path):
     """Resume works whatever the W&B mode of either part, writes beside the checkpoint it continues (not into
-    runs/<its name> of the current folder, which holds another run) and clears what a killed save left."""
+    runs/<its name> of the current folder, which holds another run), clears what a killed save left, and continues
+    the probe series: the offline part replays the disabled part's epochs, probe images included."""
     here, there = tmp_path / "here", tmp_path / "there"
-    for cwd in (here, there):  # two runs of the same name, each in its own folder
-        cwd.mkdir()
-        proc = start(*flags(small_folder), "--run_name=same", "--wandb_mode=disabled", cwd=cwd)
-        _, stderr = stop_after(proc, "epoch 1/3")
-        assert proc.returncode == 0, stderr[-2000:]
+    there.mkdir()
+    proc = start(*flags(small_folder), "--run_name=same", "--wandb_mode=disabled", "--probe_images=4", cwd=there)
+    _, stderr = stop_after(proc, "epoch 1/3")
+    assert proc.returncode == 0, stderr[-2000:]
     theirs = there / "runs" / "same"
+    stopped = torch.load(theirs / "last.pt", weights_only=True)["state"]["probes"]
+    assert stopped["epochs"] == [0, 1]
+    shutil.copytree(theirs, here / "runs" / "same")  # another run of that name in the folder we resume from
     (theirs / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # what kill -9 during a save leaves
     ours = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (here / "runs" / "same").iterdir()}
     resumed = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--resume", str(theirs / "last.pt"),
@@ -163,25 +176,35 @@ def test_a_disabled_run_resumes_offline_beside_its_checkpoint(small_folder, tmp_
     assert ours == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (here / "runs" / "same").iterdir()}
     summary = json.loads((theirs / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["wandb_run_id"]
-    rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
-    assert [row["epoch"] for row in rows] == [1, 2, 3]  # the disabled part's epoch replayed into the offline run
+    rows = history(wandb_records(summary["wandb_run_dir"]))
+    assert [row["epoch"] for row in rows] == [0, 1, 2, 3]  # the disabled part's epochs replayed into the offline run
+    assert [row["epoch"] for row in rows if "train/loss" in row] == [1, 2, 3]
     assert not list(theirs.glob(".*.tmp"))
+    saved = json.loads((theirs / "probes.json").read_text())
+    assert saved["epochs"] == [0, 1, 2, 3]
+    for p, probe in enumerate(saved["probes"]):  # the first part's epochs, exactly as they were recorded
+        key = f"probes/{probe['index']}_{probe['class']}"
+        assert all(row[f"{key}._type"] == "image-file" for row in rows)  # every epoch's image, replayed ones too
+        for i, epoch in enumerate(stopped["epochs"]):
+            assert probe["epochs"][str(epoch)]["p_true"] == round(float(stopped["p_true"][i][p]), 4)
 
 
-def test_two_processes_never_share_a_folder(small_folder, tmp_path):
+def test_two_processes_never_share_a_folder(small_folder, tmp_path, capsys):
+    from train.run import main
+
     out = tmp_path / "out"
     first = start(*flags(small_folder, epochs=20), "--out_dir", str(out))
     for line in first.stdout:
         if line.startswith("epoch 1/20"):
             break
-    try:
+    try:  # this test's process is the second one: the first holds the lock
         for args in (["--resume", "auto", "--out_dir", str(out)], [*flags(small_folder), "--out_dir", str(out)]):
-            second = run_cli(*args, timeout=300)
-            assert second.returncode == 2
-            assert second.stderr.strip() == f"error: --out_dir {str(out)!r} is in use by process {first.pid}"
+            assert main(args) == 2
+            err = capsys.readouterr().err
+            assert err.strip().splitlines()[-1] == f"error: --out_dir {str(out)!r} is in use by process {first.pid}"
     finally:
         first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=300)
+        communicate(first)
     assert first.returncode == 0 and torch.load(out / "last.pt", weights_only=True)["epoch"] >= 1
 
 

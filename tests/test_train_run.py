@@ -34,7 +34,7 @@ def test_run_exits_0_and_learns(trained):
     assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
     assert summary["compile_seconds"] == 0.0  # no --compile
     assert "epoch 1/2" in result.stdout and "epoch 2/2" in result.stdout  # one plain line per epoch off a terminal
-    assert "lr 0.07812, 0.4 warm-up epochs" in result.stdout  # 0.1 x 100/128, a fifth of 2 epochs
+    assert "lr 0.03906, 0.4 warm-up epochs" in result.stdout  # 0.1 x 50/128, a fifth of 2 epochs
     for picture in ("misclassified.png", "gradcam.png", "confusion_matrix.png"):
         assert (out / picture).stat().st_size > 10_000, picture
     assert summary["explain"]["explained"] == 8
@@ -47,7 +47,7 @@ def test_checkpoints_load_safely_and_best_holds_only_the_model(trained):
     for key in ("model", "config", "epoch", "metrics", "classes", "optimizer", "scheduler", "rng", "state"):
         assert key in last, key
     assert last["epoch"] == 2 and last["state"]["epoch"] == 2 and len(last["state"]["history"]) == 2
-    assert last["config"]["lr"] == pytest.approx(0.078125) and last["config"]["warmup_epochs"] == pytest.approx(0.4)
+    assert last["config"]["lr"] == pytest.approx(0.0390625) and last["config"]["warmup_epochs"] == pytest.approx(0.4)
     best = torch.load(out / "best.pt", weights_only=True)
     assert set(best) == {"format", "model", "config", "epoch", "metrics", "classes", "run_uid"}
     assert (out / "best.pt").stat().st_size < 0.6 * (out / "last.pt").stat().st_size  # no optimizer state
@@ -88,7 +88,7 @@ def test_wandb_run_has_every_epoch_key_once_per_epoch(trained):
     assert state["summary"]["best_val_acc"] == pytest.approx(summary["best_test_acc"])
     config = state["config"]
     assert set(config) - {"_wandb"} == {f.name for f in Config.__dataclass_fields__.values()}
-    assert config["lr"] == pytest.approx(0.078125) and config["epochs"] == 2 and config["run_name"] == "real-run"
+    assert config["lr"] == pytest.approx(0.0390625) and config["epochs"] == 2 and config["run_name"] == "real-run"
 
 
 def test_best_checkpoint_is_the_model_artifact(trained):

@@ -132,7 +132,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_NAME_BYTES = 200  # a run name becomes a folder name (255 bytes on most file systems, W&B adds to it)
-MAX_PROBES = 1000
+MAX_PROBES = 100  # each is a W&B image per epoch and a row of probes.png
+MAX_EXPLAINED = 10_000  # rows of the explain/misclassified table (3 images each)
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_DEPTH = 32
 
@@ -219,7 +220,7 @@ def _validate(config: Config) -> Config:
         ("test_subset", config.test_subset >= 0, "must be >= 0 (0 = all)"),
         ("cutout", 0 <= config.cutout <= 32, "must be in [0, 32]"),
         ("seed", 0 <= config.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]"),
-        ("explain_samples", config.explain_samples >= 0, "must be >= 0"),
+        ("explain_samples", 0 <= config.explain_samples <= MAX_EXPLAINED, f"must be in [0, {MAX_EXPLAINED}]"),
         ("probe_images", 0 <= config.probe_images <= MAX_PROBES, f"must be in [0, {MAX_PROBES}]"),
         ("precision", config.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("wandb_mode", config.wandb_mode in WANDB_MODES, f"must be one of {', '.join(WANDB_MODES)}"),

@@ -36,12 +36,14 @@ __all__ = [
     "RESIZE_FILTER",
     "DataError",
     "Dataset",
+    "Images",
     "balanced_subset",
     "decode_image",
     "download_cifar10",
     "image_files",
     "load_data",
     "read_cifar_batch",
+    "read_images",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -222,15 +224,23 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def decode_image(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(path: Path, size: int = IMAGE_SIZE,
+                 thumbnail: int = 0) -> tuple[np.ndarray, tuple[int, int]] | tuple[np.ndarray, tuple[int, int],
+                                                                              np.ndarray]:
     """Read any image Pillow can decode as ``size``×``size`` RGB uint8 ``[H, W, 3]``.
 
     EXIF orientation is applied; 16-bit and float pixels are scaled to 8 bits (floats in [0, 1] or [0, 255];
     others are refused); transparent pixels are composited onto white; palette, grey, CMYK and other modes are
     converted to RGB; other sizes are resized with Pillow's bilinear filter (aspect ratio not kept).
 
+    Args:
+        path: The image file.
+        size: Side of the square the image is resized to (the model's input size).
+        thumbnail: Also return the image as converted, scaled to fit ``thumbnail``×``thumbnail`` (aspect ratio
+            kept) and centred on white, for display (0 = no thumbnail).
+
     Returns:
-        The pixels and the original ``(width, height)``.
+        The pixels, the original ``(width, height)`` and, with ``thumbnail``, the thumbnail.
 
     Raises:
         DataError: unreadable, not an image, a decompression bomb (more pixels than Pillow's limit), or pixels
@@ -243,11 +253,17 @@ def decode_image(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, tuple[
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 original = image.size
-                image = ImageOps.exif_transpose(image)
-                image = _to_rgb(image)
-                if image.size != (size, size):
-                    image = image.resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(image, dtype=np.uint8), original
+                image = _to_rgb(ImageOps.exif_transpose(image))
+                pixels = np.asarray(image if image.size == (size, size) else
+                                    image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+                if not thumbnail:
+                    return pixels, original
+                enlarge = max(image.size) < thumbnail  # small images grow in whole pixels, large ones shrink smoothly
+                small = ImageOps.contain(image, (thumbnail, thumbnail),
+                                         Image.Resampling.NEAREST if enlarge else Image.Resampling.BILINEAR)
+                canvas = Image.new("RGB", (thumbnail, thumbnail), BACKGROUND)
+                canvas.paste(small, ((thumbnail - small.width) // 2, (thumbnail - small.height) // 2))
+                return pixels, original, np.asarray(canvas, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"image {path} is too large to decode safely ({str(exc).split('.')[0]})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
@@ -272,6 +288,62 @@ def image_files(folder: Path, recursive: bool = False) -> list[Path]:
             raise DataError(f"{path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         files.append(path)
     return files
+
+
+@dataclass
+class Images:
+    """Images read from files for the model: pixels, thumbnails, names, original sizes, and what was skipped."""
+
+    pixels: torch.Tensor  # uint8 [N, 3, 32, 32]
+    thumbnails: list[np.ndarray]  # uint8 [t, t, 3], for display
+    names: list[str]
+    sizes: list[tuple[int, int]]
+    skipped: list[tuple[str, str]]  # (file, why) with skip_bad
+    notes: list[str]
+
+
+def read_images(paths: list[str | os.PathLike], skip_bad: bool = False, thumbnail: int = 128) -> Images:
+    """Read image files, and the image files of folders (recursively, in name order), as the model's input.
+
+    Args:
+        paths: Files or folders.
+        skip_bad: Skip (and list in ``skipped``) the files of a folder that are not images or cannot be read, instead
+            of refusing. A file named directly is always required to be an image.
+        thumbnail: Side of the display thumbnails.
+
+    Raises:
+        DataError: a missing path, a non-image or unreadable file (without ``skip_bad``), or no image at all.
+    """
+    pixels, thumbs, names, sizes, skipped, seen = [], [], [], [], [], set()
+    for given in paths:
+        path = Path(given)
+        try:
+            if not path.exists():
+                raise DataError(f"--images: {str(path)!r} does not exist")
+            files = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()) if path.is_dir() else [path]
+        except OSError as exc:
+            raise DataError(f"--images: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+        for file in files:
+            if (file.name.startswith(".") and file != path) or file.absolute() in seen:
+                continue
+            seen.add(file.absolute())
+            try:
+                if file.suffix.lower() not in IMAGE_EXTENSIONS and file != path:
+                    raise DataError(f"{file} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+                array, size, thumb = decode_image(file, thumbnail=thumbnail)
+            except DataError as exc:
+                if not (skip_bad and file != path):
+                    raise
+                skipped.append((str(file), str(exc)))
+                continue
+            pixels.append(array)
+            thumbs.append(thumb)
+            names.append(str(file))
+            sizes.append(size)
+    if not pixels:
+        raise DataError("--images: no image to explain" + (f" ({len(skipped)} files skipped)" if skipped else ""))
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    return Images(images, thumbs, names, sizes, skipped, _resize_note(Counter(sizes)))
 
 
 def _resize_note(sizes: Counter) -> list[str]:

@@ -40,7 +40,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from explain.report import check_cam_settings, explain_model
+from explain.probes import Probes, choose_probes
+from explain.report import check_cam_settings, explain_model, write_probes
 from train.checkpoint import CheckpointError, load_model_state, save_checkpoint, unwrap
 from train.config import Config, ConfigError, parse_args
 from train.data import DataError, Dataset, balanced_subset, load_data
@@ -104,6 +105,7 @@ class Run:
     net: nn.Module  # what trains: the model, wrapped for DDP and/or compiled
     eval_net: nn.Module  # what evaluates (not the DDP wrapper: shards may differ in length)
     tracker: Tracker
+    probes: Probes | None  # rank 0, --probe_images > 0
     rank: int
     world_size: int
     first_epoch: int  # the first epoch this process trains (under --compile it compiles)
@@ -130,16 +132,25 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
     for note in train_set.notes + test_set.notes if rank == 0 else []:
         print(note, file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
+    probe_indices = choose_probes(test_set.labels, config.probe_images, config.seed)  # in the full test set
+    probe_set = test_set.subset(probe_indices)
     test_indices = balanced_subset(test_set.labels, config.test_subset, config.seed)
     test_set = test_set.subset(test_indices)
 
     # ---- the recipe; a CAM typo must fail now, not after hours of training ----
     recipe = build_recipe(config, train_set, test_set, device, rank=rank, world_size=world_size)
+    probes = None
     if config.explain_samples or config.probe_images:
         try:
-            check_cam_settings(recipe.model, config.cam_method, config.cam_layer)
+            layers = check_cam_settings(recipe.model, config.cam_method, config.cam_layer)
         except ValueError as exc:
             raise ConfigError(f"--cam_method/--cam_layer: {exc}") from None
+        if rank == 0 and len(probe_set):
+            try:
+                probes = Probes(probe_set.images, probe_set.labels, probe_indices, probe_set.classes,
+                                config.cam_method, layers, state.probes)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {config.resume!r} cannot be resumed: {exc}") from None
     if checkpoint:
         restore(recipe, checkpoint, config.resume)
     net = DistributedDataParallel(recipe.model, device_ids=[device] if device.type == "cuda" else None) \
@@ -159,10 +170,22 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
         raise ConfigError(f"the W&B sweep hands this run {key}={value!r} but the command line says "
                           f"{getattr(config, key)!r}; put ${{args}} in the sweep's command")
     state.wandb_run_id = tracker.id or state.wandb_run_id
-    if checkpoint:
-        tracker.continue_from(state.history)
-    return Run(config, state, out_dir, device, train_set, test_set, test_indices, recipe, net, eval_net, tracker,
-               rank, world_size, first_epoch=state.epoch + 1)
+    run = Run(config, state, out_dir, device, train_set, test_set, test_indices, recipe, net, eval_net, tracker,
+              probes, rank, world_size, first_epoch=state.epoch + 1)
+    start_stream(run)
+    return run
+
+
+def start_stream(run: Run) -> None:
+    """Start ``metrics.jsonl`` and W&B: a resumed run's finished epochs (and probe images) again, a new run's
+    probes at epoch 0 (the initial model)."""
+    probes, state = run.probes, run.state
+    rows = ([{"epoch": 0, **probes.row(0)}] if probes and 0 in probes.epochs else []) + state.history
+    run.tracker.continue_from(rows, [probes.images_for(int(row["epoch"])) for row in rows] if probes else None)
+    if probes and not probes.epochs:
+        probes.observe(run.recipe.model, 0)
+        state.probes = probes.to_dict()
+        run.tracker.log_epoch({"epoch": 0, **probes.row(0)}, probes.images_for(0))
 
 
 def restore(recipe: Recipe, checkpoint: dict, source: str) -> None:
@@ -223,13 +246,18 @@ def train_epochs(run: Run) -> None:
             for buffer in run.recipe.model.buffers():
                 dist.broadcast(buffer, src=0)
         val = run.recipe.evaluate(run.eval_net, tta=config.tta)
-        row = epoch_row(epoch, train, val)
+        row, images = epoch_row(epoch, train, val), None
+        if run.probes:
+            run.probes.observe(run.recipe.model, epoch)
+            row, images = {**row, **run.probes.row(epoch)}, run.probes.images_for(epoch)
         with stops_deferred():  # the checkpoint first, then the row: W&B never shows an epoch no checkpoint holds
             previous = saved(state)
             is_best = state.record(row, train)
+            if run.probes:
+                state.probes = run.probes.to_dict()
             if run.rank == 0:
                 save_epoch(run, is_best, previous)
-            run.tracker.log_epoch(row, commit=epoch < config.epochs)  # the end of training joins the last row
+            run.tracker.log_epoch(row, images, commit=epoch < config.epochs)  # the end of training joins the last
             run.say(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
                     f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
                     f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s")
@@ -263,7 +291,13 @@ def finish(run: Run) -> dict[str, Any]:
         explained = explain_model(run.recipe.model, run.test_set, out_dir=run.out_dir, tracker=run.tracker,
                                   samples=config.explain_samples, cam_method=config.cam_method,
                                   cam_layer=config.cam_layer, device=run.device, amp=run.recipe.amp,
-                                  batch_size=config.eval_batch_size, indices=run.test_indices, epoch=state.epoch)
+                                  batch_size=config.eval_batch_size, indices=run.test_indices, epoch=state.epoch,
+                                  trust=config.trust, commit=False)
+        if "trust_verdict" in explained:
+            line = explained["trust_verdict"]
+            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
+    if run.probes:
+        write_probes(run.probes, run.out_dir, run.tracker)
     run.phase = "finish"
     last = state.history[-1]
     summary = {
@@ -281,7 +315,8 @@ def finish(run: Run) -> dict[str, Any]:
         "device": str(run.device),
         "wandb_run_id": run.tracker.id or state.wandb_run_id or None,
         "wandb_run_dir": run.tracker.dir,
-        "explain": {k: v for k, v in explained.items() if not k.endswith("_png")},
+        "wandb_staging_dir": run.tracker.staging_dir,  # with wandb_run_dir, what `wandb sync` needs
+        "explain": {k: v for k, v in explained.items() if not k.endswith("_png") and k != "cam_methods"},
     }
     run.tracker.log({"epoch": state.epoch})  # commit the last epoch's row, which the explain step joined
     run.tracker.summary({"best_val_acc": state.best_acc, "best_epoch": state.best_epoch,

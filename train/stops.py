@@ -20,8 +20,12 @@ __all__ = ["STOP_SIGNALS", "Stopped", "exit_status", "stops_deferred", "stops_ig
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
-class Stopped(Exception):
-    """A stop was requested; ``signal_name`` is ``SIGINT`` or ``SIGTERM`` and the message says what was kept."""
+class Stopped(BaseException):
+    """A stop was requested; ``signal_name`` is ``SIGINT`` or ``SIGTERM`` and the message says what was kept.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: library code that catches ``Exception`` (a progress bar's
+    writer, a logging call) must not swallow a stop.
+    """
 
     def __init__(self, signal_name: str, message: str = ""):
         super().__init__(message)
