@@ -145,7 +145,8 @@ def check_spec(spec: dict[str, Any], path: str) -> dict[str, Any]:
     if "${args}" not in command:
         raise SweepError(f"{path}: the command must pass the parameters as ${{args}} (--key=value), as "
                          f"[${{env}}, ${{interpreter}}, ${{program}}, ${{args}}] does")
-    filled = sweeps.SweepConfig(spec)  # fills W&B's defaults: metric goal, hyperband eta and strict, distributions
+    filled = sweeps.SweepConfig(spec)  # fills W&B's defaults: hyperband eta and strict, distributions
+    filled["metric"] = {"goal": "minimize", **filled["metric"]}  # W&B's default goal, which SweepConfig leaves out
     try:  # the engine's own checks that only show on use (grid over a continuous range, hyperband with no bands)
         sample = sweeps.next_run(filled, [], validate=False)
         if "early_terminate" in filled:

@@ -25,7 +25,8 @@ import numpy as np
 from train.files import atomic_write
 from train.stops import stops_deferred
 
-__all__ = ["METRICS_FILE", "Tracker", "epoch_row", "finish_active_run", "read_metrics", "resolve_mode"]
+__all__ = ["METRICS_FILE", "Tracker", "epoch_row", "finish_active_run", "read_metrics", "resolve_mode",
+           "stage_beside"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -42,6 +43,22 @@ def resolve_mode(mode: str) -> str:
         return "online" if wandb.login(prompt=False, verify=False) else "offline"
     except Exception:  # malformed credentials are no reason to lose a run
         return "offline"
+
+
+_OUR_DATA_DIR: str | None = None  # the WANDB_DATA_DIR this module set (one the user set is never changed)
+
+
+def stage_beside(wandb_folder: Path) -> None:
+    """Make W&B stage artifact files (table images, the model) in ``wandb_folder``, the folder that holds the run
+    folders, unless the user chose a ``WANDB_DATA_DIR``.
+
+    By default W&B stages them under the home folder (``~/.local/share/wandb/artifacts/staging``) and its records
+    name them there: copying the ``wandb/`` folder to another machine, or losing a container's home, then syncs
+    tables without images and no model. Staged beside the runs, keeping one folder keeps everything.
+    """
+    global _OUR_DATA_DIR
+    if os.environ.get("WANDB_DATA_DIR") in (None, "", _OUR_DATA_DIR):
+        _OUR_DATA_DIR = os.environ["WANDB_DATA_DIR"] = str(wandb_folder.resolve())
 
 
 def epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
@@ -126,6 +143,12 @@ class Tracker:
                 self.run = wandb.init(mode="offline", **kwargs)
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")
+        stage_beside(Path(self.run.dir).parents[1])
+
+    @property
+    def staging_dir(self) -> str | None:
+        """Where W&B stages this run's artifact files (tables, images, the model), which ``wandb sync`` uploads."""
+        return str(Path(os.environ.get("WANDB_DATA_DIR") or "") / "artifacts" / "staging") if self.run else None
 
     @property
     def id(self) -> str | None:
