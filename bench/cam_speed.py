@@ -32,6 +32,7 @@ import train  # noqa: F401  (registers resnet18_cifar)
 from explain.cam import compute_cams
 from explain.report import cams_for_pred_and_true
 from train.data import balanced_subset, load_data
+from train.engine import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
@@ -68,14 +69,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the fastest one counts")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--layer", default="layer4")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, auto)")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "cam_speed.json"))
     args = parser.parse_args()
 
     images, labels, source = test_images(args.images)
     torch.manual_seed(0)
-    model = timm.create_model("resnet18_cifar", num_classes=10).eval()
+    device = resolve_device(args.device)
+    model = timm.create_model("resnet18_cifar", num_classes=10).to(device).eval()
     with torch.no_grad():
-        preds = torch.cat([model(chunk.float() / 255).argmax(1) for chunk in images.split(256)])
+        preds = torch.cat([model(chunk.to(device).float() / 255).argmax(1).cpu() for chunk in images.split(256)])
     n = min(args.loop_images, len(images))
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     maps = {}
@@ -94,16 +97,21 @@ def main() -> None:
         for size in sizes:
             times.setdefault(f"batched_{size}", []).append(timed(lambda size=size: batched(size)))
         times.setdefault("loop", []).append(timed(loop))
-    for size in sizes:  # the loop's maps are the batched maps
-        torch.testing.assert_close(maps["loop"][0], maps[size][0][:n], atol=1e-3, rtol=0)
-        torch.testing.assert_close(maps["loop"][1], maps[size][1][:n], atol=1e-3, rtol=0)
+    # The loop's maps are the batched maps. On a GPU cuDNN picks other (TF32) kernels for each batch size: on an H200
+    # a few pixels of 100 maps differed by up to 0.012 (of 1), so the bound there is looser.
+    atol = 5e-2 if device.type == "cuda" else 1e-3
+    max_diff = max((maps["loop"][i] - maps[size][i][:n]).abs().max().item() for size in sizes for i in (0, 1))
+    for size in sizes:
+        torch.testing.assert_close(maps["loop"][0], maps[size][0][:n], atol=atol, rtol=0)
+        torch.testing.assert_close(maps["loop"][1], maps[size][1][:n], atol=atol, rtol=0)
 
     loop_all = min(times["loop"]) * len(images) / n
     scaled = f" (timed on {n} images, scaled x{len(images) / n:g})" if n < len(images) else ""
-    print(f"{args.method} on {args.layer}, pred + true class of {len(images)} {source}, "
+    print(f"{args.method} on {args.layer} ({device}), pred + true class of {len(images)} {source}, "
           f"{torch.get_num_threads()} threads, best of {args.repeats}")
     result = {"images": len(images), "classes_per_image": 2, "method": args.method, "layer": args.layer,
-              "source": source, "loop_images_timed": n, "loop_seconds": min(times["loop"]),
+              "source": source, "device": str(device), "max_abs_diff_loop_vs_batched": max_diff,
+              "loop_images_timed": n, "loop_seconds": min(times["loop"]),
               "loop_seconds_for_all": loop_all, "loop_extrapolated": n < len(images), "batched": {},
               "all_times": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine()}

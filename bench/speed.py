@@ -12,7 +12,7 @@ Prints images/s of both, the ratio, and the model FLOPs utilization when the dev
 Imports only the data, model and engine modules (no wandb, no torchcam), so it runs on a stock PyTorch image.
 
     python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 2048         # this 2-core CPU
-    python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 50000 --epochs 3 # a GPU
+    python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 50000 --epochs 3 --compile --workers 16  # a GPU
 """
 
 from __future__ import annotations
@@ -63,17 +63,19 @@ def flops_per_image(model: nn.Module, device: torch.device) -> float:
     return counter.get_total_flops() / 8
 
 
-def bench_ours(model, dataset, args, device) -> dict:
+def bench_ours(model, dataset, args, device, *, compile: bool = False) -> dict:
     loader = DeviceLoader(dataset, args.batch_size, device, train=True, seed=0)
     optimizer = make_optimizer(model, lr=0.01, weight_decay=5e-4, momentum=0.9, device=device)  # fused
     amp, channels_last = amp_dtype("auto", device), device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    runs = [train_one_epoch(model, loader, optimizer, None, nn.CrossEntropyLoss(), device=device, amp=amp,
+    net = torch.compile(model) if compile else model
+    runs = [train_one_epoch(net, loader, optimizer, None, nn.CrossEntropyLoss(), device=device, amp=amp,
                             channels_last=channels_last) for _ in range(args.epochs + 1)]
-    timed = runs[1:]  # the first epoch warms up kernels and allocators
+    timed = runs[1:]  # the first epoch warms up kernels and allocators (and compiles)
     return {"images_per_second": sum(r["images"] for r in timed) / sum(r["seconds"] for r in timed),
-            "precision": "bf16" if amp else "fp32", "channels_last": channels_last}
+            "precision": "bf16" if amp else "fp32", "channels_last": channels_last, "compile": compile,
+            "first_epoch_seconds": runs[0]["seconds"]}
 
 
 def bench_baseline(model, root: Path, indices: torch.Tensor, args, device) -> dict:
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the baseline")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     parser.add_argument("--json", default=str(REPO / "bench" / "out" / "speed.json"))
     args = parser.parse_args()
 
@@ -127,15 +130,18 @@ def main() -> None:
     model = timm.create_model("resnet18_cifar", num_classes=10).to(device)
     flops = flops_per_image(model, device)
     ours = bench_ours(model, train_set.subset(indices), args, device)
+    compiled = bench_ours(model, train_set.subset(indices), args, device, compile=True) if args.compile else None
     baseline = bench_baseline(model, root, indices, args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     result = {
         "device": name, "torch": torch.__version__, "images": len(indices), "timed_epochs": args.epochs,
-        "batch_size": args.batch_size, "ours": ours, "baseline": baseline,
+        "batch_size": args.batch_size, "ours": ours, "ours_compiled": compiled, "baseline": baseline,
         "ratio": ours["images_per_second"] / baseline["images_per_second"],
         "train_flops_per_image": flops,
+        "peak_tflops": peak,
         "mfu": ours["images_per_second"] * flops / (peak * 1e12) if peak else None,
+        "mfu_compiled": compiled["images_per_second"] * flops / (peak * 1e12) if peak and compiled else None,
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +150,11 @@ def main() -> None:
           f"{baseline['images_per_second']:.1f} img/s (fp32, DataLoader x{args.workers} workers): "
           f"ratio {result['ratio']:.2f}x; {flops / 1e9:.2f} GFLOP per training image"
           + (f"; MFU {result['mfu']:.1%}" if peak else "; MFU n/a (unknown peak)"))
+    if compiled:
+        print(f"  ours under torch.compile: {compiled['images_per_second']:.1f} img/s "
+              f"({compiled['images_per_second'] / ours['images_per_second']:.2f}x eager; first epoch "
+              f"{compiled['first_epoch_seconds']:.1f}s incl. compilation)"
+              + (f"; MFU {result['mfu_compiled']:.1%}" if peak else ""))
     print(f"wrote {args.json}")
 
 
