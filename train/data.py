@@ -355,7 +355,8 @@ def _resize_note(sizes: Counter) -> list[str]:
     common = sorted(resized.items(), key=lambda item: -item[1])
     shown = ", ".join(f"{w}×{h}" + (f" ({n:,})" if len(resized) > 1 else "") for (w, h), n in common[:3])
     more = f" and {len(common) - 3} more sizes" if len(common) > 3 else ""
-    return [f"resized {total:,} images from {shown}{more} to {IMAGE_SIZE}×{IMAGE_SIZE} ({RESIZE_FILTER})"]
+    images = "image" if total == 1 else "images"
+    return [f"resized {total:,} {images} from {shown}{more} to {IMAGE_SIZE}×{IMAGE_SIZE} ({RESIZE_FILTER})"]
 
 
 def _read_image_folder(root: Path, files: list[tuple[Path, int]], classes: list[str]) -> Dataset:

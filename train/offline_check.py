@@ -142,12 +142,17 @@ def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count / 1e3:.1f} KB"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def report(check: RunCheck) -> list[str]:
     """The lines printed for one run."""
     artifacts = ", ".join(f"{n} {kind}" for kind, n in sorted(check.artifacts.items())) or "none"
     lines = [f"{check.run_dir} (run {check.run_id or '?'}, {check.state}): "
-             + ("complete" if check.complete else f"{len(check.missing)} referenced files missing"),
-             f"  a sync uploads {check.history_rows} history rows, {check.tables} tables, {check.files} run files "
+             + ("complete" if check.complete else f"{_count(len(check.missing), 'referenced file')} missing"),
+             f"  a sync uploads {_count(check.history_rows, 'history row')}, {_count(check.tables, 'table')}, "
+             f"{_count(check.files, 'run file')} "
              f"({_size(check.file_bytes)}), artifacts: {artifacts} ({_size(check.artifact_bytes)} present)"]
     lines += [f"  missing: {line}" for line in check.missing[:20]]
     if len(check.missing) > 20:
