@@ -148,3 +148,24 @@ def wandb_summary(run_dir: str | Path) -> dict:
 def history(records: list[dict]) -> list[dict]:
     """The logged history rows, in order."""
     return [r["history"]["item"] for r in records if r["type"] == "history"]
+
+
+@pytest.fixture(scope="session")
+def patch_net():
+    """``tests.test_cam.TinyNet`` trained for two epochs on images whose class is set only by a coloured patch
+    (~1 s on the CPU): enough to read the class off the patch. The CAM and trust tests share it."""
+    import torch
+
+    from tests.test_cam import TinyNet, patch_images
+
+    torch.manual_seed(0)
+    images, labels, _ = patch_images(1024, seed=0)
+    model = TinyNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        for batch in torch.randperm(len(images)).split(64):
+            loss = torch.nn.functional.cross_entropy(model(images[batch].float() / 255), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import train  # noqa: F401  (registers resnet18_cifar in timm)
@@ -66,22 +65,6 @@ def leftover_hooks(model: nn.Module) -> list[str]:
         for hooks in HOOK_DICTS
         if getattr(module, hooks)
     ]
-
-
-@pytest.fixture(scope="module")
-def patch_net() -> TinyNet:
-    """TinyNet trained for two epochs (~1 s on CPU): enough to read the class off the patch."""
-    torch.manual_seed(0)
-    images, labels, _ = patch_images(1024, seed=0)
-    model = TinyNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(2):
-        for batch in torch.randperm(len(images)).split(64):
-            loss = F.cross_entropy(model(images[batch].float() / 255), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

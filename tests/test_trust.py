@@ -9,29 +9,12 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from explain import compute_cams
 from explain.trust import deletion_insertion, randomization_stages, randomization_test, spearman, verdict
 from tests.conftest import history, run_cli, wandb_records, wandb_summary
-from tests.test_cam import TinyNet, patch_images
-
-
-@pytest.fixture(scope="module")
-def patch_net() -> TinyNet:
-    """TinyNet trained for two epochs on images whose class is set only by a coloured patch (~1 s on the CPU)."""
-    torch.manual_seed(0)
-    images, labels, _ = patch_images(1024, seed=0)
-    model = TinyNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(2):
-        for batch in torch.randperm(len(images)).split(64):
-            loss = F.cross_entropy(model(images[batch].float() / 255), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+from tests.test_cam import patch_images
 
 
 @pytest.fixture(scope="module")
