@@ -18,6 +18,12 @@ import pytest
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist each worker (and every program a test starts, which inherits this) computes on one thread:
+    # with -n auto there is a worker per core already, and two workers of two OpenMP threads each on two cores run
+    # slower than one thread each. Set before anything imports torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 ARCHIVE = Path(os.environ.get("CIFAR_JPEG_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
 
 
