@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # `python bench/headline.py`: import the repo's packages
     sys.path[0] = str(REPO)
 
-from train.files import write_json  # noqa: E402  (after the path set-up; imports no torch)
+from train.config import ConfigError, parse_flags, train_parser  # noqa: E402  (after the path set-up)
+from train.files import write_json  # noqa: E402
 
 STEPS = ("default", "speed", "cam", "wandb")
 MIN_STEP_SECONDS = 20  # a step is not started with less than this left of the budget
@@ -93,6 +94,14 @@ class Headline:
         self.result["steps"][name] = value
         self.save()
 
+    def measure(self, name: str, argv: list[str], json_path: Path, *, needs: str | None = None) -> None:
+        """:meth:`run` one benchmark whose JSON is the step's result, and :meth:`record` it; skipped (saying why)
+        when the module it ``needs`` does not import here."""
+        if needs and not importable(needs):
+            self.skip(name, f"{needs} is not installed")
+        elif (data := self.run(name, argv, json_path)) is not None:
+            self.record(name, data)
+
 
 def importable(name: str) -> bool:
     """Whether ``import name`` works here (the GPU image lacks wandb and torchcam unless they are carried)."""
@@ -101,12 +110,6 @@ def importable(name: str) -> bool:
     except ImportError:
         return False
     return True
-
-
-def flag_value(recipe: list[str], name: str, default: str) -> str:
-    """The value of ``--name=value`` among the training flags (the last one wins, as in argparse)."""
-    values = [flag.split("=", 1)[1] for flag in recipe if flag.startswith(f"--{name}=")]
-    return values[-1] if values else default
 
 
 def step_default(head: Headline, args, recipe: list[str]) -> None:
@@ -120,6 +123,7 @@ def step_default(head: Headline, args, recipe: list[str]) -> None:
             break
         runs.extend(data["runs"])
         hits = [run for run in runs if run["reached_epoch"]]
+        head.result.update(device=data["device"], torch=data["torch"])
         head.record("default", {
             "device": data["device"], "torch": data["torch"], "config": data["config"], "target": args.target,
             "train_images": data["train_images"], "test_images": data["test_images"],
@@ -132,43 +136,30 @@ def step_default(head: Headline, args, recipe: list[str]) -> None:
             "images_per_second": spread([run["images_per_second"] for run in runs]),
             "runs": runs,
         })
-        head.result.update(device=data["device"], torch=data["torch"])
-        head.save()
 
 
 def step_speed(head: Headline, args, recipe: list[str]) -> None:
     out = args.work / "speed.json"
-    device = flag_value(recipe, "device", "auto")
-    data = head.run("speed", ["bench/speed.py", "--data_dir", args.data_dir, f"--images={args.speed_images}",
-                              f"--epochs={args.speed_epochs}", f"--workers={args.workers}", f"--device={device}",
-                              f"--batch_size={flag_value(recipe, 'batch_size', '512')}",
-                              *(["--compile"] if args.compile else []), f"--json={out}"], out)
-    if data is not None:
-        head.record("speed", data)
+    device = args.flags.get("device", "auto")
+    head.measure("speed", ["bench/speed.py", "--data_dir", args.data_dir, f"--images={args.speed_images}",
+                           f"--epochs={args.speed_epochs}", f"--workers={args.workers}", f"--device={device}",
+                           f"--batch_size={args.flags.get('batch_size', 512)}",
+                           *(["--compile"] if args.compile else []), f"--json={out}"], out)
 
 
 def step_cam(head: Headline, args, recipe: list[str]) -> None:
-    if not importable("torchcam"):
-        head.skip("cam", "torchcam is not installed")
-        return
     out = args.work / "cam_speed.json"
-    device = flag_value(recipe, "device", "auto")
-    data = head.run("cam", ["bench/cam_speed.py", f"--device={device}", f"--images={args.cam_images}",
-                            f"--loop_images={min(100, args.cam_images)}", "--repeats=2", f"--out={out}"], out)
-    if data is not None:
-        head.record("cam", data)
+    head.measure("cam", ["bench/cam_speed.py", f"--device={args.flags.get('device', 'auto')}",
+                         f"--images={args.cam_images}", f"--loop_images={min(100, args.cam_images)}", "--repeats=2",
+                         f"--out={out}"], out, needs="torchcam")
 
 
 def step_wandb(head: Headline, args, recipe: list[str]) -> None:
-    if not importable("wandb"):
-        head.skip("wandb", "wandb is not installed")
-        return
     out = args.work / "wandb_overhead.json"
     run = ["--data_dir", args.data_dir, "--train_subset=10000", "--test_subset=2000", "--epochs=2",
            "--explain_samples=0", *recipe]
-    data = head.run("wandb", ["bench/wandb_overhead.py", "--repeats=2", f"--json={out}", "--", *run], out)
-    if data is not None:
-        head.record("wandb", data)
+    head.measure("wandb", ["bench/wandb_overhead.py", "--repeats=2", f"--json={out}", "--", *run], out,
+                 needs="wandb")
 
 
 def fmt(stat: dict | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
@@ -247,23 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --steps: unknown step(s) {', '.join(unknown)} (choose from {', '.join(STEPS)})\n")
     if not (Path(args.data_dir) / "train").is_dir():
         parser.exit(2, f"error: --data_dir {args.data_dir!r} has no train/ folder\n")
-    # `--flag value` pairs become `--flag=value`, so the steps can find `--device=` among them
-    joined, i = [], 0
-    while i < len(recipe):
-        if recipe[i].startswith("--") and "=" not in recipe[i] and i + 1 < len(recipe) \
-                and not recipe[i + 1].startswith("--"):
-            joined.append(f"{recipe[i]}={recipe[i + 1]}")
-            i += 2
-        else:
-            joined.append(recipe[i])
-            i += 1
+    try:  # the training flags, read by train/run.py's own parser: the steps look up --device and --batch_size
+        args.flags = parse_flags(train_parser(), recipe)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
     json_path = Path(args.json).resolve()
     args.work = Path(args.steps_dir).resolve() if args.steps_dir else json_path.with_name(f"{json_path.stem}-steps")
     args.work.mkdir(parents=True, exist_ok=True)  # each step's own JSON; all of it lands in --json too
     head = Headline(Path(args.json), args.budget_s, " ".join(["python", "bench/headline.py", *argv]))
     runners = {"default": step_default, "speed": step_speed, "cam": step_cam, "wandb": step_wandb}
     for step in steps:
-        runners[step](head, args, joined)
+        runners[step](head, args, recipe)
     table = markdown(head.result)
     head.result["markdown"] = table
     head.save()

@@ -121,9 +121,10 @@ def test_headline_runs_each_step_in_order_keeps_what_finished_and_skips_what_it_
 @pytest.mark.parametrize("args, message", [
     (["--steps=default,fast"], "error: --steps: unknown step(s) fast"),
     (["--seeds=0,x"], "error: --seeds '0,x' is not a comma-separated list of integers"),
+    (["--", "--epoch=2"], "error: unknown flag --epoch (did you mean --epochs?)"),  # train/run.py's own parser
 ])
 def test_headline_bad_flags(args, message, cifar_subset, tmp_path):
-    done = run_cli("--data_dir", str(cifar_subset), *args, f"--json={tmp_path / 'h.json'}",
+    done = run_cli("--data_dir", str(cifar_subset), f"--json={tmp_path / 'h.json'}", *args,
                    script="bench/headline.py", timeout=120)
     assert done.returncode == 2 and done.stderr.strip().startswith(message) and "Traceback" not in done.stderr
     assert not (tmp_path / "h.json").exists()
