@@ -11,18 +11,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["DPI", "MAX_MATRIX_CLASSES", "PNG_ROWS", "SCALE", "cam_methods_figure", "confusion_figure",
-           "faithfulness_figure", "gradcam_figure", "images_figure", "misclassified_figure", "most_confused_classes",
-           "probes_figure", "sanity_figure", "tile_figure", "upscale"]
+__all__ = ["DPI", "MAX_MATRIX_CLASSES", "PNG_ROWS", "SCALE", "cam_grid_figure", "cam_methods_figure",
+           "confusion_figure", "faithfulness_figure", "images_figure", "label_issues_figure", "misclassified_figure",
+           "most_confused_classes", "probes_figure", "sanity_figure", "tile_figure", "upscale"]
 
 SCALE = 4  # display upscaling of the overlays (nearest neighbour): 32×32 → 128×128
 DPI = 100  # of the PNG files
 CAPTION_LINE = 16  # pixels per caption line in the picture grids
-GRADCAM_ROWS = 16  # lines of image | CAM pred | CAM true per column group in gradcam.png
-PNG_ROWS = 64  # mistakes drawn in misclassified.png and gradcam.png (the W&B table holds all of them)
+CAM_TRIPLES = 3  # mistakes per row of the CAM grid (9 pictures: ~1,400 px, a laptop screen's width)
+NOTE_LINE = 16  # pixels per legend line under a grid's title
+COLORMAP = "jet"  # of the CAM overlays (explain.report draws them with it)
+PNG_ROWS = 64  # mistakes drawn in misclassified.png and the CAM grid (the W&B table holds all of them)
 MAX_MATRIX_CLASSES = 50  # classes drawn in confusion_matrix.png: the most confused ones beyond this
 RIGHT, WRONG = "tab:green", "tab:red"
 
@@ -33,12 +36,14 @@ def upscale(picture: np.ndarray, scale: int = SCALE) -> np.ndarray:
 Cell = tuple[np.ndarray, list[tuple[str, str]]] | None  # a picture and its caption lines (text, colour); None = blank
 
 
-def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1) -> Figure:
+def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1,
+                notes: list[tuple[str, str]] = (), colorbar: str | None = None) -> Figure:
     """Pictures of one size in a grid, row by row, each under its caption lines, drawn 1:1 at :data:`DPI`.
 
     The grid is composed as one uint8 canvas and drawn with a single ``imshow``: an axes per picture (256 of them
     for 64 mistakes) took ~10 s to lay out on a laptop CPU, this takes ~1 s. A wider gap follows every ``group``
-    columns.
+    columns. ``notes`` are lines ``(text, colour)`` under the title (a legend); ``colorbar`` names the colour map of
+    the overlays, drawn once under the title as a low → high strip.
     """
     if not any(cells):
         fig = Figure(figsize=(5, 1), dpi=DPI)
@@ -47,12 +52,17 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1) -> Fig
     height, width = next(cell for cell in cells if cell)[0].shape[:2]
     band = CAPTION_LINE * max(len(cell[1]) for cell in cells if cell) + 4
     lines = math.ceil(len(cells) / cols)
-    gap, group_gap, top = 20, 28, 44
+    gap, group_gap = 20, 28
+    bar_top = 40 + NOTE_LINE * len(notes)
+    top = bar_top + (34 if colorbar else 12)
 
     def left(col: int) -> int:
         return gap + col * (width + gap) + (col // group) * group_gap
 
-    wide = max(left(cols - 1) + width + gap, 8 * len(title) + 2 * gap)  # the title fits over a narrow grid
+    text_width = max([len(title) * 8] + [len(text) * 7.5 for text, _ in notes])  # the title and notes fit
+    grid = left(cols - 1) + width + gap
+    wide = int(max(grid, text_width + 2 * gap, 660 if colorbar else 0))
+    shift = (wide - grid) // 2  # a grid narrower than its title stands in the middle
     canvas = np.full((top + lines * (band + height + gap), wide, 3), 255, np.uint8)
     fig = Figure(figsize=(canvas.shape[1] / DPI, canvas.shape[0] / DPI), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -61,11 +71,19 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1) -> Fig
             continue
         picture, captions = cell
         line, col = divmod(i, cols)
-        x, y = left(col), top + line * (band + height + gap) + band
+        x, y = shift + left(col), top + line * (band + height + gap) + band
         canvas[y:y + height, x:x + width] = picture
         for j, (text, colour) in enumerate(captions):
             ax.text(x + width / 2, y - band + 2 + j * CAPTION_LINE, text, ha="center", va="top", fontsize=9,
                     color=colour)
+    for j, (text, colour) in enumerate(notes):
+        ax.text(wide / 2, 38 + j * NOTE_LINE, text, ha="center", va="top", fontsize=10, color=colour)
+    if colorbar:
+        strip = (colormaps[colorbar](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+        x0 = (wide - 256) // 2
+        canvas[bar_top + 4:bar_top + 16, x0:x0 + 256] = strip[None]
+        ax.text(x0 - 8, bar_top + 10, "CAM (scaled per map): low", ha="right", va="center", fontsize=9)
+        ax.text(x0 + 264, bar_top + 10, "high", ha="left", va="center", fontsize=9)
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
     fig.text(0.5, 1 - 10 / canvas.shape[0], title, ha="center", va="top", fontsize=13)
@@ -81,29 +99,24 @@ def misclassified_figure(rows: list[dict[str, Any]], mistakes: int) -> Figure:
     return tile_figure(cells, min(8, len(rows)), title)
 
 
-def gradcam_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -> Figure:
-    """Triples of image | CAM of the predicted class | CAM of the true class, up to GRADCAM_ROWS lines per group
-    (the first :data:`PNG_ROWS` mistakes)."""
+def cam_grid_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -> Figure:
+    """The CAMs of the mistakes (the first :data:`PNG_ROWS`), read row by row like ``misclassified.png``: each
+    mistake a triple image | CAM of the prediction | CAM of the true class, :data:`CAM_TRIPLES` triples a row, one
+    colour bar."""
     rows = rows[:PNG_ROWS]
-    groups = math.ceil(len(rows) / GRADCAM_ROWS)
-    lines = math.ceil(len(rows) / groups) if rows else 0
     cells: list[Cell] = []
-    for line in range(lines):  # group g holds rows g * lines ... (g + 1) * lines - 1, top to bottom
-        for group in range(groups):
-            index = group * lines + line
-            if index >= len(rows):
-                cells += [None] * 3
-                continue
-            row = rows[index]
-            true, pred = row["true"], row["pred"]
-            cells += [
-                (upscale(row["image"]), [(f"true: {true}", "black"), (f"pred: {pred}", "tab:red")]),
-                (row["gradcam_pred"], [("CAM of pred", "tab:red"), (f"{pred} {row['confidence']:.2f}", "tab:red")]),
-                (row["gradcam_true"], [("CAM of true", "tab:green"), (f"{true} {row['p_true']:.2f}", "tab:green")]),
-            ]
-    # one line per column group fits: the title must stay readable when there are only 16 rows (one group)
-    title = f"{method} on {'+'.join(layers)}: image | pred | true" if rows else "no misclassified images to explain"
-    return tile_figure(cells, 3 * groups, title, group=3)
+    for row in rows:
+        true, pred = row["true"], row["pred"]
+        cells += [
+            (upscale(row["image"]), [(f"true: {true}", "black"), (f"pred: {pred}", WRONG)]),
+            (row["gradcam_pred"], [("CAM of pred", WRONG), (f"{pred} {row['confidence']:.2f}", WRONG)]),
+            (row["gradcam_true"], [("CAM of true", RIGHT), (f"{true} {row['p_true']:.2f}", RIGHT)]),
+        ]
+    if not rows:
+        return tile_figure([], 1, "no misclassified images to explain")
+    title = f"{method} on {'+'.join(layers)}: the {len(rows)} most confident mistakes"
+    notes = [("each mistake: image | CAM of the predicted class | CAM of the true class", "black")]
+    return tile_figure(cells, 3 * min(CAM_TRIPLES, len(rows)), title, group=3, notes=notes, colorbar=COLORMAP)
 
 
 def most_confused_classes(counts: Tensor, limit: int = MAX_MATRIX_CLASSES) -> Tensor:
@@ -116,7 +129,7 @@ def most_confused_classes(counts: Tensor, limit: int = MAX_MATRIX_CLASSES) -> Te
     return torch.sort(torch.topk(involvement, limit, sorted=False).indices).values
 
 
-def confusion_figure(counts: Tensor, classes: list[str], acc: float) -> Figure:
+def confusion_figure(counts: Tensor, classes: list[str], acc: float, acc_tta: float | None = None) -> Figure:
     """The row-normalized confusion matrix as a heat map; non-empty cells annotated in percent (up to 20 classes).
 
     Beyond :data:`MAX_MATRIX_CLASSES` classes only the most confused ones are drawn (their rows and columns), so a
@@ -137,7 +150,9 @@ def confusion_figure(counts: Tensor, classes: list[str], acc: float) -> Figure:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     which = f"the {size} most confused of {len(classes):,} classes; " if size < len(classes) else ""
-    ax.set_title(f"Confusion matrix (rows sum to 1; {which}accuracy {acc:.3f} on {int(counts.sum()):,} images)")
+    tta = f", {acc_tta:.4f} with flip TTA (val/acc)" if acc_tta is not None else ""
+    ax.set_title(f"Confusion matrix of single-pass predictions (rows sum to 1; {which}{int(counts.sum()):,} images)\n"
+                 f"accuracy {acc:.4f} single pass{tta}", fontsize=11)
     if size <= 20:
         for t, p in np.argwhere(rates > 0).tolist():
             ax.text(p, t, f"{100 * rates[t, p]:.0f}", ha="center", va="center", fontsize=8,
@@ -145,32 +160,69 @@ def confusion_figure(counts: Tensor, classes: list[str], acc: float) -> Figure:
     return fig
 
 
-def faithfulness_figure(result: dict[str, Any], method: str) -> Figure:
-    """Mean deletion and insertion curves of the maps against a random pixel order, AUCs in the legends."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+def _interval(values: Any) -> str:
+    return f"[{values[0]:.3f}, {values[1]:.3f}]"
+
+
+def _verdict_colour(verdict: str) -> str:
+    return {"faithful": RIGHT, "not faithful": WRONG}.get(verdict, "tab:orange")
+
+
+def faithfulness_figure(result: dict[str, Any], bands: dict[str, np.ndarray], figures: dict[str, Any],
+                        method: str) -> Figure:
+    """Mean deletion and insertion curves of the maps and of a random pixel order, each with its shaded 95 % band
+    (bootstrap over the images), the gains with their intervals, and the verdict.
+
+    Args:
+        result: :func:`explain.trust.deletion_insertion`'s curves.
+        bands: Per curve name, its ``[2, steps + 1]`` interval (:func:`explain.trust.bootstrap_interval`).
+        figures: :func:`explain.trust.trust_figures`' figures (gains, intervals, verdict).
+        method: The CAM method's name.
+    """
+    from explain.trust import SMALLEST_GAIN, SURVIVES
+
+    fig = Figure(figsize=(11, 5.2), layout="constrained")
     fractions = result["fractions"]
     for ax, name, better in zip(fig.subplots(1, 2), ("deletion", "insertion"), ("lower", "higher"), strict=True):
-        for suffix, label, style in (("", method, "-"), ("_random", "random order", "--")):
-            ax.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3,
-                    label=f"{label} (AUC {result[f'{name}_auc{suffix}']:.3f})")
+        for suffix, label, style, colour in (("", method, "-", "tab:blue"), ("_random", "random order", "--",
+                                                                                 "tab:gray")):
+            auc = f"{name}_auc{suffix}"
+            ax.fill_between(fractions, bands[name + suffix][0], bands[name + suffix][1], color=colour, alpha=0.2,
+                            linewidth=0)
+            ax.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3, color=colour,
+                    label=f"{label}: AUC {figures[auc]:.3f} {_interval(figures[auc + '_ci'])}")
         ax.set_xlabel(f"fraction of pixels {'removed' if name == 'deletion' else 'put back'}, most salient first")
-        ax.set_ylabel("probability of the explained class")
+        ax.set_ylabel("mean probability of the explained class")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{name.capitalize()} ({better} AUC = more faithful), {len(result[name])} images")
-        ax.legend()
+        gain = f"{name}_gain"
+        ax.set_title(f"{name.capitalize()} ({better} AUC = more faithful)\ngain over random "
+                     f"{figures[gain]:.3f} {_interval(figures[gain + '_ci'])}", fontsize=11)
+        ax.legend(title="mean over the images, shaded: its 95% interval\n(the gain is paired per image: its "
+                        "interval is narrower)", fontsize=9, title_fontsize=8,
+                  loc="upper right" if name == "deletion" else "lower right")  # where the curves are not
+    verdict = figures["trust_verdict"]
+    fig.suptitle(f"{method} on {figures['trust_images']} images: {verdict}\n", fontsize=13,
+                 color=_verdict_colour(verdict))
+    fig.text(0.5, 0.935, f"a gain counts when its 95% interval is above {SMALLEST_GAIN}; randomization rank corr "
+             f"{figures['sanity_rank_corr']:.2f} {_interval(figures['sanity_rank_corr_ci'])} passes below {SURVIVES}",
+             ha="center", va="top", fontsize=10)
     return fig
 
 
-def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list[str],
-                  rank_corr: np.ndarray) -> Figure:
-    """Per image (rows): the image, its CAM, and the CAM after each cascade stage of the randomization test.
+def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list[str], rank_corr: np.ndarray,
+                  figures: dict[str, Any]) -> Figure:
+    """Per image (rows): the image, its CAM, and the CAM after each cascade stage of the randomization test, with a
+    legend of the colour threshold and each stage's mean rank correlation with its interval over all the images.
 
     Args:
         pictures: uint8 ``[k, h, w, 3]`` images (display size).
         overlays: One uint8 ``[k, h, w, 3]`` array per column: the original CAM, then one per stage.
         stages: Stage names, top first.
-        rank_corr: ``[stages, k]`` Spearman rank correlation of each image's map with its original.
+        rank_corr: ``[stages, k]`` Spearman rank correlation of each shown image's map with its original.
+        figures: :func:`explain.trust.trust_figures`' figures (per-stage means and intervals, verdict).
     """
+    from explain.trust import SURVIVES
+
     cells: list[Cell] = []
     for i in range(len(pictures)):
         cells.append((pictures[i], [("image", "black"), ("", "black")]))
@@ -178,44 +230,85 @@ def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list
         for s, stage in enumerate(stages):
             corr = float(rank_corr[s, i])
             cells.append((overlays[s + 1][i], [(f"+ {stage} random", "black"),
-                                               (f"rank corr {corr:.2f}", RIGHT if corr < 0.5 else WRONG)]))
+                                               (f"rank corr {corr:.2f}", RIGHT if corr < SURVIVES else WRONG)]))
+    means = "  ".join(f"{stage} {corr:.2f} {_interval(ci)}" for stage, corr, ci in zip(
+        stages, figures["sanity_rank_corr_per_stage"], figures["sanity_rank_corr_ci_per_stage"], strict=True))
+    notes = [(f"green: rank corr below {SURVIVES}, the map changed as the model was destroyed (as it should); red: "
+              f"{SURVIVES} or more, it survived, so it shows the image more than the model", "black"),
+             (f"mean rank corr over all {figures['trust_images']} images after each stage, 95% interval:", "black"),
+             (means, "black")]
+    low, high = figures["sanity_rank_corr_ci"]
+    outcome = ("passes: the whole interval is below" if high < SURVIVES else
+               "fails: the whole interval is above" if low > SURVIVES else "undecided: the interval straddles")
+    notes.append((f"after the last stage {_interval(figures['sanity_rank_corr_ci'])}: the check {outcome} "
+                  f"{SURVIVES}", RIGHT if high < SURVIVES else WRONG if low > SURVIVES else "tab:orange"))
     title = "Randomization test: the CAM as the model is re-initialized from the top (it should change)"
-    return tile_figure(cells, len(stages) + 2, title)
+    return tile_figure(cells, len(stages) + 2, title, notes=notes)
 
 
-def probes_figure(rows: list[list[tuple[np.ndarray, str, bool]]], labels: list[str], epochs: list[int]) -> Figure:
-    """Probe images (rows) over epochs (columns): each cell the CAM of the true class and ``p_true``, green when the
-    prediction is right, red when wrong.
+def probes_figure(rows: list[list[tuple[np.ndarray, int, str, float, bool]]], pictures: np.ndarray,
+                  labels: list[str]) -> Figure:
+    """Probe images (rows): the plain image, then per shown epoch the CAM of the true class with the epoch's
+    predicted class and ``p_true``, green when the prediction is right, red when wrong.
 
     Args:
-        rows: Per probe, per shown epoch: ``(overlay uint8 [h, w, 3], caption, right)``.
+        rows: Per probe, per shown epoch: ``(overlay uint8 [h, w, 3], epoch, predicted class, p_true, right)``.
+        pictures: uint8 ``[P, h, w, 3]`` plain probe images (display size).
         labels: Per probe, the row's label (index and class).
-        epochs: The shown epochs.
     """
     cells: list[Cell] = []
-    for label, row in zip(labels, rows, strict=True):
-        for column, (picture, caption, right) in enumerate(row):
-            head = label if column == 0 else ""
-            cells.append((picture, [(head, "black"), (caption, RIGHT if right else WRONG)]))
-    title = "Probe images by epoch: CAM of the true class"
-    return tile_figure(cells, max(len(epochs), 1), title)
+    for label, picture, row in zip(labels, pictures, rows, strict=True):
+        cells.append((picture, [(label, "black"), ("image", "black"), ("", "black")]))
+        for overlay, epoch, pred, p_true, right in row:
+            colour = RIGHT if right else WRONG
+            cells.append((overlay, [(f"epoch {epoch}", "black"), (f"pred {pred}", colour),
+                                    (f"p_true {p_true:.2f}", colour)]))
+    title = "Probe images by epoch: CAM of the true class, the predicted class and p(true class)"
+    return tile_figure(cells, 1 + max((len(row) for row in rows), default=0), title, colorbar=COLORMAP)
 
 
-def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray], captions: list[str]) -> Figure:
-    """The same images (rows) under each CAM method (columns)."""
+def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray], headings: list[tuple[str, str]],
+                       captions: list[str], images: int) -> Figure:
+    """The same images (rows) under each CAM method (columns), each column headed by its rank (``=`` marks a tie)
+    and its trust verdict (``headings``: ``(rank and method, verdict)`` per method)."""
     cells: list[Cell] = []
     for i in range(len(pictures)):
-        cells.append((pictures[i], [(captions[i], "black")]))
-        cells += [(maps[i], [(method, "black")]) for method, maps in overlays.items()]
-    return tile_figure(cells, len(overlays) + 1, "CAM methods on the same images (most faithful first)")
+        cells.append((pictures[i], [(captions[i], "black"), ("", "black")]))
+        cells += [(maps[i], [(heading, "black"), (verdict, _verdict_colour(verdict))])
+                  for (heading, verdict), maps in zip(headings, overlays.values(), strict=True)]
+    notes = [(f"ranked by the 95% intervals of their gains over a random pixel order on {images} images:", "black"),
+             ("a method is above another only where an interval separates them; '=' marks a tie", "black")]
+    return tile_figure(cells, len(overlays) + 1, "CAM methods on the same images", notes=notes, colorbar=COLORMAP)
 
 
 def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np.ndarray,
-                  captions: list[list[str]]) -> Figure:
-    """Per image: the original (thumbnail) | what the model sees (32×32, upscaled) | the CAM overlay."""
+                  captions: list[list[str]], total: int | None = None) -> Figure:
+    """Per image: the original (thumbnail) | what the model sees (32×32, upscaled) | the CAM overlay, two images a
+    row; ``total`` images were explained in all (the title says when only the first ones are shown)."""
     cells: list[Cell] = []
     for thumb, picture, overlay, lines in zip(thumbnails, inputs, overlays, captions, strict=True):
         cells += [(thumb, [(lines[0], "black"), ("original", "black")]),
                   (picture, [(lines[1], "black"), ("model input", "black")]),
                   (overlay, [(lines[2], "black"), ("CAM", "black")])]
-    return tile_figure(cells, 3, "Your images: original | model input | CAM")
+    shown = len(thumbnails)
+    more = f" (the first {shown} of {total:,}; images.json lists all)" if total and total > shown else ""
+    return tile_figure(cells, 3 * min(2, max(shown, 1)), f"Your images: original | model input | CAM{more}",
+                       group=3)
+
+
+def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int) -> Figure:
+    """The likeliest label errors in a grid: each image under its given class (black), the class the model suggests
+    with its probability (red) and cleanlab's label quality (low = likely mislabelled).
+
+    Args:
+        rows: Per shown issue: ``image`` (uint8 ``[h, w, 3]``), ``index``, ``given``, ``suggested``, ``p_suggested``,
+            ``quality``; likeliest first.
+        flagged: How many images were flagged in all.
+        checked: How many images were checked.
+    """
+    cells: list[Cell] = [(upscale(row["image"]), [(f"#{row['index']} given: {row['given']}", "black"),
+                                                  (f"→ {row['suggested']} {row['p_suggested']:.2f}", WRONG),
+                                                  (f"quality {row['quality']:.3f}", "black")]) for row in rows]
+    title = (f"{len(rows)} likeliest label errors (of {flagged:,} flagged in {checked:,} images)" if rows
+             else f"no label issues found in {checked:,} images")
+    return tile_figure(cells, min(8, len(rows)), title)

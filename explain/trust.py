@@ -22,6 +22,15 @@
   correlation with the original maps reported per stage. Maps that explain the model fall towards 0; maps that
   survive randomization show the image (edges, brightness), not the model.
 
+* :func:`trust_figures` and :func:`verdict` — the figures are statistics over images, so each comes with a 95 %
+  bootstrap interval over the images (seeded: the same images give the same interval). The per-image *gains* over
+  the random order are paired (same image, same removal): ``deletion_gain`` = random − map deletion AUC,
+  ``insertion_gain`` = map − random insertion AUC; both > 0 when the map beats chance. The verdict is read from the
+  intervals, never from a point estimate: ``faithful`` (both gain intervals above :data:`SMALLEST_GAIN` and the
+  randomization interval below :data:`SURVIVES`), ``not faithful`` (a gain interval below :data:`SMALLEST_GAIN`, or
+  the randomization interval above :data:`SURVIVES`: the maps survive it), ``inconclusive`` (an interval straddles
+  its threshold: more images are needed).
+
 Example:
     ```python
     from explain import compute_cams
@@ -35,10 +44,12 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
@@ -46,12 +57,32 @@ from torch import Tensor, nn
 from explain.cam import compute_cams
 from train.checkpoint import unwrap
 
-__all__ = ["AUC_KEYS", "compare_methods", "deletion_insertion", "faithfulness_score", "randomization_stages",
-           "randomization_test", "removed", "spearman", "verdict"]
+__all__ = ["AUC_KEYS", "CONFIDENCE", "FAITHFUL", "INCONCLUSIVE", "NOT_FAITHFUL", "SMALLEST_GAIN", "SURVIVES",
+           "TRUST_KEYS", "bootstrap_interval", "compare_methods", "deletion_insertion", "rank_methods",
+           "randomization_stages", "randomization_test", "removed", "spearman", "trust_figures", "verdict",
+           "verdict_line"]
 
 AUC_KEYS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random")
-SURVIVES = 0.5  # a rank correlation above this after full randomization: the maps survive it
-MARGIN = 0.01  # AUC difference below which a map does "no better than random"
+# What the trust step reports (summary.json's explain and the W&B summary as explain/<key>); *_ci are [low, high].
+TRUST_KEYS = (*AUC_KEYS, "deletion_gain", "deletion_gain_ci", "insertion_gain", "insertion_gain_ci",
+              "sanity_rank_corr", "sanity_rank_corr_ci", "trust_images", "trust_verdict")
+CONFIDENCE = 0.95  # of every interval
+RESAMPLES = 2000  # bootstrap resamples: the interval's ends move by well under 0.005 AUC between seeds at this count
+# The randomization threshold. After every weight of the model is re-initialized, a map that explains the model
+# should be unrelated to its original (rank correlation near 0), while a map that only shows the image (its edges,
+# its brightness) is unchanged (near 1): Adebayo et al. (2018) find gradient maps of trained models falling towards 0
+# and edge detectors staying high. 0.5 is the midpoint: a map still closer to its original than to an unrelated one
+# has kept more of its ordering than it lost, so it shows the image more than the model. The decision uses the
+# interval: it survives when the whole interval is above 0.5, passes when the whole interval is below.
+SURVIVES = 0.5
+# The smallest gain that matters. An AUC is the mean probability of the explained class along the curve, so a gain of
+# 0.01 means that following the map instead of a random order moves that probability by one percentage point on
+# average. Intervals above 0 alone are not enough: Grad-CAM of an untrained resnet18_cifar beats a random order by
+# 0.0002 [0.0002, 0.0003] on 32 CIFAR-10 images — real, and a fiftieth of a point of a decision the model never
+# made. So the intervals are read against this floor (an equivalence region, as in equivalence testing): a gain
+# whose interval lies below it is no gain that matters, one whose interval straddles it is undecided.
+SMALLEST_GAIN = 0.01
+FAITHFUL, NOT_FAITHFUL, INCONCLUSIVE = "faithful", "not faithful", "inconclusive"
 
 
 def _as_unit(images: Tensor) -> Tensor:
@@ -199,7 +230,7 @@ Explainer = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 def randomization_test(model: nn.Module, images: Tensor, class_idx: Sequence[int] | Tensor,
                        method: str | Explainer = "gradcam", layer: str | Sequence[str] = "layer4", *, seed: int = 0,
-                       batch_size: int = 256) -> dict[str, Any]:
+                       batch_size: int = 256, original: Tensor | None = None) -> dict[str, Any]:
     """Cascading model-parameter randomization (see the module doc) on a copy of ``model``.
 
     Args:
@@ -208,13 +239,15 @@ def randomization_test(model: nn.Module, images: Tensor, class_idx: Sequence[int
         class_idx: The class each map explains, one per image.
         method, layer: The CAM method and layer(s) of :func:`explain.cam.compute_cams`; or, to check another
             explainer, any function ``(model, images, class_idx) -> maps [N, H, W]`` (``layer`` is then unused).
-        seed: Seeds the re-initialization.
+        seed: Seeds the re-initialization and the bootstrap intervals.
         batch_size: Images per CAM pass.
+        original: The maps of the unchanged model when the caller has them already (they are not recomputed).
 
     Returns:
-        ``stages`` (module names, top first), ``rank_corr_per_stage`` (mean over images after each stage),
-        ``rank_corr`` (after the last stage), ``rank_corr_per_image`` ``[stages, N]`` and ``maps``
-        ``[stages + 1, N, H, W]`` (the original maps first), on the CPU.
+        ``stages`` (module names, top first), ``rank_corr_per_stage`` (mean over images after each stage) and
+        ``rank_corr_ci_per_stage`` (its 95 % bootstrap interval over the images, ``[low, high]`` per stage),
+        ``rank_corr`` and ``rank_corr_ci`` (after the last stage), ``rank_corr_per_image`` ``[stages, N]`` and
+        ``maps`` ``[stages + 1, N, H, W]`` (the original maps first), on the CPU.
     """
     def explain(net: nn.Module) -> Tensor:
         if callable(method):
@@ -223,7 +256,7 @@ def randomization_test(model: nn.Module, images: Tensor, class_idx: Sequence[int
 
     original_model = unwrap(model)
     classes = torch.as_tensor(class_idx).long().flatten().cpu()
-    original = explain(original_model)
+    original = explain(original_model) if original is None else original.float().cpu()
     randomized = copy.deepcopy(original_model)
     stages = randomization_stages(randomized)
     modules = dict(randomized.named_children())
@@ -237,25 +270,158 @@ def randomization_test(model: nn.Module, images: Tensor, class_idx: Sequence[int
             correlations.append(spearman(maps[0], cams))
     per_image = torch.stack(correlations) if correlations else torch.zeros(0, len(classes))
     per_stage = per_image.mean(1).tolist() if len(classes) else [float("nan")] * len(stages)
+    intervals = bootstrap_interval(per_image, seed=seed, axis=1) if per_image.numel() else np.full((2, 0), np.nan)
     return {"stages": stages, "rank_corr_per_stage": per_stage,
-            "rank_corr": per_stage[-1] if per_stage else float("nan"), "rank_corr_per_image": per_image,
-            "maps": torch.stack(maps)}
+            "rank_corr_ci_per_stage": [[float(low), float(high)] for low, high in intervals.T],
+            "rank_corr": per_stage[-1] if per_stage else float("nan"),
+            "rank_corr_ci": [float(x) for x in intervals[:, -1]] if per_image.numel() else [math.nan, math.nan],
+            "rank_corr_per_image": per_image, "maps": torch.stack(maps)}
 
 
-def faithfulness_score(row: dict[str, float]) -> float:
-    """Insertion AUC minus deletion AUC: one number, higher = more faithful, that ranks methods."""
-    return row["insertion_auc"] - row["deletion_auc"]
+def bootstrap_interval(values: Tensor | np.ndarray, *, seed: int = 0, axis: int = 0) -> np.ndarray:
+    """The 95 % percentile-bootstrap interval of the mean of ``values`` over ``axis`` (the images), seeded.
+
+    scipy's :func:`scipy.stats.bootstrap` resamples the images (:data:`RESAMPLES` times); the percentile method is
+    used rather than BCa because BCa is undefined when every value is the same (a flat curve point, a map that never
+    changes), which trust figures often are.
+
+    Returns:
+        ``[low, high]`` (shape ``[2, ...]`` for multi-dimensional ``values``: the interval of each other entry); NaN
+        with fewer than two values.
+    """
+    from scipy.stats import bootstrap  # scipy is imported only when an interval is wanted (seconds at start-up)
+
+    data = np.asarray(values.double().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
+    if data.shape[axis] < 2:
+        return np.full((2, *np.delete(data.shape, axis)), np.nan)
+    spread = np.ptp(data, axis=axis)
+    result = bootstrap((data,), np.mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                       axis=axis, vectorized=True, rng=np.random.default_rng(seed))
+    interval = np.stack([result.confidence_interval.low, result.confidence_interval.high])
+    mean = data.mean(axis=axis)
+    return np.where(spread == 0, np.stack([mean, mean]), interval)  # all values equal: the interval is the value
+
+
+def _interval(values: Tensor, seed: int) -> list[float]:
+    low, high = bootstrap_interval(values, seed=seed)
+    return [float(low), float(high)]
+
+
+def trust_figures(faithful: dict[str, Any], sanity: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
+    """The trust figures of one set of maps, each mean with its 95 % bootstrap interval over the images, and the
+    verdict read from the intervals.
+
+    Args:
+        faithful: :func:`deletion_insertion`'s result.
+        sanity: :func:`randomization_test`'s result on the same images (its intervals are seeded by its own seed).
+        seed: Seeds the bootstrap of the AUCs and gains.
+
+    Returns:
+        :data:`TRUST_KEYS` (``trust_verdict`` is :data:`FAITHFUL`, :data:`NOT_FAITHFUL` or :data:`INCONCLUSIVE`),
+        ``*_auc_ci`` for the four AUCs, ``sanity_rank_corr_per_stage`` with ``sanity_rank_corr_ci_per_stage``,
+        ``sanity_stages`` and ``trust_reasons`` (why the verdict is not ``faithful``, in words).
+    """
+    per_image = {key: faithful[f"{key}_per_image"] for key in AUC_KEYS}
+    gains = {"deletion_gain": per_image["deletion_auc_random"] - per_image["deletion_auc"],
+             "insertion_gain": per_image["insertion_auc"] - per_image["insertion_auc_random"]}
+    figures: dict[str, Any] = {}
+    for key, values in {**per_image, **gains}.items():
+        figures[key] = float(values.mean()) if len(values) else float("nan")
+        figures[f"{key}_ci"] = _interval(values, seed)
+    figures.update(sanity_rank_corr=sanity["rank_corr"], sanity_rank_corr_ci=sanity["rank_corr_ci"],
+                   sanity_stages=list(sanity["stages"]), sanity_rank_corr_per_stage=list(sanity["rank_corr_per_stage"]),
+                   sanity_rank_corr_ci_per_stage=sanity["rank_corr_ci_per_stage"],
+                   trust_images=len(per_image["deletion_auc"]))
+    figures["trust_verdict"], figures["trust_reasons"] = verdict(figures)
+    return figures
+
+
+def verdict(figures: dict[str, Any]) -> tuple[str, list[str]]:
+    """Faithful, not faithful or inconclusive, from the intervals (see the module doc), and the reasons.
+
+    Args:
+        figures: ``deletion_gain_ci``, ``insertion_gain_ci`` and ``sanity_rank_corr_ci`` (``[low, high]``).
+
+    Returns:
+        ``(verdict, reasons)``: the reasons say which interval decided a verdict other than :data:`FAITHFUL`.
+    """
+    below, straddles = [], []
+    for name in ("deletion", "insertion"):
+        low, high = figures[f"{name}_gain_ci"]
+        if high < SMALLEST_GAIN:
+            below.append(name)
+        elif not low > SMALLEST_GAIN:  # also NaN: no images, no evidence
+            straddles.append(name)
+    low, high = figures["sanity_rank_corr_ci"]
+    survives, unsure = low > SURVIVES, not high < SURVIVES and not low > SURVIVES
+    reasons = []
+    if below:
+        reasons.append(f"no better than a random pixel order at {' and '.join(below)} (the gain's interval lies "
+                       f"below {SMALLEST_GAIN}, the smallest gain that matters)")
+    if survives:
+        reasons.append(f"the maps survive randomizing the model (rank corr interval above {SURVIVES}): they show the "
+                       f"image more than the model")
+    if below or survives:
+        return NOT_FAITHFUL, reasons
+    if straddles:
+        reasons.append(f"the {' and '.join(straddles)} gain interval{'s' if len(straddles) > 1 else ''} "
+                       f"straddle{'' if len(straddles) > 1 else 's'} {SMALLEST_GAIN}")
+    if unsure:
+        reasons.append(f"the randomization rank corr interval straddles {SURVIVES}")
+    return (INCONCLUSIVE, reasons) if reasons else (FAITHFUL, [])
+
+
+def _ci(interval: Sequence[float]) -> str:
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def verdict_line(figures: dict[str, Any], method: str) -> str:
+    """The one line a user reads: the verdict, the gains and rank correlation with their intervals, and why.
+
+    ``not faithful`` and ``inconclusive`` lines start with ``warning:``; ``inconclusive`` says how to decide.
+    """
+    n = figures["trust_images"]
+    numbers = (f"{method} on {n} images: deletion gain {figures['deletion_gain']:.3f} "
+               f"{_ci(figures['deletion_gain_ci'])}, insertion gain {figures['insertion_gain']:.3f} "
+               f"{_ci(figures['insertion_gain_ci'])} (AUC over a random pixel order, 95% intervals; above "
+               f"{SMALLEST_GAIN} counts), randomization rank corr {figures['sanity_rank_corr']:.2f} "
+               f"{_ci(figures['sanity_rank_corr_ci'])} (below {SURVIVES} passes)")
+    outcome = figures["trust_verdict"]
+    if outcome == FAITHFUL:
+        return f"trust: {FAITHFUL} — {numbers}: the maps follow the model"
+    advice = f"; measure more images with --trust_images {max(4 * n, 64)}" if outcome == INCONCLUSIVE else ""
+    return f"warning: trust: {outcome} — {numbers}: {'; '.join(figures['trust_reasons'])}{advice}"
+
+
+def rank_methods(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rank CAM methods only as far as their gain intervals separate them.
+
+    Method A is above B when one of A's gain intervals (deletion or insertion) lies entirely above B's and neither
+    lies entirely below; a method's ``rank`` is 1 + the number of methods above it, so methods the intervals do not
+    separate share a rank (``tied`` is then True). Sorted by rank, then by the mean gains (an order the reader is
+    told is not a ranking within a tie).
+    """
+    def above(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        sides = [(a[f"{g}_gain_ci"][0] > b[f"{g}_gain_ci"][1], b[f"{g}_gain_ci"][0] > a[f"{g}_gain_ci"][1])
+                 for g in ("deletion", "insertion")]
+        return any(win for win, _ in sides) and not any(loss for _, loss in sides)
+
+    for row in rows:
+        row["rank"] = 1 + sum(above(other, row) for other in rows if other is not row)
+    for row in rows:
+        row["tied"] = sum(other["rank"] == row["rank"] for other in rows) > 1
+    return sorted(rows, key=lambda r: (r["rank"], -(r["deletion_gain"] + r["insertion_gain"])))
 
 
 def compare_methods(model: nn.Module, images: Tensor, class_idx: Sequence[int] | Tensor, methods: Sequence[str],
                     layer: str | Sequence[str] = "layer4", *, steps: int = 16, seed: int = 0,
                     batch_size: int = 256) -> list[dict[str, Any]]:
-    """Every CAM method on the same images and classes: deletion and insertion AUCs (each beside its random order),
-    the randomization test's rank correlation, and the seconds per image of the maps themselves.
+    """Every CAM method on the same images and classes: its trust figures with intervals (:func:`trust_figures`),
+    the seconds per image of the maps themselves, and a rank that claims only what the intervals separate
+    (:func:`rank_methods`).
 
     Returns:
-        One row per method, most faithful first (by :func:`faithfulness_score`): ``method``, ``deletion_auc``,
-        ``deletion_auc_random``, ``insertion_auc``, ``insertion_auc_random``, ``sanity_rank_corr``,
+        One row per method, by rank: ``method``, ``rank``, ``tied``, the figures of :func:`trust_figures`,
         ``seconds_per_image`` and ``cams`` (``[N, H, W]``, CPU).
     """
     model = unwrap(model)
@@ -267,28 +433,6 @@ def compare_methods(model: nn.Module, images: Tensor, class_idx: Sequence[int] |
         seconds = time.perf_counter() - start
         faithful = deletion_insertion(model, images, classes, cams, steps, batch_size=batch_size, seed=seed)
         sanity = randomization_test(model, images, classes, method, layer, seed=seed, batch_size=batch_size)
-        rows.append({"method": method, **{key: faithful[key] for key in AUC_KEYS},
-                     "sanity_rank_corr": sanity["rank_corr"], "seconds_per_image": seconds / max(len(images), 1),
-                     "cams": cams.cpu()})
-    return sorted(rows, key=faithfulness_score, reverse=True)
-
-
-def verdict(figures: dict[str, float]) -> str:
-    """One line for the user: the trust figures and what they say (``warning:`` when the maps fail a check).
-
-    Args:
-        figures: ``deletion_auc``, ``deletion_auc_random``, ``insertion_auc``, ``insertion_auc_random``,
-            ``sanity_rank_corr``.
-    """
-    numbers = (f"deletion AUC {figures['deletion_auc']:.2f} vs {figures['deletion_auc_random']:.2f} random, "
-               f"insertion {figures['insertion_auc']:.2f} vs {figures['insertion_auc_random']:.2f}, "
-               f"randomization rank corr {figures['sanity_rank_corr']:.2f}")
-    worse = [name for name, bad in (
-        ("deletion", figures["deletion_auc"] > figures["deletion_auc_random"] - MARGIN),
-        ("insertion", figures["insertion_auc"] < figures["insertion_auc_random"] + MARGIN)) if bad]
-    problems = [f"do no better than a random pixel order at {' and '.join(worse)}"] if worse else []
-    if figures["sanity_rank_corr"] > SURVIVES:
-        problems.append("survive randomizing the model, so they show the image more than the model")
-    if problems:
-        return f"warning: trust: {numbers} — the maps {'; and they '.join(problems)}"
-    return f"trust: {numbers} — the maps follow the model"
+        rows.append({"method": method, **trust_figures(faithful, sanity, seed=seed),
+                     "seconds_per_image": seconds / max(len(images), 1), "cams": cams.cpu()})
+    return rank_methods(rows)
