@@ -13,7 +13,9 @@ and what ``explain/run.py`` calls on a checkpoint. It logs one W&B row:
   ``explain/confusion_matrix_table``), ``explain/confusion_matrix_image`` (row-normalized heat map),
   ``explain/per_class_acc`` (Table: class, acc, n) and ``explain/most_confused`` (Table: true, pred, count).
 
-and writes ``misclassified.png``, ``gradcam.png`` and ``confusion_matrix.png`` into ``out_dir``.
+and writes ``misclassified.png``, the CAM grid named after its method (``gradcam.png``, ``layercam.png``, ...) and
+``confusion_matrix.png`` into ``out_dir``; the trust step (:mod:`explain.report_trust`) and the label issues
+(:mod:`explain.report_labels`) add theirs.
 
 Example:
     ```python
@@ -27,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +41,19 @@ from explain.cam import CAM_METHODS, compute_cams
 from explain.figures import (
     DPI,
     SCALE,
-    cam_methods_figure,
+    cam_grid_figure,
     confusion_figure,
-    faithfulness_figure,
-    gradcam_figure,
     images_figure,
     misclassified_figure,
     most_confused_classes,
     probes_figure,
-    sanity_figure,
 )
+from explain.labels import LabelIssues, find_label_issues, probabilities
 from explain.overlay import overlay_cam, to_hwc_uint8
 from explain.probes import Probes
-from explain.trust import AUC_KEYS, compare_methods, deletion_insertion, randomization_test, verdict
+from explain.report_labels import LABEL_KEYS, known_cams, mistake_columns, report_label_issues
+from explain.report_trust import compare_cam_methods, default_trust_images, measure_trust, trust_sample
+from explain.trust import TRUST_KEYS
 from train.checkpoint import unwrap
 from train.data import Dataset, Images
 from train.engine import predict
@@ -68,21 +70,14 @@ __all__ = [
     "explain_images",
     "explain_model",
     "find_mistakes",
-    "measure_trust",
     "write_probes",
 ]
 
-COLUMNS = ("index", "image", "true", "pred", "confidence", "p_true", "top3", "gradcam_pred", "gradcam_true")
+COLUMNS = ("index", "image", "true", "pred", "confidence", "p_true", "top3", "gradcam_pred", "gradcam_true",
+           "label_quality", "likely_label_error")
 ALPHA = 0.5  # weight of the heat layer in the overlays
 COLORMAP = "jet"
 MOST_CONFUSED = 10  # true→pred pairs listed in explain/most_confused
-# The trust figures of the explain step: on the first TRUST_IMAGES explained mistakes, TRUST_STEPS deletion and
-# insertion steps (2 + 4 × (TRUST_STEPS - 1) forwards per image) — about 3× the explain step's own CAM time on a
-# 2-core CPU (bench/trust_speed.py), nothing on a GPU; the same everywhere, so the figures compare across runs.
-TRUST_IMAGES = 10
-TRUST_STEPS = 8
-SANITY_IMAGES = 4  # images shown in sanity.png
-COMPARE_IMAGES = 8  # images shown in cam_methods.png
 PROBE_COLUMNS = 11  # epochs shown in probes.png
 
 
@@ -165,8 +160,8 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
                   samples: int = 64, cam_method: str = "gradcam", cam_layer: str | Sequence[str] = "layer4",
                   device: torch.device | str = "cpu", amp: torch.dtype | None = None, batch_size: int = 1024,
                   indices: Tensor | None = None, epoch: int | None = None, trust: bool = True,
-                  trust_images: int = TRUST_IMAGES, compare: Sequence[str] = (),
-                  commit: bool = True) -> dict[str, Any]:
+                  trust_images: int | None = None, compare: Sequence[str] = (),
+                  commit: bool = True, label_issues: bool = True, tta: bool = False, seed: int = 0) -> dict[str, Any]:
     """Explain the model's mistakes on ``test_set``: one W&B row (see the module docstring) and PNG files.
 
     Predictions are single-pass (no test-time augmentation), so the table shows what the network itself does.
@@ -187,18 +182,27 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
         indices: Position of each ``test_set`` image in the full test set (e.g. a ``--test_subset``'s indices),
             logged as ``index``; default ``0..N-1``.
         epoch: Logged as ``epoch`` in the row when given (the epoch of the explained weights).
-        trust: Measure the trust figures (:mod:`explain.trust`) on the first ``trust_images`` explained mistakes,
-            for the predicted class (the CAM shown first).
-        trust_images: How many of the explained mistakes the trust figures use (they cost a few dozen forwards
-            per image).
-        compare: CAM methods to compare on those same images (``cam_methods.json``/``.png``, W&B table).
+        trust: Measure the trust figures (:mod:`explain.report_trust`) of the CAMs of the predicted class on a
+            seeded, class-stratified sample of ``trust_images`` of the images (right and wrong predictions).
+        trust_images: Size of that sample (each image costs a few dozen forwards); None = sized to ``device``
+            (:func:`explain.report_trust.default_trust_images`).
+        compare: CAM methods to compare on that same sample (``cam_methods.json``/``.png``, W&B table).
         commit: Commit the W&B row; False leaves it open for more keys of the same step (a training run adds the
             probe summary, then commits).
+        label_issues: Find the images whose label is likely wrong (:mod:`explain.labels`, cleanlab):
+            ``label_issues.json``/``.png``, the Table ``explain/label_issues`` and the ``label_quality`` and
+            ``likely_label_error`` columns (None without it, or when the images hold a single class).
+        tta: Find label issues on the flip-TTA probabilities (image and mirror, as ``val/acc``), and report that
+            accuracy beside the single-pass one; the table stays single-pass.
+        seed: Seeds the trust sample and its bootstrap intervals.
 
     Returns:
         ``images``, ``acc`` (single pass), ``mistakes`` (count), ``explained`` (table rows), the PNG paths
-        (``*_png``), and with ``trust`` the five trust figures, ``trust_images`` and the ``trust_verdict`` line;
-        with ``compare`` the comparison rows under ``cam_methods``.
+        (``*_png``; the CAM grid is ``cam_png``, named after the method), ``acc_tta`` with ``tta``; with ``trust``
+        the figures of :data:`explain.trust.TRUST_KEYS` and the others of :func:`explain.trust.trust_figures`,
+        ``trust_mistakes`` (wrong predictions in the sample) and the ``trust_line`` to print;
+        with ``compare`` the comparison rows under ``cam_methods``; with ``label_issues`` those of
+        :func:`explain.report_labels.report_label_issues` (``label_issues``, ``label_issues_checked``, ...).
 
     Raises:
         ValueError: If ``samples`` is negative, ``indices`` has the wrong length, or the CAM settings are invalid.
@@ -215,7 +219,8 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     positions = (torch.arange(len(test_set)) if indices is None else indices).cpu()
 
     # ---- predictions: one pass, softmax, mistakes, then CAMs for the predicted and the true class, batched ----
-    logits, _, labels = predict(model, DeviceLoader(test_set, batch_size, device, train=False), amp=amp)
+    logits, flipped, labels = predict(model, DeviceLoader(test_set, batch_size, device, train=False), amp=amp,
+                                      tta=tta)
     probs, labels = logits.float().softmax(1).cpu(), labels.cpu()
     preds = probs.argmax(1)
     counts = confusion_matrix(labels, preds, len(classes))
@@ -223,42 +228,62 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     images = test_set.images[chosen]
     cams_pred, cams_true = cams_for_pred_and_true(model, images.to(device), preds[chosen], labels[chosen],
                                                   method=cam_method, layer=layers)
-    rows = _mistake_rows(images, cams_pred, cams_true, probs[chosen], labels[chosen], positions[chosen], classes)
+    # ---- label issues: cleanlab on the same out-of-sample probabilities (flip-TTA with `tta`) ----
+    issues: LabelIssues | None = None
+    if label_issues and len(torch.unique(labels)) > 1:  # a single class has nothing to be confused with
+        issues = find_label_issues(probabilities(logits, flipped), labels)
+    rows = _mistake_rows(images, cams_pred, cams_true, probs[chosen], labels[chosen], positions[chosen], classes,
+                         mistake_columns(issues, chosen))
 
     # ---- pictures ----
     out_dir.mkdir(parents=True, exist_ok=True)
-    acc = float((preds == labels).float().mean()) if len(labels) else 0.0
-    paths = {f"{name}_png": out_dir / f"{name}.png" for name in ("misclassified", "gradcam", "confusion_matrix")}
-    mistakes = int((preds != labels).sum())
+    correct = int((preds == labels).sum())
+    acc = correct / len(labels) if len(labels) else 0.0  # a ratio of counts: the decimal it is, no float32 noise
+    acc_tta = int((((logits + flipped) / 2).argmax(1).cpu() == labels).sum()) / len(labels) \
+        if flipped is not None and len(labels) else None
+    paths = {f"{name}_png": out_dir / f"{name}.png" for name in ("misclassified", "confusion_matrix")}
+    paths["cam_png"] = out_dir / f"{cam_method}.png"  # gradcam.png, layercam.png, ...
+    mistakes = len(labels) - correct
     misclassified_figure(rows, mistakes).savefig(paths["misclassified_png"], dpi=DPI)
-    gradcam_figure(rows, cam_method, layers).savefig(paths["gradcam_png"], dpi=DPI)
-    confusion_figure(counts, classes, acc).savefig(paths["confusion_matrix_png"], dpi=DPI)
-    result = {"images": len(labels), "acc": acc, "mistakes": mistakes, "explained": len(rows),
-              **{key: str(path) for key, path in paths.items()}}
+    cam_grid_figure(rows, cam_method, layers).savefig(paths["cam_png"], dpi=DPI)
+    confusion_figure(counts, classes, acc, acc_tta).savefig(paths["confusion_matrix_png"], dpi=DPI)
+    result = {"images": len(labels), "acc": acc, **({"acc_tta": acc_tta} if acc_tta is not None else {}),
+              "mistakes": mistakes, "explained": len(rows), **{key: str(path) for key, path in paths.items()}}
     logged = tracker is not None and tracker.id is not None  # untracked: skip building the W&B objects
     row = _wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch) if logged else {}
 
-    # ---- how far the maps can be trusted, and other methods on the same images ----
-    k = min(trust_images, len(rows))
-    if trust and k:
-        result.update(measure_trust(model, images[:k].to(device), preds[chosen][:k], cams_pred[:k], cam_method,
-                                    layers, out_dir, row if logged else None))
-        if logged:
-            tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
-    if compare and k:
-        result["cam_methods"] = compare_cam_methods(model, images[:k].to(device), preds[chosen][:k], compare,
-                                                    layers, out_dir, row if logged else None)
+    # ---- how far the maps can be trusted (and other methods): a stratified sample, right and wrong predictions ----
+    sample = trust_sample(labels, trust_images or default_trust_images(device), seed)
+    if (trust or compare) and len(sample) >= 2:  # an interval needs two images
+        sample_images, sample_preds = test_set.images[sample].to(device), preds[sample]
+        if trust:
+            result.update(measure_trust(model, sample_images, sample_preds, cam_method, layers, out_dir,
+                                        row if logged else None, seed=seed),
+                          trust_mistakes=int((sample_preds != labels[sample]).sum()))
+            if logged:
+                tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
+        if compare:
+            result["cam_methods"] = compare_cam_methods(model, sample_images, sample_preds, compare, layers, out_dir,
+                                                        row if logged else None, seed=seed)
+    if issues is not None:
+        result.update(report_label_issues(model, test_set, issues, positions, out_dir=out_dir,
+                                          row=row if logged else None, cam_method=cam_method, layers=layers,
+                                          device=device, limit=samples,
+                                          known=known_cams(chosen, preds[chosen], cams_pred)))
     if logged:
         tracker.log(row, commit=commit)
+        if issues is not None:  # after the row: its table has the same key, and the summary shows the count (a
+            # caller that commits later sets these again after the commit)
+            tracker.summary({f"explain/{key}": result[key] for key in LABEL_KEYS})
     return result
 
 
-TRUST_KEYS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random", "sanity_rank_corr")
 
 
 def _mistake_rows(images: Tensor, cams_pred: Tensor, cams_true: Tensor, probs: Tensor, labels: Tensor,
-                  positions: Tensor, classes: list[str]) -> list[dict[str, Any]]:
-    """One dict per explained mistake with the table's columns (pictures as uint8 arrays)."""
+                  positions: Tensor, classes: list[str], label_columns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per explained mistake with the table's columns (pictures as uint8 arrays); ``label_columns`` holds
+    each one's ``label_quality`` and ``likely_label_error``."""
     pixels = to_hwc_uint8(images)
     overlays_pred = overlay_cam(images, cams_pred, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
     overlays_true = overlay_cam(images, cams_true, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
@@ -272,116 +297,100 @@ def _mistake_rows(images: Tensor, cams_pred: Tensor, cams_true: Tensor, probs: T
             "top3": ", ".join(f"{classes[c]} {p:.2f}" for p, c in zip(top.values.tolist(), top.indices.tolist(),
                                                                        strict=True)),
             "image": pixels[i], "gradcam_pred": overlays_pred[i], "gradcam_true": overlays_true[i],
+            **label_columns[i],
         })
     return rows
 
 
-def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, cams: Tensor, method: str, layers: list[str],
-                  out_dir: Path, row: dict[str, Any] | None) -> dict[str, Any]:
-    """The trust figures of ``cams`` (:mod:`explain.trust`), ``faithfulness.png`` and ``sanity.png``; the mean
-    curves go into the W&B ``row`` (when given) as ``explain/faithfulness_curves``.
-
-    Returns:
-        The five figures of :data:`TRUST_KEYS`, ``trust_images`` and ``trust_verdict``.
-    """
-    faithful = deletion_insertion(model, images, class_idx, cams, steps=TRUST_STEPS)
-    sanity = randomization_test(model, images, class_idx, method, layers)
-    figures = {**{key: faithful[key] for key in AUC_KEYS}, "sanity_rank_corr": sanity["rank_corr"]}
-    faithfulness_figure(faithful, method).savefig(out_dir / "faithfulness.png", dpi=DPI)
-    shown = images[:SANITY_IMAGES].cpu()
-    overlays = [overlay_cam(shown, maps[:SANITY_IMAGES], alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
-                for maps in sanity["maps"]]
-    sanity_figure(upscale_all(to_hwc_uint8(shown)), overlays, sanity["stages"],
-                  sanity["rank_corr_per_image"][:, :SANITY_IMAGES].numpy()).savefig(out_dir / "sanity.png", dpi=DPI)
-    if row is not None:
-        import wandb
-
-        curves = [faithful[name].mean(0).tolist() for name in ("deletion", "deletion_random", "insertion",
-                                                              "insertion_random")]
-        row["explain/faithfulness_curves"] = wandb.plot.line_series(
-            xs=faithful["fractions"], ys=curves, xname="fraction of pixels changed",
-            keys=[f"deletion ({method})", "deletion (random order)", f"insertion ({method})",
-                  "insertion (random order)"],
-            title=f"Deletion and insertion: {method} vs a random pixel order")
-        row["explain/sanity"] = wandb.Table(columns=["stage", "rank_corr"],
-                                            data=[list(x) for x in zip(sanity["stages"],
-                                                                       sanity["rank_corr_per_stage"], strict=True)])
-    return {**figures, "trust_images": len(images), "trust_verdict": verdict(figures)}
+SHOWN_IMAGES = 48  # images drawn in images.png (the rest are in images.json and W&B): the figure stays bounded
+IMAGES_PER_PASS = 256  # images decoded and explained at once by explain/run.py --images: memory stays bounded
+TRUST_POOL = 4096  # images kept for the trust sample of --images (the first ones; 12 MB at 32×32)
 
 
-def compare_cam_methods(model: nn.Module, images: Tensor, class_idx: Tensor, methods: Sequence[str],
-                        layers: list[str], out_dir: Path, row: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """:func:`explain.trust.compare_methods`, written as ``cam_methods.json`` and ``cam_methods.png`` (the same
-    images, one column per method) and, in the W&B ``row``, as the Table ``explain/cam_methods``."""
-    compared = compare_methods(model, images, class_idx, methods, layers)
-    table = [{k: v for k, v in entry.items() if k != "cams"} for entry in compared]
-    write_json(out_dir / "cam_methods.json", table)
-    shown = images[:COMPARE_IMAGES].cpu()
-    overlays = {entry["method"]: overlay_cam(shown, entry["cams"][:COMPARE_IMAGES], alpha=ALPHA, colormap=COLORMAP,
-                                             scale=SCALE) for entry in compared}
-    cam_methods_figure(upscale_all(to_hwc_uint8(shown)), overlays,
-                       [f"image {i + 1}" for i in range(len(shown))]).savefig(out_dir / "cam_methods.png", dpi=DPI)
-    if row is not None:
-        import wandb
-
-        columns = list(table[0]) if table else ["method"]
-        row["explain/cam_methods"] = wandb.Table(columns=columns, data=[[e[c] for c in columns] for e in table])
-    return table
-
-
-def explain_images(model: nn.Module, images: Images, classes: list[str], *, out_dir: Path,
+def explain_images(model: nn.Module, images: Images | Iterable[Images], classes: list[str], *, out_dir: Path,
                    tracker: Tracker | None = None, method: str = "gradcam", layers: Sequence[str] = ("layer4",),
-                   target_class: int | None = None, trust: bool = True) -> dict[str, Any]:
+                   target_class: int | None = None, trust: bool = True, trust_images: int | None = None,
+                   seed: int = 0, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predict and explain any images: top-3 classes and the CAM of the top prediction (or of ``target_class``).
 
-    Writes ``images.png`` (original thumbnail | model input | CAM) and ``images.json`` into ``out_dir``, logs the W&B
-    Table ``explain/images`` when tracked, and (with ``trust``) the trust figures of these maps.
+    ``images`` may be one :class:`train.data.Images` or batches of them (:data:`IMAGES_PER_PASS` at a time from
+    ``explain/run.py``), so any number of images is explained in bounded memory: ``images.json`` lists every image,
+    the W&B Table ``explain/images`` grows batch by batch (an incremental table), ``images.png`` (original
+    thumbnail | model input | CAM) shows the first :data:`SHOWN_IMAGES` and says so. With ``trust``, the trust
+    figures of these maps, on a seeded sample of ``trust_images`` of the first :data:`TRUST_POOL` images, stratified
+    by the explained class (None = sized to the model's device).
 
     Returns:
         ``rows`` (per image: ``file``, ``size``, ``top3`` as ``[class, p]`` pairs, ``cam_class``), ``lines`` (one
-        printable line per image: ``cat.jpg: cat 0.91 (dog 0.05, deer 0.02)``), ``cams`` ``[N, 32, 32]`` and, with
-        ``trust``, the trust figures and ``trust_verdict``.
+        printable line per image: ``cat.jpg: cat 0.91 (dog 0.05, deer 0.02)``; none when ``say`` prints them as they
+        come), ``cams`` (``[N, 32, 32]``, of the first :data:`TRUST_POOL` images), ``images`` (the count) and, with
+        ``trust``, the trust figures, ``trust_verdict`` and ``trust_line``.
     """
     model = unwrap(model).eval()
     device = next(model.parameters()).device
-    pixels = images.pixels.to(device)
-    with torch.inference_mode():
-        probs = model(pixels.float() / 255).float().softmax(1).cpu()
-    top = torch.topk(probs, min(3, len(classes)))
-    targets = top.indices[:, 0] if target_class is None else torch.full((len(probs),), target_class)
-    cams = compute_cams(model, pixels, targets, method=method, layer=list(layers))
-    rows, lines = [], []
-    for i, name in enumerate(images.names):
-        ranked = [[classes[c], round(float(p), 4)] for p, c in zip(top.values[i], top.indices[i], strict=True)]
-        rows.append({"file": name, "size": list(images.sizes[i]), "top3": ranked,
-                     "cam_class": classes[int(targets[i])]})
-        others = ", ".join(f"{c} {p:.2f}" for c, p in ranked[1:])
-        lines.append(f"{name}: {ranked[0][0]} {ranked[0][1]:.2f}" + (f" ({others})" if others else "")
-                     + (f"; CAM of {classes[target_class]}" if target_class is not None else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "images.json", rows)
-    inputs = upscale_all(to_hwc_uint8(images.pixels))
-    overlays = overlay_cam(images.pixels, cams.cpu(), alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
-    captions = [[Path(r["file"]).name[:24], f"{r['top3'][0][0]} {r['top3'][0][1]:.2f}", f"CAM of {r['cam_class']}"]
-                for r in rows]
-    images_figure(images.thumbnails, inputs, overlays, captions).savefig(out_dir / "images.png", dpi=DPI)
-    result: dict[str, Any] = {"rows": rows, "lines": lines, "images_png": str(out_dir / "images.png"),
-                              "cams": cams.cpu()}
     logged = tracker is not None and tracker.id is not None
-    row: dict[str, Any] = {}
-    if trust:
-        result.update(measure_trust(model, pixels, targets, cams, method, list(layers), out_dir,
-                                    row if logged else None))
+    table = None
     if logged:
         import wandb
 
-        row["explain/images"] = wandb.Table(
-            columns=["file", "original", "input", "cam", "top1", "p_top1", "top3", "cam_class"],
-            data=[[r["file"], wandb.Image(images.thumbnails[i]), wandb.Image(inputs[i]), wandb.Image(overlays[i]),
-                   r["top3"][0][0], r["top3"][0][1], ", ".join(f"{c} {p:.2f}" for c, p in r["top3"]), r["cam_class"]]
-                  for i, r in enumerate(rows)])
-        tracker.log(row)
-        if trust:
+        table = wandb.Table(columns=["file", "original", "input", "cam", "top1", "p_top1", "top3", "cam_class"],
+                            log_mode="INCREMENTAL")
+    rows, lines, shown, pool, pool_targets, pool_cams = [], [], [], [], [], []
+    for batch in [images] if isinstance(images, Images) else images:
+        if not batch.names:
+            continue
+        pixels = batch.pixels.to(device)
+        with torch.inference_mode():
+            probs = model(pixels.float() / 255).float().softmax(1).cpu()
+        top = torch.topk(probs, min(3, len(classes)))
+        targets = top.indices[:, 0] if target_class is None else torch.full((len(probs),), target_class)
+        cams = compute_cams(model, pixels, targets, method=method, layer=list(layers)).cpu()
+        inputs = upscale_all(to_hwc_uint8(batch.pixels))
+        overlays = overlay_cam(batch.pixels, cams, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+        for i, name in enumerate(batch.names):
+            ranked = [[classes[c], round(float(p), 4)] for p, c in zip(top.values[i], top.indices[i], strict=True)]
+            row = {"file": name, "size": list(batch.sizes[i]), "top3": ranked, "cam_class": classes[int(targets[i])]}
+            others = ", ".join(f"{c} {p:.2f}" for c, p in ranked[1:])
+            line = (f"{name}: {ranked[0][0]} {ranked[0][1]:.2f}" + (f" ({others})" if others else "")
+                    + (f"; CAM of {classes[target_class]}" if target_class is not None else ""))
+            if say:
+                say(line)
+            else:
+                lines.append(line)
+            if len(shown) < SHOWN_IMAGES:
+                shown.append((batch.thumbnails[i], inputs[i], overlays[i], [
+                    Path(name).name[:24], f"{ranked[0][0]} {ranked[0][1]:.2f}", f"CAM of {row['cam_class']}"]))
+            if table is not None:
+                table.add_data(name, wandb.Image(batch.thumbnails[i]), wandb.Image(inputs[i]),
+                               wandb.Image(overlays[i]), ranked[0][0], ranked[0][1],
+                               ", ".join(f"{c} {p:.2f}" for c, p in ranked), row["cam_class"])
+            rows.append(row)
+        room = TRUST_POOL - sum(len(x) for x in pool)
+        if room > 0:
+            pool.append(batch.pixels[:room])
+            pool_targets.append(targets[:room])
+            pool_cams.append(cams[:room])
+        if table is not None:
+            tracker.log({"explain/images": table})  # this batch's rows join the table
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "images.json", rows)
+    if shown:
+        thumbs, ins, overs, captions = zip(*shown, strict=True)
+        images_figure(list(thumbs), np.stack(ins), np.stack(overs), list(captions), len(rows)).savefig(
+            out_dir / "images.png", dpi=DPI)
+    result: dict[str, Any] = {"rows": rows, "lines": lines, "images": len(rows),
+                              "images_png": str(out_dir / "images.png"),
+                              "cams": torch.cat(pool_cams) if pool_cams else torch.zeros(0, 32, 32)}
+    row: dict[str, Any] = {}
+    targets = torch.cat(pool_targets) if pool_targets else torch.zeros(0, dtype=torch.long)
+    sample = trust_sample(targets, trust_images or default_trust_images(device), seed)
+    if trust and len(sample) >= 2:  # an interval needs two images
+        result.update(measure_trust(model, torch.cat(pool)[sample].to(device), targets[sample], method, list(layers),
+                                    out_dir, row if logged else None, seed=seed))
+    if logged:
+        if row:
+            tracker.log(row)
+        if "trust_verdict" in result:
             tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
     return result
 
@@ -396,11 +405,11 @@ def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) 
     picks = sorted({round(x) for x in np.linspace(0, len(probes.epochs) - 1, PROBE_COLUMNS)}) if probes.epochs else []
     shown = [probes.epochs[i] for i in picks]
     overlays = {epoch: probes.overlays(epoch).numpy() for epoch in shown}
-    rows = [[(overlays[epoch][p], f"epoch {epoch}: p_true {entry['epochs'][str(epoch)]['p_true']:.2f}",
+    rows = [[(overlays[epoch][p], epoch, entry["epochs"][str(epoch)]["pred"], entry["epochs"][str(epoch)]["p_true"],
               entry["epochs"][str(epoch)]["pred"] == entry["class"]) for epoch in shown]
             for p, entry in enumerate(summary)]
     labels = [f"#{entry['index']} {entry['class']}" for entry in summary]
-    probes_figure(rows, labels, shown).savefig(out_dir / "probes.png", dpi=DPI)
+    probes_figure(rows, upscale_all(to_hwc_uint8(probes.images)), labels).savefig(out_dir / "probes.png", dpi=DPI)
     if tracker is not None and tracker.id is not None and probes.epochs:
         import wandb
 
@@ -448,7 +457,8 @@ def _wandb_row(rows: list[dict[str, Any]], counts: Tensor, classes: list[str], l
     row = {
         "explain/misclassified": table,
         "explain/confusion_matrix": wandb.plot.confusion_matrix(y_true=labels.tolist(), preds=preds.tolist(),
-                                                                class_names=names),
+                                                                class_names=names,
+                                                                title="Confusion matrix (single-pass predictions)"),
         "explain/confusion_matrix_image": wandb.Image(str(confusion_png)),
         "explain/per_class_acc": per_class,
         "explain/most_confused": most_confused,

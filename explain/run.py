@@ -5,10 +5,12 @@
     python explain/run.py --checkpoint best.pt --compare gradcam,gradcampp,layercam,scorecam
     python explain/run.py --checkpoint best.pt --images cat.jpg holiday/ --target_class dog
 
-On the test set: the ``explain/*`` tables and plots of :mod:`explain.report`, ``misclassified.png``,
-``gradcam.png``, ``confusion_matrix.png`` and the trust figures (``faithfulness.png``, ``sanity.png``) in
-``--out_dir`` (default: the checkpoint's folder); ``--compare`` ranks CAM methods on the same images. With
-``--images``: one line per image, ``images.png`` and ``images.json`` (default folder: ``<checkpoint folder>/images``).
+On the test set (or ``--split train``): the ``explain/*`` tables and plots of :mod:`explain.report`,
+``misclassified.png``, the CAM grid named after the method (``gradcam.png``, ...), ``confusion_matrix.png``, the trust
+figures (``faithfulness.png``, ``sanity.png``) and the label issues; ``--compare`` ranks CAM methods on the trust
+sample. With ``--images``: one line per image, ``images.png`` and ``images.json``. Everything goes into a new
+``explain-<time>/`` folder beside the checkpoint (or ``--out_dir``, new or empty): a run's outputs are never
+overwritten.
 The data, the test subset and the CAM settings default to the checkpoint's config; flags override them. Bad input
 exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop cleanly with a ``stopped:`` line.
 """
@@ -28,7 +30,11 @@ if __name__ == "__main__":  # the imports below take seconds: a stop meanwhile e
             signal.signal(_sig, _stopped_while_starting)
 
 import argparse
-from collections.abc import Sequence
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,15 +46,40 @@ import timm
 import torch
 
 from explain.cam import CAM_METHODS
-from explain.report import check_cam_settings, explain_images, explain_model
+from explain.report import IMAGES_PER_PASS, SHOWN_IMAGES, check_cam_settings, explain_images, explain_model
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from train.config import Config, ConfigError, build_parser, closest, coerce, config_from_dict, parse_flags
-from train.data import DataError, balanced_subset, load_data, read_images
+from train.config import (
+    Config,
+    ConfigError,
+    build_parser,
+    closest,
+    coerce,
+    config_from_dict,
+    one_line,
+    parse_flags,
+)
+from train.data import (
+    DataError,
+    Images,
+    balanced_subset,
+    decode_images,
+    image_inputs,
+    load_data,
+    resize_note,
+    special_note,
+)
 from train.engine import amp_dtype, resolve_device
+from train.model import check_model_name
 from train.stops import Stopped, exit_status, stops_ignored, stops_raise
-from train.tracking import Tracker, finish_active_run
+from train.tracking import Tracker, check_wandb_environment, finish_active_run
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+class WriteError(OSError):
+    """Writing the outputs failed (a full disk, a read-only folder); the message says what was written."""
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WriteError)
+SPLITS = ("test", "train")  # the splits of a data folder explain/run.py can explain (--split)
 
 
 @dataclass
@@ -61,27 +92,58 @@ class ExplainOptions:
     """Explain these image files and folders (any size, any mode) instead of the test set's mistakes."""
     target_class: str = ""
     """With --images: the class whose CAM is shown; empty = each image's top prediction."""
-    skip_bad: bool = False
-    """With --images: skip the files of a folder that are not readable images, listing them, instead of stopping."""
+    skip_bad: bool | None = None
+    """With --images: skip the files of a folder that are not readable images, listing them, instead of stopping;
+    False also refuses special files (FIFOs, sockets, devices), which are otherwise skipped with a warning."""
     compare: str = ""
     """Comma-separated CAM methods to compare on the explained mistakes, most faithful first (e.g. gradcam,layercam)."""
+    split: str = "test"
+    """The split of --data_dir explained, test or train (--test_subset picks from it); label issues are only found
+    reliably on images the model did not train on."""
 
 
 # ---- flags ---------------------------------------------------------------------------------------------------------
 # The training flags that apply here, with their Config docstrings as help. The data, subset, seed and CAM settings
 # come from the checkpoint's config unless given; these start afresh (the machine that explains is not the one that
 # trained, and a run trained with --explain_samples 0 still gets explained here):
-FRESH = ("explain_samples", "device", "precision", "eval_batch_size", "wandb_mode", "out_dir", "run_name")
-FROM_CHECKPOINT = ("data_dir", "test_subset", "cam_method", "cam_layer", "trust", "wandb_project", "wandb_entity")
+FRESH = ("explain_samples", "device", "precision", "eval_batch_size", "wandb_mode", "out_dir", "run_name",
+         "trust_images")
+FROM_CHECKPOINT = ("data_dir", "test_subset", "cam_method", "cam_layer", "trust", "label_issues", "wandb_project",
+                   "wandb_entity")
 DEFAULTS_SHOWN = {**{name: "the checkpoint's" for name in FROM_CHECKPOINT},
-                  "out_dir": "the checkpoint's folder (with --images: its images/ subfolder)",
+                  "out_dir": "a new explain-<time>/ folder beside the checkpoint",
                   "run_name": "the training run's name + '-explain'"}
+# The shared flags in this program's words (their Config docstrings speak of training).
+HELPS = {
+    "data_dir": "Image-folder root (train/ and test/ class folders) or CIFAR-10 python batches holding the images to "
+                "explain; never downloaded.",
+    "test_subset": "Class-balanced, seeded subset of the explained split (0 = all of it).",
+    "explain_samples": "Most confident mistakes shown with their CAMs in the table and pictures (0 = none; the "
+                       "confusion matrix, trust figures and label issues are still made).",
+    "eval_batch_size": "Images per prediction forward pass.",
+    "out_dir": "Folder the pictures and JSON files go to: new or empty (the outputs of a run are never overwritten).",
+    "run_name": "W&B run name of this explain run.",
+    "cam_method": "torchcam method of the maps (gradcam, gradcampp, layercam, scorecam, ...); the CAM grid is named "
+                  "after it (gradcam.png, layercam.png, ...).",
+    "cam_layer": "Module the CAMs are computed on; comma-separated names are fused.",
+    "trust": "Measure how far the CAMs can be trusted (deletion/insertion against a random order with 95% intervals, "
+             "the randomization check) and give a verdict: faithful, not faithful or inconclusive.",
+    "trust_images": "Images the trust figures are measured on: a seeded, class-stratified sample of the explained "
+                    "images; unset = 256 on a GPU, 16 on the CPU (more images, narrower intervals).",
+    "label_issues": "Find the explained images whose label is likely wrong (cleanlab): label_issues.json, "
+                    "label_issues.png and the W&B table.",
+}
+# Files that mark a folder as holding a run's outputs (training or explain): explain never writes over them.
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "summary.json", "misclassified.png", "confusion_matrix.png",
+             "images.json", "images.png", "faithfulness.png", "label_issues.json", "cam_methods.json")
 
 
 def parser() -> argparse.ArgumentParser:
     """explain/run.py's flags: its own and the training flags that apply, help from their docstrings."""
     return build_parser("explain/run.py", "Explain a checkpoint's mistakes, or any images, with CAMs, tracked in W&B.",
-                        [(ExplainOptions, None), (Config, FROM_CHECKPOINT + FRESH)], DEFAULTS_SHOWN)
+                        [(ExplainOptions, None), (Config, FROM_CHECKPOINT + FRESH)], DEFAULTS_SHOWN, HELPS,
+                        {Config: "Data, CAM, trust and W&B settings (unless given: the checkpoint's data and CAM "
+                                 "settings)"})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[ExplainOptions, dict[str, Any]]:
@@ -94,8 +156,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ExplainOptions, dict[
         if method not in CAM_METHODS:
             raise ConfigError(f"--compare: unknown CAM method {method!r}{closest(method, CAM_METHODS, prefix='')}; "
                               f"valid methods: {', '.join(CAM_METHODS)}")
-    if not options.images and (options.target_class or options.skip_bad):
+    if not options.images and (options.target_class or options.skip_bad is not None):
         raise ConfigError("--target_class and --skip_bad apply to --images")
+    if options.split not in SPLITS:
+        raise ConfigError(f"--split {options.split!r}: unknown split{closest(options.split, SPLITS, prefix='')}; "
+                          f"valid splits: {', '.join(SPLITS)}")
+    if options.images and options.split != "test":
+        raise ConfigError("--split applies to the checkpoint's data, not to --images")
     return options, given
 
 
@@ -120,6 +187,7 @@ def load(options: ExplainOptions, given: dict[str, Any]) -> Loaded:
                                                f"-explain"
     device = resolve_device(config.device)
     classes = list(state["classes"])
+    check_model_name(config.model)  # a model this timm lacks: one error line, not timm's traceback
     model = timm.create_model(config.model, num_classes=len(classes))
     load_model_state(model, state, options.checkpoint)
     model.to(device).eval()
@@ -131,8 +199,22 @@ def load(options: ExplainOptions, given: dict[str, Any]) -> Loaded:
     return Loaded(config, state, model, device, layers, classes)
 
 
-def out_folder(loaded: Loaded, options: ExplainOptions, default: Path) -> Path:
-    folder = Path(loaded.config.out_dir or default)
+def out_folder(loaded: Loaded, options: ExplainOptions) -> Path:
+    """The folder this explain run writes: ``--out_dir`` (refused when it holds a run's outputs), or a new
+    ``explain-<time>`` folder beside the checkpoint; a training run's outputs are never overwritten."""
+    if loaded.config.out_dir:
+        folder = Path(loaded.config.out_dir)
+        held = [name for name in RUN_FILES if (folder / name).exists()] if folder.is_dir() else []
+        if held:
+            raise ConfigError(f"--out_dir {str(folder)!r} already holds a run's outputs ({', '.join(held[:3])}); "
+                              f"explain writes into a new or empty folder (the default is a new explain-<time>/ "
+                              f"beside the checkpoint)")
+    else:
+        base = Path(options.checkpoint).resolve().parent / f"explain-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder, n = base, 1
+        while folder.exists():  # two explain runs in one second
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -144,32 +226,52 @@ def out_folder(loaded: Loaded, options: ExplainOptions, default: Path) -> Path:
 def tracker_for(loaded: Loaded, options: ExplainOptions) -> Tracker:
     config = loaded.config
     return Tracker({**config.to_dict(), "checkpoint": options.checkpoint, "checkpoint_epoch": loaded.state["epoch"],
-                    "images": options.images, "target_class": options.target_class, "compare": options.compare},
+                    "images": options.images, "target_class": options.target_class, "compare": options.compare,
+                    "split": options.split},
                    mode=config.wandb_mode, project=config.wandb_project, entity=config.wandb_entity,
                    name=config.run_name, job_type="explain")
 
 
 def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[str, Any]:
-    """Explain the checkpoint's test-set mistakes (and compare methods); returns :func:`explain_model`'s dict."""
+    """Explain the mistakes (and label issues) of the checkpoint on ``--split`` of its data (and compare methods);
+    returns :func:`explain_model`'s dict and ``notes`` (``warning:`` lines)."""
     loaded = load(options, given)
     config = loaded.config
-    # the checkpoint's test subset, never downloaded (a typo must not fetch 170 MB)
-    _, test = load_data(config.data_dir, download=False)
-    if test.classes != loaded.classes:
-        raise DataError(f"--data_dir {config.data_dir!r} has classes {test.classes[:20]}, the checkpoint "
+    # the checkpoint's test subset of the split, never downloaded (a typo must not fetch 170 MB)
+    train, test = load_data(config.data_dir, download=False)
+    data = test if options.split == "test" else train
+    if data.classes != loaded.classes:
+        raise DataError(f"--data_dir {config.data_dir!r} has classes {data.classes[:20]}, the checkpoint "
                         f"{loaded.classes[:20]}")
-    indices = balanced_subset(test.labels, config.test_subset, config.seed)
-    out_dir = out_folder(loaded, options, Path(options.checkpoint).resolve().parent)
+    if not len(data):
+        raise DataError(f"--split {options.split}: --data_dir {config.data_dir!r} has no {options.split} images")
+    present = torch.unique(data.labels).tolist()
+    if config.label_issues and len(present) < 2:
+        raise DataError(f"--split {options.split}: every image of --data_dir {config.data_dir!r} is filed under "
+                        f"{data.classes[present[0]]!r}; label issues need at least two classes (or --label_issues "
+                        f"False)")
+    trained_on = loaded.state["config"].get("data_dir")
+    notes = [f"warning: --split train: the checkpoint was trained on the train split of {trained_on!r}; on images "
+             f"a model trained on, its probabilities are in-sample (it has fit their labels, errors "
+             f"included), so label issues are understated; find them on images it never saw (--split test, or "
+             f"another --data_dir), or train on part of the data and explain the held-out part"] \
+        if options.split == "train" and config.label_issues else []
+    indices = balanced_subset(data.labels, config.test_subset, config.seed)
+    out_dir = out_folder(loaded, options)
     tracker = tracker_for(loaded, options)
-    result = explain_model(loaded.model, test.subset(indices), out_dir=out_dir, tracker=tracker,
-                           samples=config.explain_samples, cam_method=config.cam_method, cam_layer=loaded.layers,
-                           device=loaded.device, amp=amp_dtype(config.precision, loaded.device),
-                           batch_size=config.eval_batch_size, indices=indices, epoch=loaded.state["epoch"],
-                           trust=config.trust, compare=[m.strip() for m in options.compare.split(",") if m.strip()])
+    with writing(out_dir):
+        result = explain_model(loaded.model, data.subset(indices), out_dir=out_dir, tracker=tracker,
+                               samples=config.explain_samples, cam_method=config.cam_method,
+                               cam_layer=loaded.layers, device=loaded.device,
+                               amp=amp_dtype(config.precision, loaded.device), batch_size=config.eval_batch_size,
+                               indices=indices, epoch=loaded.state["epoch"], trust=config.trust,
+                               compare=[m.strip() for m in options.compare.split(",") if m.strip()],
+                               label_issues=config.label_issues, tta=config.tta, trust_images=config.trust_images,
+                               seed=config.seed)
     tracker.summary({"test_acc_no_tta": result["acc"], "mistakes": result["mistakes"],
                      "explained": result["explained"], "checkpoint_epoch": loaded.state["epoch"]})
     tracker.finish()
-    return result
+    return {**result, "notes": notes}
 
 
 def explain_files(options: ExplainOptions, given: dict[str, Any]) -> dict[str, Any]:
@@ -182,48 +284,98 @@ def explain_files(options: ExplainOptions, given: dict[str, Any]) -> dict[str, A
                               f"{closest(options.target_class, loaded.classes, prefix='')} (one of "
                               f"{', '.join(loaded.classes[:20])})")
         target = loaded.classes.index(options.target_class)
-    images = read_images(options.images, skip_bad=options.skip_bad)
-    out_dir = out_folder(loaded, options, Path(options.checkpoint).resolve().parent / "images")
+    files, direct, special = image_inputs(options.images, skip_special=options.skip_bad is not False)
+    skipped: list[tuple[str, str]] = []
+    sizes: Counter = Counter()
+
+    def batches() -> Iterator[Images]:  # decoded IMAGES_PER_PASS at a time: any number of images, bounded memory
+        for start in range(0, len(files), IMAGES_PER_PASS):
+            batch = decode_images(files[start:start + IMAGES_PER_PASS], direct, skip_bad=bool(options.skip_bad))
+            skipped.extend(batch.skipped)
+            sizes.update(batch.sizes)
+            yield batch
+
+    stream = batches()
+    first = next((batch for batch in stream if batch.names), None)
+    if first is None:
+        left_out = len(skipped) + len(special)
+        raise DataError("--images: no image to explain" + (f" ({left_out} files skipped)" if left_out else ""))
+    for line in special_note(special):
+        print(one_line(line), file=sys.stderr, flush=True)
+    out_dir = out_folder(loaded, options)
     tracker = tracker_for(loaded, options)
-    result = explain_images(loaded.model, images, loaded.classes, out_dir=out_dir, tracker=tracker,
-                            method=loaded.config.cam_method, layers=loaded.layers, target_class=target,
-                            trust=loaded.config.trust)
+    with writing(out_dir):
+        result = explain_images(loaded.model, itertools.chain([first], stream), loaded.classes, out_dir=out_dir,
+                                tracker=tracker, method=loaded.config.cam_method, layers=loaded.layers,
+                                target_class=target, trust=loaded.config.trust,
+                                trust_images=loaded.config.trust_images, seed=loaded.config.seed,
+                                say=lambda line: print(one_line(line), flush=True))
     tracker.finish()
-    return {**result, "notes": images.notes, "skipped": images.skipped, "out_dir": str(out_dir)}
+    return {**result, "notes": resize_note(sizes), "skipped": skipped, "out_dir": str(out_dir)}
+
+
+@contextmanager
+def writing(out_dir: Path) -> Iterator[None]:
+    """Turn a failed write into a :class:`WriteError` that says what is in ``out_dir`` and that nothing else was
+    touched (the checkpoint and the data are only read)."""
+    try:
+        yield
+    except OSError as exc:
+        written = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".")) \
+            if out_dir.is_dir() else []
+        where = f" {exc.filename}" if exc.filename else ""
+        raise WriteError(f"writing{where} in {out_dir} failed ({exc.strerror or exc}); written before it: "
+                         f"{', '.join(written) or 'nothing'}; the rest was not; the checkpoint and the data are "
+                         f"untouched") from None
 
 
 def report(options: ExplainOptions, result: dict[str, Any]) -> None:
     """What was done, on stdout (and ``warning:`` lines on stderr)."""
-    def say(line: str) -> None:
-        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
+    def say(line: str) -> None:  # one line each, whatever a file name holds
+        print(one_line(line), file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
 
-    if options.images:
-        for line in [*result["notes"], *(f"skipped {file}: {why}" for file, why in result["skipped"]),
-                     *result["lines"]]:
+    if options.images:  # the per-image lines were printed as the images were explained
+        for line in [*result["notes"], *(f"skipped {file}: {why}" for file, why in result["skipped"])]:
             say(line)
-        say(f"wrote {result['out_dir']}/images.png and images.json")
+        shown = min(result["images"], SHOWN_IMAGES)
+        say(f"explained {result['images']:,} images; wrote {result['out_dir']}/images.png ("
+            + (f"the first {shown}" if shown < result["images"] else "all") + ") and images.json (all)")
     else:
-        pictures = ["misclassified", "gradcam", "confusion_matrix"] + (
+        pictures = ["misclassified", Path(result["cam_png"]).stem, "confusion_matrix"] + (
             ["faithfulness", "sanity"] if "trust_verdict" in result else []) + (
             ["cam_methods"] if "cam_methods" in result else [])
-        say(f"explained {result['explained']} of {result['mistakes']} mistakes on {result['images']:,} test images "
-            f"(acc {result['acc']:.4f}); wrote {Path(result['misclassified_png']).parent}/{{{','.join(pictures)}}}.png")
+        for line in result["notes"]:
+            say(line)
+        say(f"explained {result['explained']} of {result['mistakes']} mistakes on {result['images']:,} "
+            f"{options.split} images (accuracy {result['acc']:.4f} single pass"
+            + (f", {result['acc_tta']:.4f} with flip TTA" if "acc_tta" in result else "") + "); wrote "
+            f"{Path(result['misclassified_png']).parent}/{{{','.join(pictures)}}}.png")
         for row in compare_table(result.get("cam_methods", [])):
             say(row)
-    if "trust_verdict" in result:
-        say(result["trust_verdict"])
+        if "label_issues_line" in result:
+            say(result["label_issues_line"])
+    if "trust_line" in result:
+        say(result["trust_line"])
 
 
 def compare_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The CAM method comparison as aligned text lines, most faithful first."""
+    """The CAM method comparison as aligned text lines, by rank (``=`` marks methods the intervals do not
+    separate), each figure with its 95 % interval."""
     if not rows:
         return []
-    header = ["method", "deletion AUC", "insertion AUC", "sanity rank corr", "s/image"]
-    lines = [header] + [[r["method"], f"{r['deletion_auc']:.3f} ({r['deletion_auc_random']:.3f} random)",
-                         f"{r['insertion_auc']:.3f} ({r['insertion_auc_random']:.3f} random)",
-                         f"{r['sanity_rank_corr']:.2f}", f"{r['seconds_per_image']:.3f}"] for r in rows]
+
+    def ci(row: dict[str, Any], key: str, digits: int = 3) -> str:
+        low, high = row[f"{key}_ci"]
+        return f"{row[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    header = ["rank", "method", "deletion gain", "insertion gain", "sanity rank corr", "verdict", "s/image"]
+    lines = [header] + [[f"{'=' if r['tied'] else ''}{r['rank']}", r["method"], ci(r, "deletion_gain"),
+                         ci(r, "insertion_gain"), ci(r, "sanity_rank_corr", 2), r["trust_verdict"],
+                         f"{r['seconds_per_image']:.3f}"] for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    return table + [f"(gains over a random pixel order with 95% intervals, {rows[0]['trust_images']} images; a method "
+                    f"ranks above another only where an interval separates them)"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,17 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stops_raise():
         try:
             options, given = parse_args(argv)
+            check_wandb_environment()  # before any work, as train/run.py does
             result = (explain_files if options.images else explain_checkpoint)(options, given)
         except USER_ERRORS as exc:
             with stops_ignored():
                 finish_active_run(1)
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             return 2
         except Stopped as stop:
             with stops_ignored():
                 finish_active_run(stop.wandb_exit_code)
-            print(f"stopped: {stop.signal_name} while explaining; the PNGs and the W&B run may be incomplete",
-                  file=sys.stderr)
+            print(f"stopped: {stop.signal_name} while explaining; the pictures, JSON files and the W&B run may be "
+                  f"incomplete; the checkpoint and the data are untouched", file=sys.stderr)
             return exit_status(stop)
         except BaseException:
             with stops_ignored():

@@ -3,8 +3,11 @@ input is one ``error:`` line and exit status 2."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from PIL import Image
 import train  # noqa: F401  (registers resnet18_cifar)
 from explain import run as explain_run
 from explain.report import COLUMNS
-from tests.conftest import run_cli, wandb_records, wandb_summary
+from tests.conftest import CLASSES, history, run_cli, wandb_records, wandb_summary
 from tests.test_report import explain_row, image_cell, logged_table
 from train.checkpoint import save_checkpoint
 from train.config import Config
@@ -31,28 +34,48 @@ PICTURES = ("misclassified.png", "gradcam.png", "confusion_matrix.png")
 @pytest.fixture(scope="module")
 def explained(trained, tmp_path_factory):
     """``python explain/run.py --checkpoint best.pt`` with every other setting left to its default, on a copy of
-    the shared run's ``best.pt`` (the pictures go next to it)."""
+    the shared run's folder (the pictures go into a new explain-<time>/ folder beside the checkpoint)."""
     root = tmp_path_factory.mktemp("explain")
     folder = root / "copy"
-    folder.mkdir()
-    shutil.copy(trained["out"] / "best.pt", folder / "best.pt")
+    shutil.copytree(trained["out"], folder)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     result = run_cli("--checkpoint", str(folder / "best.pt"), script="explain/run.py", env={"WANDB_DIR": str(root)})
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    return {"result": result, "run_dir": runs[0], "records": wandb_records(runs[0]), "out": folder,
-            "checkpoint": folder / "best.pt"}
+    made = [p for p in folder.iterdir() if p.name not in before]
+    return {"result": result, "run_dir": runs[0], "records": wandb_records(runs[0]), "out": made[0] if made else None,
+            "checkpoint": folder / "best.pt", "folder": folder, "before": before, "made": made}
 
 
 @pytest.mark.slow
-def test_explain_writes_the_pictures_next_to_the_checkpoint(explained):
+def test_explain_writes_a_new_folder_beside_the_checkpoint_and_overwrites_nothing(explained):
     result, out = explained["result"], explained["out"]
+    assert len(explained["made"]) == 1 and re.fullmatch(r"explain-\d{8}-\d{6}", out.name)
+    # the training run's own pictures and files are untouched
+    assert {p.name: p.stat().st_mtime_ns for p in explained["folder"].iterdir() if p != out} == explained["before"]
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("explained ") and "200 test images" in lines[0]
+    assert lines[0].startswith("explained ") and "200 test images" in lines[0] and f"wrote {out}/{{" in lines[0]
     assert "Traceback" not in result.stderr
     for name in PICTURES:
         with Image.open(out / name) as picture:
             assert picture.format == "PNG" and min(picture.size) > 300
+
+
+@pytest.mark.slow
+def test_explain_refuses_an_out_dir_that_holds_a_run(trained, tmp_path):
+    result = run_cli("--checkpoint", str(trained["out"] / "best.pt"), f"--out_dir={trained['out']}",
+                     "--wandb_mode=disabled", script="explain/run.py", timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("error: --out_dir ")
+    assert "already holds a run's outputs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_explain_help_is_its_own():
+    text = explain_run.parser().format_help()
+    for wording in ("each is a flag of train/run.py", "no explain step after training", "CIFAR-10 is downloaded",
+                    "checkpoints, metrics.jsonl", "out_dir's default name"):
+        assert wording not in " ".join(text.split()), wording
+    assert "never downloaded" in text and "explain-<time>" in text and "--trust_images" in text
 
 
 @pytest.mark.slow
@@ -105,7 +128,9 @@ def test_module_form_with_dash_flags_fused_layers_and_no_wandb(trained, tmp_path
                      "--wandb_mode=disabled", "--trust=False", script="-m", env={"WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("explained 4 of ")
-    assert sorted(p.name for p in out.iterdir()) == sorted(PICTURES)  # --trust=False: no faithfulness/sanity PNGs
+    # --trust=False: no faithfulness/sanity PNGs; the CAM grid is named after its method
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["misclassified.png", "gradcampp.png", "confusion_matrix.png", "label_issues.json", "label_issues.png"])
     assert "trust:" not in result.stdout + result.stderr
     assert not list(tmp_path.glob("wandb/*run-*"))
 
@@ -135,7 +160,9 @@ def bad_files(folder, checkpoint) -> dict[str, str]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     torch.save({"weights": torch.zeros(3)}, folder / "foreign.pt")
-    return {name: str(folder / name) for name in [*files, "foreign.pt"]}
+    state = torch.load(checkpoint, weights_only=True)
+    save_checkpoint(folder / "unknown_model.pt", {**state, "config": {**state["config"], "model": "resnet18_cifra"}})
+    return {name: str(folder / name) for name in [*files, "foreign.pt", "unknown_model.pt"]}
 
 
 # name: (arguments, with @name for the paths made by bad_files; what the error line must say)
@@ -152,6 +179,10 @@ BAD_INPUT = {
     "unknown-flag": (["--checkpoint", "@ckpt", "--explain_sample=3"], r"unknown flag --explain_sample \(did you mean"),
     "bad-data-dir": (["--checkpoint", "@ckpt"], "--data_dir '.*no-data' has no train/ and test/ folders"),
     "no-checkpoint": (["--explain_samples=3"], "required: --checkpoint"),
+    "model-timm-lacks": (["--checkpoint", "@unknown_model.pt"], r"--model 'resnet18_cifra' is not a timm model \(did "
+                                                                r"you mean resnet18_cifar\?\)"),
+    "wandb-project": (["--checkpoint", "@ckpt", "--wandb_project=a/b"], "--wandb_project 'a/b' is not a name W&B "
+                                                                        "accepts"),
 }
 
 
@@ -171,3 +202,95 @@ def test_bad_input_from_the_command_line_has_no_traceback(checkpoint, tmp_path):
     result = run_cli("--checkpoint", bad_files(tmp_path, checkpoint)["text.pt"], script="explain/run.py", timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+def test_explain_finds_label_issues_on_the_test_split(explained, cifar_subset):
+    import json
+
+    written = json.loads((explained["out"] / "label_issues.json").read_text())
+    assert written["checked"] == 200 and written["method"].startswith("cleanlab ")
+    _, test = load_data(cifar_subset)
+    assert all(entry["file"] == test.files[entry["index"]] for entry in written["issues"])
+    summary = wandb_summary(explained["run_dir"])["summary"]
+    assert summary["explain/label_issues"] == len(written["issues"]) and summary["explain/label_issues_checked"] == 200
+    assert f"label issues: {len(written['issues'])} of 200 checked images" in explained["result"].stdout
+    table, _ = logged_table(explained["records"], "explain/label_issues")
+    assert len(table["data"]) == min(64, len(written["issues"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Any number of images, special files, writes that fail
+
+
+def _noise_images(folder, count: int, size: int = 40) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+
+
+def test_many_images_are_explained_in_batches_and_the_picture_stays_bounded(checkpoint, tmp_path, capsys,
+                                                                             monkeypatch):
+    """600 images (3 batches): images.json holds all, images.png the first 48 and says so, the W&B table grows batch
+    by batch to all 600 rows; the figure no longer grows with the input (it was 73,644 px tall for 300 images)."""
+    folder = tmp_path / "many"
+    _noise_images(folder, 600)
+    out = tmp_path / "out"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # this run's folder alone
+    assert explain_run.main(["--checkpoint", str(checkpoint), "--images", str(folder), "--out_dir", str(out),
+                             "--trust=False", "--wandb_mode=offline"]) == 0
+    captured = capsys.readouterr()
+    printed = [line for line in captured.out.splitlines() if line.startswith(str(folder))]
+    assert len(printed) == 600 and printed[0].startswith(f"{folder / '0000.png'}: ")
+    assert f"explained 600 images; wrote {out}/images.png (the first 48) and images.json (all)" in captured.out
+    assert "resized 600 images from 40×40 to 32×32 (bilinear)" in captured.out
+    rows = json.loads((out / "images.json").read_text())
+    assert [Path(r["file"]).name for r in rows] == [f"{i:04d}.png" for i in range(600)]
+    with Image.open(out / "images.png") as picture:
+        assert picture.size[1] < 6000 and picture.size[0] < 1600  # 24 rows of two images
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    logged = [r for r in history(wandb_records(run_dir)) if "explain/images._type" in r]
+    assert [r["explain/images._type"] for r in logged] == ["incremental-table-file"] * 3  # one increment a batch
+    assert [r["explain/images.nrows"] for r in logged] == [256, 512, 600]
+
+
+def test_special_files_are_skipped_with_a_warning_or_refused(checkpoint, tmp_path):
+    """A FIFO among the images is never opened (reading it would hang): skipped with a warning, refused with
+    --skip_bad False. In a subprocess with a timeout, so a regression fails instead of hanging the suite."""
+    folder = tmp_path / "with-fifo"
+    _noise_images(folder, 2)
+    os.mkfifo(folder / "pipe.png")
+    common = ["--checkpoint", str(checkpoint), "--images", str(folder), "--trust=False", "--wandb_mode=disabled"]
+    skipped = run_cli(*common, "--out_dir", str(tmp_path / "a"), script="explain/run.py", timeout=300)
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "warning: skipped 1 file(s) that are not regular files" in skipped.stderr and "pipe.png (FIFO)" in \
+        skipped.stderr
+    assert len(json.loads((tmp_path / "a" / "images.json").read_text())) == 2
+    refused = run_cli(*common, "--skip_bad", "False", "--out_dir", str(tmp_path / "b"), script="explain/run.py",
+                      timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip() == \
+        f"error: --images: {folder / 'pipe.png'} is a FIFO, not a regular file"
+    bare = run_cli(*common[:4], str(folder / "0000.png"), "--skip_bad", *common[4:], "--out_dir",
+                   str(tmp_path / "c"), script="explain/run.py", timeout=300)  # a bare boolean flag means True
+    assert bare.returncode == 0, bare.stderr[-2000:]
+
+
+def test_a_write_that_fails_says_what_was_written(small_folder, tmp_path):
+    """A full disk or an unwritable file mid-way: one error line naming what was and was not written; the
+    checkpoint untouched. (A folder squatting on the CAM grid's name makes its write fail, as a full disk would.)"""
+    out = tmp_path / "out"
+    (out / "gradcam.png").mkdir(parents=True)
+    checkpoint = tmp_path / "cifar.pt"
+    save_checkpoint(checkpoint, {"model": timm.create_model("resnet18_cifar", num_classes=10).state_dict(),
+                                 "config": Config(data_dir=str(small_folder)).to_dict(), "epoch": 1, "metrics": {},
+                                 "classes": CLASSES})
+    before = checkpoint.read_bytes()
+    result = run_cli("--checkpoint", str(checkpoint), "--data_dir", str(small_folder), "--out_dir", str(out),
+                     "--wandb_mode=disabled", "--trust=False", script="explain/run.py", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert line.startswith(f"error: writing {out / 'gradcam.png'} in {out} failed (Is a directory); written before "
+                           f"it: ") and "misclassified.png" in line and line.endswith(
+        "the rest was not; the checkpoint and the data are untouched")
+    assert checkpoint.read_bytes() == before
