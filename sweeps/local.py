@@ -22,7 +22,12 @@ otherwise) is grouped under the sweep's name; ``wandb sync`` uploads it later.
 - An extra flag naming a swept parameter pins it (``--lr=0.1``): the parameter leaves the search. ``--seed``,
   ``--out_dir`` and ``--wandb_mode`` belong to the sweep; ``--run_name`` and ``--resume`` are per trial.
 - Running again into an ``OUT_DIR`` holding the same sweep (same spec and extra flags) adds ``--count`` more trials.
-- Ctrl-C stops the trial in progress (``interrupted``) and keeps every result. Bad input: one ``error:`` line, exit 2.
+- Ctrl-C stops the trial in progress (``interrupted``) and keeps every result (exit status 130; 0 for SIGTERM, as
+  ``train/run.py``); during start-up it ends with one ``stopped:`` line.
+- Bad input: one ``error:`` line, exit 2 — a spec of any other YAML shape, and any value a parameter can take that
+  ``train/run.py`` refuses: each of ``values``, a ``value``, both ends of a range (as values, however the distribution
+  maps them), checked up front with the extra flags. A sweep whose trials all failed exits 1 with an ``error:`` line,
+  as does one stopped after ``MAX_FAILED_IN_A_ROW`` failures in a row.
 """
 
 from __future__ import annotations
@@ -45,8 +50,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-if __name__ == "__main__":  # `python sweeps/local.py`: import the repo's packages (sweeps/ itself holds no modules)
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__":  # `python sweeps/local.py`
+    def _stopped_while_starting(signum: int, frame: object) -> None:
+        print(f"stopped: {signal.Signals(signum).name} during start-up; no trial was started", file=sys.stderr)
+        sys.exit(130 if signum == signal.SIGINT else 0)
+
+    for _sig in (signal.SIGINT, signal.SIGTERM):  # the imports below take seconds: a stop meanwhile ends quietly
+        if signal.getsignal(_sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored
+            signal.signal(_sig, _stopped_while_starting)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the repo's packages (sweeps/ holds no modules)
 
 import numpy as np
 from wandb.env import get_agent_kill_delay
@@ -59,13 +71,14 @@ from train.config import (
     build_parser,
     closest,
     coerce,
+    one_line,
     parse_args,
     parse_flags,
     read_yaml,
     train_parser,
 )
 from train.files import write_json
-from train.stops import Stopped, stops_raise
+from train.stops import Stopped, exit_status, stops_deferred, stops_raise
 from train.tracking import METRICS_FILE, epoch_row, read_metrics
 
 
@@ -78,10 +91,12 @@ def _import_engine() -> ModuleType:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Valid config keys have changed in V2", category=UserWarning)
+        importlib.import_module("sweeps.params")  # its search spaces (HyperParameter), which the package imports late
         return importlib.import_module("sweeps")
 
 
 sweeps = _import_engine()
+Space = sweeps.params.HyperParameter  # one parameter's search space, with its type and the engine's own ppf
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = [f.name for f in dataclasses.fields(Config)]
 PER_TRIAL = ("out_dir", "run_name", "resume")  # set by this script for each trial; never swept nor forwarded
@@ -112,16 +127,40 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def check_spec(spec: dict[str, Any], path: str) -> dict[str, Any]:
+def _shape(value: Any) -> str:
+    """What a YAML value is, in words: ``a list``, ``null``, ..."""
+    if value is None:
+        return "null"
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def check_shape(spec: dict[str, Any], path: str) -> None:
+    """Refuse ``parameters`` that are not a mapping of names to mappings: W&B's schema check iterates them as one
+    before it checks (a list there is an AttributeError inside the engine)."""
+    params = spec.get("parameters")
+    if not isinstance(params, dict) or not params:
+        got = "an empty mapping" if params == {} else _shape(params)
+        raise SweepError(f"{path}: `parameters` must be a mapping of train/run.py flags to their search spaces (e.g. "
+                         f"parameters: {{lr: {{values: [0.1, 0.2]}}}}), got {got}")
+    for name, param in params.items():
+        if not isinstance(param, dict):
+            raise SweepError(f"{path}: parameter {name!r} must be a mapping ({{values: [...]}}, {{value: ...}} or "
+                             f"{{min: ..., max: ...}}), got {_shape(param)}")
+
+
+def check_spec(spec: dict[str, Any], path: str, overrides: dict[str, str] | None = None) -> dict[str, Any]:
     """Validate a spec as W&B does, then what a local sweep of ``train/run.py`` needs; return it with W&B's defaults.
 
     The engine's own validation (``SweepConfig``) silently drops nested parameters, so they are refused here, and the
-    engine is then called with ``validate=False`` on the returned, already validated config.
+    engine is then called with ``validate=False`` on the returned, already validated config. Every value a parameter
+    can take is checked as ``train/run.py`` checks its flags, with ``overrides`` (the trials' extra flags) beside it.
     """
+    check_shape(spec, path)
     try:
         violations = sweeps.schema_violations_from_proposed_config(spec)
-    except ValueError as exc:
-        raise SweepError(f"{path}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SweepError(f"{path}: {' '.join(str(exc).split())}") from None
     if violations:
         unique = dict.fromkeys(" ".join(v.split()) for v in violations)  # the engine reports some twice
         raise SweepError(f"{path} is not a valid W&B sweep spec: " + "; ".join(unique))
@@ -147,18 +186,60 @@ def check_spec(spec: dict[str, Any], path: str) -> dict[str, Any]:
                          f"[${{env}}, ${{interpreter}}, ${{program}}, ${{args}}] does")
     filled = sweeps.SweepConfig(spec)  # fills W&B's defaults: hyperband eta and strict, distributions
     filled["metric"] = {"goal": "minimize", **filled["metric"]}  # W&B's default goal, which SweepConfig leaves out
+    check_values(filled, path, overrides or {})
     try:  # the engine's own checks that only show on use (grid over a continuous range, hyperband with no bands)
         sample = sweeps.next_run(filled, [], validate=False)
         if "early_terminate" in filled:
             sweeps.stop_runs(filled, [], validate=False)
     except (ValueError, TypeError) as exc:
         raise SweepError(f"{path}: {' '.join(str(exc).split())}") from None
+    except (KeyError, IndexError, ArithmeticError) as exc:  # what the engine fails with on a spec it cannot use
+        raise SweepError(f"{path}: W&B's sweep engine cannot run this spec ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())})") from None
     try:  # e.g. a uniform distribution over an int flag: every trial would fail
-        parse_args(agent_utils.create_sweep_command_args({"args": sample.config if sample else {}})["args"])
+        parse_args(agent_utils.create_sweep_command_args({"args": plain(sample.config) if sample else {}})["args"])
     except ConfigError as exc:
         raise SweepError(f"{path}: the engine proposes values train/run.py refuses ({exc}); for an int flag use "
                          f"int_uniform or values") from None
     return filled
+
+
+# The engine's distributions without a min and a max (normal, log-normal, beta) have no ends to check: the values
+# between which all but 1 in 1,000 of their proposals fall are checked instead.
+UNBOUNDED = {Space.NORMAL, Space.Q_NORMAL, Space.LOG_NORMAL, Space.Q_LOG_NORMAL, Space.BETA, Space.Q_BETA}
+
+
+def possible_values(name: str, param: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The values of a (filled) parameter that decide whether every trial can run, each with what it is: a
+    ``value``, every one of ``values``, both ends of a range — in value space, as the engine's own ``ppf`` maps them
+    (``log_uniform``'s ends are ``exp(min)`` and ``exp(max)``)."""
+    space = Space(name, param)
+    if space.type == Space.CONSTANT:
+        return [("value", space.config["value"])]
+    if space.type in (Space.CATEGORICAL, Space.CATEGORICAL_PROB):
+        return [("value", value) for value in space.config["values"]]
+    if space.type == Space.INT_UNIFORM:  # scipy's discrete ppf(0) is min - 1
+        return [("min", space.config["min"]), ("max", space.config["max"])]
+    if space.type in UNBOUNDED:
+        return [("its 0.1 % quantile", plain(space.ppf(0.001))), ("its 99.9 % quantile", plain(space.ppf(0.999)))]
+    low, high = sorted(plain([space.ppf(0.0), space.ppf(1.0)]))
+    return [("the range's lower end", low), ("the range's upper end", high)]
+
+
+def check_values(spec: dict[str, Any], path: str, overrides: dict[str, str]) -> None:
+    """Refuse a parameter that can take a value ``train/run.py`` refuses (a trial would fail on it, perhaps hours into
+    the sweep): each value is parsed with the trials' extra flags, as the agent's ``${args}`` passes it."""
+    extra = [f"--{key}={value}" for key, value in overrides.items()]
+    for name, param in spec["parameters"].items():
+        for what, value in possible_values(name, param):
+            argv = agent_utils.create_sweep_command_args({"args": {name: {"value": value}}})["args"]
+            try:
+                parse_args(extra + argv)
+            except ConfigError as exc:
+                shown = format(value, ".6g") if isinstance(value, float) and len(repr(value)) > 12 else repr(value)
+                hint = "; for an int flag use int_uniform or values" if "expects int" in str(exc) else ""
+                raise SweepError(f"{path}: parameter {name!r}: {what} {shown} is refused by train/run.py ({exc}){hint}"
+                                 ) from None
 
 
 def resolve_program(program: str | None) -> str:
@@ -324,10 +405,11 @@ def run_trial(trial: Trial, env: dict[str, str], spec: dict[str, Any], earlier: 
     kill_delay = get_agent_kill_delay(30)
     metric, metrics_file = spec["metric"]["name"], Path(trial.out_dir) / METRICS_FILE
     start = time.monotonic()
-    # its own session, so a Ctrl-C reaches the trial once, from here, and not twice (terminal + here)
-    proc = subprocess.Popen(trial.command, env=env, start_new_session=True)
-    stop_sent = None
+    proc, stop_sent = None, None
     try:
+        with stops_deferred():  # a stop while the trial starts lands once `proc` is known: the trial is ended too
+            # its own session, so a Ctrl-C reaches the trial once, from here, and not twice (terminal + here)
+            proc = subprocess.Popen(trial.command, env=env, start_new_session=True)
         while proc.poll() is None:
             history = epoch_values(read_metrics(metrics_file), metric) if "early_terminate" in spec else []
             if len(history) > len(trial.metric_history) and stop_sent is None:
@@ -344,13 +426,15 @@ def run_trial(trial: Trial, env: dict[str, str], spec: dict[str, Any], earlier: 
             time.sleep(POLL_SECONDS)
     except Stopped:
         trial.state = "interrupted"
-        end_process(proc, signal.SIGTERM, kill_delay)  # not SIGINT: a trial may inherit it ignored (`cmd &`)
+        if proc is not None:
+            end_process(proc, signal.SIGTERM, kill_delay)  # not SIGINT: a trial may inherit it ignored (`cmd &`)
         raise
     except Exception:  # never leave a trial running behind the sweep
-        end_process(proc, signal.SIGTERM, kill_delay)
+        if proc is not None:
+            end_process(proc, signal.SIGTERM, kill_delay)
         raise
     finally:
-        trial.returncode = proc.wait()
+        trial.returncode = proc.wait() if proc is not None else None
         trial.seconds = round(time.monotonic() - start, 1)
         collect_results(trial, metric)
 
@@ -473,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = dict(given)
             spec = json.loads(json.dumps(raw, default=str))  # plain containers the pinning may edit
             pinned = pin_parameters(spec, overrides) if isinstance(spec.get("parameters"), dict) else []
-            spec = check_spec(spec, path)
+            spec = check_spec(spec, path, overrides)
             program = resolve_program(spec.get("program"))
             if options.count is None and spec["method"] != "grid":
                 raise SweepError(f"--count N is needed: a {spec['method']} sweep never ends by itself")
@@ -484,16 +568,17 @@ def main(argv: list[str] | None = None) -> int:
             trials = earlier_trials(out_dir, sweep)
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "sweep.json", sweep)
+            print(f"sweep {name}: {spec['method']} over {', '.join(searched_parameters(spec))}; "
+                  f"{spec['metric']['name']} ({spec['metric']['goal']}){early_text(spec)}; {len(trials)} earlier "
+                  f"trials; {out_dir}/leaderboard.json", flush=True)
+            if pinned:
+                print(f"pinned by the extra flags (not searched): {', '.join(pinned)}", flush=True)
         except (SweepError, ConfigError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             return 2
-        except Stopped:
-            return 130
-        print(f"sweep {name}: {spec['method']} over {', '.join(searched_parameters(spec))}; {spec['metric']['name']} "
-              f"({spec['metric']['goal']}){early_text(spec)}; {len(trials)} earlier trials; {out_dir}/leaderboard.json",
-              flush=True)
-        if pinned:
-            print(f"pinned by the extra flags (not searched): {', '.join(pinned)}", flush=True)
+        except Stopped as stop:  # further stops are ignored from here on (stops_raise)
+            print(f"stopped: {stop.signal_name} before the first trial; no trial was started", file=sys.stderr)
+            return exit_status(stop)
         return run_sweep(spec, program, name, out_dir, trials, overrides, options)
 
 
@@ -516,7 +601,7 @@ def run_sweep(spec: dict[str, Any], program: str, name: str, out_dir: Path, tria
             extra.append(f"--wandb_{key}={spec[key]}")
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")}
     env["WANDB_RUN_GROUP"] = name
-    status, failed_in_a_row, started = 0, 0, 0
+    failed_in_a_row, started = 0, 0
     try:
         while options.count is None or started < options.count:
             if spec.get("run_cap") and len(trials) >= spec["run_cap"]:
@@ -544,21 +629,32 @@ def run_sweep(spec: dict[str, Any], program: str, name: str, out_dir: Path, tria
                   f"{_fmt(trial.metric, '.4f')}\n{leaderboard_table(trials, spec, searched)}", flush=True)
             failed_in_a_row = failed_in_a_row + 1 if trial.state == "failed" else 0
             if failed_in_a_row == MAX_FAILED_IN_A_ROW:
-                print(f"error: {MAX_FAILED_IN_A_ROW} trials in a row failed (see their output above); sweep stopped",
-                      file=sys.stderr)
-                status = 1
                 break
-    except Stopped:
+        best = next((t for t in ranked(trials, spec["metric"]["goal"]) if t.metric is not None), None)
+        if best is not None:
+            print(f"\nbest: {best.name} {spec['metric']['name']} {best.metric:.4f}  "
+                  + "  ".join(f"{k}={_fmt(v)}" for k, v in best.config.items() if k in searched)
+                  + f"\nleaderboard: {board}", flush=True)
+    except Stopped as stop:  # further stops are ignored from here on (stops_raise)
         if trials:
             write_json(board, leaderboard(trials, spec["metric"]["goal"]))
-        print(f"\ninterrupted: {len(trials)} trials kept in {board}", file=sys.stderr)
-        return 130
-    best = next((t for t in ranked(trials, spec["metric"]["goal"]) if t.metric is not None), None)
-    if best is not None:
-        print(f"\nbest: {best.name} {spec['metric']['name']} {best.metric:.4f}  "
-              + "  ".join(f"{k}={_fmt(v)}" for k, v in best.config.items() if k in searched)
-              + f"\nleaderboard: {board}", flush=True)
-    return status
+        print(f"\ninterrupted: {stop.signal_name}; {len(trials)} trials kept in {board}", file=sys.stderr)
+        return exit_status(stop)
+    return failure_status(trials[len(trials) - started:], failed_in_a_row == MAX_FAILED_IN_A_ROW)
+
+
+def failure_status(started: list[Trial], gave_up: bool) -> int:
+    """1 with an ``error:`` line when every trial this run started failed, or ``MAX_FAILED_IN_A_ROW`` in a row did
+    (the sweep then stopped: a broken setup fails every trial); else 0."""
+    if started and all(t.state == "failed" for t in started):
+        print(f"error: all {len(started)} trials failed (see their output above)"
+              + ("; sweep stopped" if gave_up else ""), file=sys.stderr)
+        return 1
+    if gave_up:
+        print(f"error: {MAX_FAILED_IN_A_ROW} trials in a row failed (see their output above); sweep stopped",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

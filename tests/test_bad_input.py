@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import CLASSES, run_cli
 from tests.test_data import write_cifar_batches
 from train.checkpoint import FORMAT
 from train.config import Config
@@ -44,6 +45,7 @@ def cases(small_folder, tmp_path_factory) -> dict[str, Path]:
     shutil.rmtree(copy("classes_differ") / "test" / "frog")
     (copy("not_an_image") / "train" / "dog" / "readme.txt").write_text("hi")
     (copy("corrupt_image") / "test" / "cat" / "0000.jpg").write_bytes(b"\xff\xd8 truncated")
+    (copy("newline_name") / "train" / "dog" / "two\nlines.jpg").write_bytes(b"\xff\xd8 truncated")
     made["empty"] = tmp_path / "empty"
     made["empty"].mkdir()
     train, test = load_data(small_folder)
@@ -68,7 +70,7 @@ def cases(small_folder, tmp_path_factory) -> dict[str, Path]:
     made["text_ckpt"].write_text("not a checkpoint")
     config = Config(data_dir=str(small_folder), batch_size=40, epochs=2, explain_samples=0).to_dict()
     good = {"format": FORMAT, "model": timm.create_model("resnet18_cifar", num_classes=10).state_dict(),
-            "config": config, "epoch": 1, "metrics": {"val/acc": 0.1}, "classes": [str(i) for i in range(10)],
+            "config": config, "epoch": 1, "metrics": {"val/acc": 0.1}, "classes": CLASSES,
             "optimizer": {}, "scheduler": {}, "rng": {"torch": torch.get_rng_state(), "loader": torch.get_rng_state()},
             "state": {"run_uid": "abc", "epoch": 1, "best_acc": 0.1, "best_epoch": 1, "train_seconds": 1.0,
                       "loop_seconds": 1.0, "train_images": 120, "history": [{"epoch": 1, "val/acc": 0.1}],
@@ -77,8 +79,10 @@ def cases(small_folder, tmp_path_factory) -> dict[str, Path]:
     for _ in range(40):
         nested = [nested, nested]  # 2**40 leaves if anyone walked it
     crafted = {
-        "mismatch_ckpt": {**good, "model": timm.create_model("resnet18_cifar", num_classes=5).state_dict(),
-                          "classes": [str(i) for i in range(5)]},
+        "mismatch_ckpt": {**good, "model": timm.create_model("resnet18_cifar", num_classes=5).state_dict()},
+        "renamed_class_ckpt": {**good, "classes": [("kitty" if c == "cat" else c) for c in CLASSES]},
+        "reordered_classes_ckpt": {**good, "classes": sorted(CLASSES, reverse=True)},
+        "one_class_more_ckpt": {**good, "classes": [*CLASSES, "zebra"]},
         "model_only_ckpt": {k: v for k, v in good.items() if k not in ("optimizer", "scheduler", "rng", "state")},
         "epoch_text_ckpt": {**good, "epoch": "1"},
         "classes_dict_ckpt": {**good, "classes": {"a": 1}},
@@ -103,6 +107,9 @@ BAD = {
     "batch size zero": (["--batch_size=0"], "--batch_size must be >= 1"),
     "subset negative": (["--train_subset=-5"], "--train_subset must be >= 0"),
     "momentum out of range": (["--momentum=1.5"], "--momentum must be in (0, 1)"),
+    "ema of one": (["--ema=1"], "--ema must be in [0, 1) (0 = off), got 1.0"),
+    "trust images one": (["--trust_images=1"], "--trust_images must be in [2, 10000] (an interval needs two images)"),
+    "trust images text": (["--trust_images=many"], "--trust_images expects int, got 'many'"),
     "unknown flag": (["--weight-decay-rate=1"], "unknown flag --weight-decay-rate (did you mean --weight_decay?)"),
     "unknown model": (["--model=resnet18cifar"], "is not a timm model (did you mean resnet18_cifar?)"),
     "unknown cam method": (["--data_dir={small}", "--cam_method=gradcamz", "--explain_samples=4"],
@@ -118,6 +125,7 @@ BAD = {
     "class folders differ": (["--data_dir={classes_differ}"], "class folders differ (frog)"),
     "non-image file": (["--data_dir={not_an_image}"], "readme.txt is not an image file"),
     "unreadable image": (["--data_dir={corrupt_image}"], "cannot read image"),
+    "newline in a file name": (["--data_dir={newline_name}"], "dog/two\\nlines.jpg (UnidentifiedImageError"),
     "fewer images than batch": (["--data_dir={small}", "--batch_size=1000"], "fewer than --batch_size 1000"),
     "truncated cifar batch": (["--data_dir={cifar_truncated}"], "data_batch_2 is not a valid CIFAR-10 batch"),
     "resume missing": (["--resume={tmp}/gone.pt"], "does not exist"),
@@ -125,6 +133,13 @@ BAD = {
     "resume foreign": (["--resume={foreign_ckpt}"], "is not a cifar-insight checkpoint"),
     "resume text": (["--resume={text_ckpt}"], "checkpoint"),
     "resume model mismatch": (["--resume={mismatch_ckpt}"], "does not fit model 'resnet18_cifar'"),
+    "resume onto a renamed class": (["--resume={renamed_class_ckpt}"], "cannot be resumed: the data's classes differ "
+                                    "from the checkpoint's (gone: 'kitty'; new: 'cat'); resume on the data it was "
+                                    "trained on"),
+    "resume onto reordered classes": (["--resume={reordered_classes_ckpt}"], "(the same names in another order: "
+                                                                            "class 0 was 'truck', is now 'airplane')"),
+    "resume onto fewer classes": (["--resume={one_class_more_ckpt}"], "(11 classes in the checkpoint, 10 in the data; "
+                                                                     "gone: 'zebra')"),
     "resume a best.pt": (["--resume={model_only_ckpt}"], "holds a model but not what resume needs (optimizer, "
                                                           "scheduler, rng, state); resume from a run's last.pt"),
     "checkpoint epoch is text": (["--resume={epoch_text_ckpt}"], "its 'epoch' is not what this project writes"),
@@ -176,13 +191,26 @@ def test_entry_point_wall_in_a_real_process(cases, small_folder, tmp_path):
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
 
 
-def test_crafted_checkpoint_is_refused_and_never_runs(small_folder, tmp_path, capsys):
+class BlockedModulePayload:
+    """A pickle that would create the folder ``marker`` with ``os.mkdir`` (module ``posix``, which torch's safe loader
+    blocks outright rather than listing as an unsupported global)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("payload,code", [(Payload, "getattr"), (BlockedModulePayload, "posix.mkdir")])
+def test_crafted_checkpoint_is_refused_and_never_runs(payload, code, small_folder, tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "model": {}, "config": {}, "epoch": 1, "metrics": {}, "classes": [],
-                "payload": Payload(marker)}, evil)
+                "payload": payload(marker)}, evil)
     assert main(["--resume", str(evil)]) == 2
-    assert "refused by the safe loader" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: checkpoint {str(evil)!r} holds code ({code}) and was refused by the " \
+                                      f"safe loader: a checkpoint is read as data, never run\n"
     assert not marker.exists()
     torch.load(evil, weights_only=False)  # the payload is real: an unsafe load would have run it
     assert marker.exists()

@@ -12,7 +12,7 @@ import pytest
 from explain.run import parse_args as explain_parse_args
 from explain.run import parser as explain_parser
 from tests.conftest import REPO, run_cli
-from train.config import Config, ConfigError, field_help, parse_args, train_parser
+from train.config import Config, ConfigError, config_from_dict, field_help, parse_args, train_parser
 from train.run import main
 
 # A valid, non-default value for every flag, as the user would type it, and what it parses to.
@@ -48,6 +48,9 @@ SAMPLES = {
     "cam_method": ("layercam", "layercam"),
     "cam_layer": ("layer3", "layer3"),
     "trust": ("false", False),
+    "trust_images": ("64", 64),
+    "ema": ("0.999", 0.999),
+    "label_issues": ("no", False),
     "probe_images": ("6", 6),
 }
 
@@ -145,12 +148,39 @@ def test_yaml_file_gives_defaults_and_the_command_line_wins(tmp_path):
     (["--config", "missing.yaml"], "does not exist"),
     (["stray"], "unexpected argument"),
     (["--epochs"], "--epochs: expected one argument"),
+    (["--wandb_project=team/project"], "--wandb_project 'team/project' is not a name W&B accepts: cannot contain "
+                                       "characters"),
+    (["--wandb_project=a#b"], "found '#'"),
+    (["--wandb-entity", "me:team"], "--wandb_entity 'me:team' is not a name W&B accepts"),
+    (["--wandb_project=" + "p" * 129], "exceeded 128 characters"),
 ])
 def test_bad_values_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bare_booleans_mean_true_in_every_parser():
+    """`--skip_bad` as the README writes it: a bare boolean flag is True, in train, explain and sweeps alike."""
+    from tests.test_sweeps import LR_YAML, local
+
+    config, given = parse_args(["--compile", "--tta", "False", "--deterministic=False", "--trust"])
+    assert (config.compile, config.tta, config.deterministic, config.trust) == (True, False, False, True)
+    assert given == {"compile", "tta", "deterministic", "trust"}
+    options, _ = explain_parse_args(["--checkpoint", "x.pt", "--images", "a.png", "--skip_bad"])
+    assert options.skip_bad is True
+    assert local.parse_options([str(LR_YAML), "--compile", "--count=1"])[2] == {"compile": "True"}
+
+
+def test_names_wandb_refuses_are_refused_by_every_entry_point(tmp_path, capsys):
+    from tests.test_sweeps import LR_YAML, local
+
+    assert local.main([str(LR_YAML), "--count=1", f"--out_dir={tmp_path}", "--wandb_project=a?b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --wandb_project 'a?b' is not a name W&B accepts") and err.count("\n") == 1, err
+    with pytest.raises(ConfigError, match="--wandb_entity 'a%b' is not a name W&B accepts"):
+        config_from_dict({"wandb_entity": "a%b"})  # what explain/run.py makes of a checkpoint's config and its flags
 
 
 def billion_laughs(levels: int = 9) -> str:

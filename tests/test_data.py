@@ -8,6 +8,8 @@ import io
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, REPO
 from train.data import (
     DataError,
     Dataset,
@@ -113,6 +115,71 @@ def test_decoded_arrays_are_cached_and_rebuilt_when_the_source_changes(small_fol
     changed, _ = load_data(root)
     assert cache.stat().st_mtime_ns != stamp
     assert changed.images[0].float().mean() > 250 and not torch.equal(changed.images[0], first.images[0])
+
+
+def _tampered(blob: dict, how: str) -> dict:
+    images, labels = blob["images"].clone(), blob["labels"].clone()
+    if how == "labels swapped":
+        labels = torch.where(labels == 3, 5, torch.where(labels == 5, 3, labels))
+    elif how == "label out of range":
+        labels[0] = 12  # the IndexError ("Target 12 is out of bounds") a trusted cache would hand to training
+    elif how == "an image fewer":
+        images, labels = images[1:], labels[1:]
+    elif how == "pixels changed":
+        images[0] = 255 - images[0]
+    return {**blob, "images": images, "labels": labels}
+
+
+@pytest.mark.parametrize("how", ["labels swapped", "label out of range", "an image fewer", "pixels changed"])
+def test_a_cache_that_no_longer_matches_its_data_is_rebuilt(how, small_folder, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(small_folder, root)
+    truth, _ = load_data(root)
+    train, test = load_data(root)
+    write_cifar_batches(tmp_path / "batches", train, test)
+    load_data(tmp_path / "batches", download=False)
+    for cache in (root / ".cache" / "train.pt", tmp_path / "batches" / ".cache" / "cifar-train.pt"):
+        blob = torch.load(cache, weights_only=True)
+        torch.save(_tampered(blob, how), cache)
+        loaded, _ = load_data(cache.parents[1], download=False)
+        assert torch.equal(loaded.labels, truth.labels) and torch.equal(loaded.images, truth.images), cache
+        assert torch.equal(torch.load(cache, weights_only=True)["labels"], truth.labels)  # and written again
+
+
+def test_fifos_among_the_images_are_skipped_with_a_warning_not_read(small_folder, tmp_path):
+    """Reading a FIFO blocks until someone writes to it: the reads run in a process of their own with a timeout, so a
+    regression fails this test instead of hanging the suite."""
+    root = tmp_path / "copy"
+    shutil.copytree(small_folder, root, ignore=shutil.ignore_patterns(".cache"))
+    os.mkfifo(root / "train" / "cat" / "9999.jpg")
+    (root / "test" / "dog" / "9999.png").symlink_to(root / "train" / "cat" / "9999.jpg")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(small_folder / "test" / "cat" / "0000.jpg", mine / "cat.jpg")
+    os.mkfifo(mine / "pipe.jpg")
+    code = f"""if True:
+        from train.data import DataError, load_data, read_images
+        train, test = load_data({str(root)!r})
+        print(len(train), len(test), *train.notes, sep="\\n")
+        for paths in ([{str(mine)!r}], [{str(mine / "pipe.jpg")!r}, {str(mine / "cat.jpg")!r}]):
+            images = read_images(paths)
+            print(images.names, *images.notes, sep="\\n")
+        try:
+            read_images([{str(mine)!r}], skip_special=False)
+        except DataError as exc:
+            print("refused:", exc)
+    """
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "120" and lines[1] == "40"  # the FIFO and the link to it are not images of the data set
+    fifo, link = root / "train" / "cat" / "9999.jpg", root / "test" / "dog" / "9999.png"
+    assert f"warning: skipped 2 file(s) that are not regular files (reading them could block forever): {fifo} " \
+           f"(FIFO), {link} (FIFO)" in lines
+    assert lines.count(str([str(mine / "cat.jpg")])) == 2
+    assert lines.count(f"warning: skipped 1 file(s) that are not regular files (reading them could block forever): "
+                       f"{mine / 'pipe.jpg'} (FIFO)") == 2
+    assert lines[-1] == f"refused: --images: {mine / 'pipe.jpg'} is a FIFO, not a regular file"
 
 
 def test_folder_problems_are_data_errors(small_folder, tmp_path):
@@ -263,7 +330,7 @@ def test_cache_write_failure_is_not_fatal(small_folder, tmp_path):
 def test_pickle_free_cache_file(small_folder):
     load_data(small_folder)
     blob = io.BytesIO((small_folder / ".cache" / "train.pt").read_bytes())
-    assert set(torch.load(blob, weights_only=True)) == {"key", "images", "labels", "classes", "notes"}
+    assert set(torch.load(blob, weights_only=True)) == {"key", "images", "labels", "classes", "notes", "digest"}
     assert os.path.getsize(small_folder / ".cache" / "train.pt") > 120 * 3 * 32 * 32
 
 
@@ -331,6 +398,19 @@ def test_bombs_dangling_links_and_junk_are_refused(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(DataError, match="cannot read image"):
         decode_image(tmp_path / "junk.png")
+
+
+def test_a_bad_image_error_keeps_the_decoders_reason(small_folder, tmp_path):
+    whole = (small_folder / "train" / "cat" / "0000.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "text.png").write_text("not an image at all")
+    with pytest.raises(DataError) as cut:
+        decode_image(tmp_path / "cut.jpg")
+    assert str(cut.value) == f"cannot read image {tmp_path / 'cut.jpg'} (OSError: Truncated File Read)"
+    with pytest.raises(DataError) as text:
+        decode_image(tmp_path / "text.png")
+    assert str(text.value) == f"cannot read image {tmp_path / 'text.png'} (UnidentifiedImageError: cannot identify " \
+                              f"image file)"
 
 
 def image_folder(root: Path, sizes: dict[str, tuple[int, int]], train: int = 3, test: int = 2) -> Path:

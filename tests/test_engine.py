@@ -121,3 +121,40 @@ def test_compile_overhead_is_the_first_epoch_beyond_the_median_one():
     assert compile_overhead([70.0, 10.0, 12.0, 11.0]) == 59.0
     assert compile_overhead([9.0, 10.0, 12.0]) == 0.0  # a first epoch no slower than the others compiled nothing
     assert compile_overhead([70.0]) == 0.0 and compile_overhead([]) == 0.0  # nothing to compare it with
+
+
+def test_ema_is_timms_average_of_every_step_and_what_evaluates():
+    """``--ema``: timm's ModelEmaV3, updated after every optimizer step with the scheduler's step count (its decay
+    warm-up), is what the recipe evaluates; the trained weights go on unchanged."""
+    from timm.utils import ModelEmaV3
+
+    from train.config import Config, resolve
+    from train.engine import build_recipe
+
+    data = separable(64)
+    config = resolve(Config(batch_size=32, epochs=2, ema=0.99))
+    torch.manual_seed(0)
+    recipe = build_recipe(config, data, data, torch.device("cpu"))
+    assert isinstance(recipe.ema, ModelEmaV3) and recipe.evaluated is recipe.ema.module
+    recipe.train_epoch(recipe.model)
+    assert recipe.scheduler.last_epoch == len(recipe.train_loader) == 2
+    trained, ema_weights = recipe.model.state_dict(), recipe.ema.module.state_dict()
+    assert not all(torch.equal(ema_weights[k], trained[k]) for k in trained)  # an average, not the weights
+    # the same epoch by hand (same init, same batches), the average kept step by step as train_one_epoch must
+    torch.manual_seed(0)
+    fresh = build_recipe(resolve(Config(batch_size=32, epochs=2)), data, data, torch.device("cpu"))
+    shadow = ModelEmaV3(fresh.model, decay=0.99, use_warmup=True)
+    fresh.model.train()
+    for step, (images, labels) in enumerate(fresh.train_loader, start=1):
+        loss = fresh.train_loss(fresh.model(images), labels)
+        fresh.optimizer.zero_grad()
+        loss.backward()
+        fresh.optimizer.step()
+        fresh.scheduler.step()
+        shadow.update(fresh.model, step=step)
+    for key, value in shadow.module.state_dict().items():
+        torch.testing.assert_close(value, ema_weights[key], msg=key)
+    evaluated = recipe.evaluate(recipe.model, tta=False)  # the net passed is the trained one: the EMA evaluates
+    direct = evaluate(recipe.ema.module, recipe.test_loader, recipe.eval_loss, device=torch.device("cpu"))
+    assert evaluated["loss"] == direct["loss"] and evaluated["acc"] == direct["acc"]
+    assert fresh.ema is None and fresh.evaluated is fresh.model

@@ -4,9 +4,12 @@ explain, sweep trials), and ``python -m train.offline_check`` reports what a syn
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,3 +115,148 @@ def test_bad_paths_are_one_error_line(tmp_path, capsys):
         assert err.count("\n") == 1 and message in err
     result = check(tmp_path / "nowhere")  # and as a command
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+# ---- record files W&B's reader cannot read whole, fragments of resumed runs, stops -----------------------------
+
+PARTS = """
+import json, sys, time, wandb
+for run_id, steps, exit_code in json.loads(sys.argv[2]):
+    run = wandb.init(mode="offline", project="parts", dir=sys.argv[1], id=run_id, resume="allow")
+    for step in steps:
+        run.log({"epoch": step, "val/acc": step / 10}, step=step)
+    run.finish(exit_code=exit_code)
+    time.sleep(1.1)  # W&B names a run folder by the second it starts
+"""
+
+
+def offline_parts(root: Path, *parts: tuple[str, list[int], int]) -> list[Path]:
+    """Real offline W&B runs, one folder per part ``(run id, steps logged, exit code)``, made in that order by
+    ``wandb.init`` in a process of their own; their folders, in that order."""
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", PARTS, str(root), json.dumps(parts)], check=True, timeout=300,
+                   capture_output=True)
+    folders = sorted((root / "wandb").glob("offline-run-*"))
+    assert len(folders) == len(parts)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> Path:
+    """A ``wandb/`` folder holding two finished offline runs, ``good`` and ``bad`` (to be damaged)."""
+    root = tmp_path_factory.mktemp("two-runs")
+    offline_parts(root, ("bad", [1, 2, 3], 0), ("good", [1, 2, 3], 0))
+    return root / "wandb"
+
+
+def _cut(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+def _flip(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1:]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda data: b"", "run-bad.wandb is empty (0 bytes)"),
+    (lambda data: data[:7], "run-bad.wandb holds no record (7 bytes)"),  # W&B's header only: a run killed early
+    (_cut, "reached the end of an incomplete .wandb file"),
+    (_flip, "checksum mismatch"),
+    (lambda data: b"not W&B" + data[7:], "W&B's reader cannot read it: transactionlog: bad header"),
+], ids=["empty", "header-only", "truncated", "bit-flipped", "foreign"])
+def test_a_damaged_record_file_is_named_and_the_others_still_reported(two_runs, tmp_path, capsys, damage, reason):
+    wandb_dir = tmp_path / "wandb"
+    shutil.copytree(two_runs, wandb_dir, symlinks=True)
+    bad, good = sorted(wandb_dir.glob("offline-run-*"))
+    record_file = bad / "run-bad.wandb"
+    record_file.write_bytes(damage(record_file.read_bytes()))
+    result = check_here(capsys, wandb_dir)
+    assert result.returncode == 2
+    assert result.stderr == ("error: 1 of 2 offline runs cannot be synced as they are (1 record file incomplete or "
+                             "corrupt; see above)\n")
+    assert f"{bad} (run bad, " in result.stdout and "): record file incomplete or corrupt" in result.stdout
+    assert any(line.startswith("  record file: ") and reason in line for line in result.stdout.splitlines()), reason
+    assert f"{good} (run good, finished): complete\n  a sync uploads 3 history rows" in result.stdout
+
+
+def test_earlier_folders_of_a_run_that_a_later_one_holds_are_left_out(tmp_path, capsys):
+    """W&B's folders for three runs: one whole; one stopped after 2 epochs and resumed (the later folder replays
+    them); one whose later folder lacks the earlier epochs (both are needed)."""
+    whole, stopped, resumed, first, rest = offline_parts(
+        tmp_path, ("whole", [1, 2, 3], 0), ("frag", [1, 2], 143), ("frag", [1, 2, 3], 0), ("gap", [1, 2], 143),
+        ("gap", [3], 0))
+    result = check_here(capsys, tmp_path / "wandb")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert f"{stopped} (run frag, exit code 143): superseded fragment of run frag: leave it out of the sync (the " \
+           f"later folder {resumed} holds every epoch)" in lines
+    assert f"{resumed} (run frag, finished): complete" in lines
+    assert f"{first} (run gap, exit code 143): complete" in lines and f"{rest} (run gap, finished): complete" in lines
+    assert lines[-1] == (f"all complete: sync 4 folders and leave out 1 superseded fragment: wandb sync {whole} "
+                         f"{resumed} {first} {rest}")
+
+
+def test_the_fragment_a_kill_9_leaves_is_left_out_of_the_sync(small_folder, tmp_path, capsys):
+    """A real run killed with kill -9 once its first epoch is saved, then resumed: two folders with one run id; the
+    check says which one to sync, as the README's resume section does."""
+    out, env = tmp_path / "out", os.environ | {"WANDB_DIR": str(tmp_path)}
+    args = ["train/run.py", "--data_dir", str(small_folder), "--epochs=2", "--batch_size=40", "--explain_samples=0",
+            "--probe_images=0", f"--out_dir={out}"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "train/run.py", "--resume", str(out / "last.pt")], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    killed, whole = sorted((tmp_path / "wandb").glob(f"offline-run-*-{summary['wandb_run_id']}"))
+    assert str(whole) == summary["wandb_run_dir"]
+    result = check_here(capsys, tmp_path / "wandb")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = summary["wandb_run_id"]
+    assert f"{killed} (run {run_id}, no exit record): superseded fragment of run {run_id}: leave it out of the sync " \
+           f"(the later folder {whole} holds every epoch)" in result.stdout
+    assert f"{whole} (run {run_id}, finished): complete" in result.stdout
+    assert result.stdout.splitlines()[-1] == f"all complete: sync 1 folder and leave out 1 superseded fragment: " \
+                                             f"wandb sync {whole}"
+
+
+def _children(pid: int) -> list[str]:
+    """The command lines of the processes whose parent is ``pid`` (read from Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.parametrize("moment, sig", [("start-up", signal.SIGINT), ("checking", signal.SIGINT),
+                                         ("checking", signal.SIGTERM)])
+def test_a_stop_at_any_moment_is_one_line(two_runs, tmp_path, moment, sig):
+    wandb_dir = tmp_path / "wandb"
+    for i in range(12):  # enough runs that the check is still reading them when the stop comes
+        for run in two_runs.glob("offline-run-*"):
+            shutil.copytree(run, wandb_dir / f"{run.name}{i:02d}")
+    proc = subprocess.Popen([sys.executable, "-m", "train.offline_check", str(wandb_dir)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if moment == "start-up":
+        time.sleep(1.0)  # importing the train package (torch, timm)
+    else:
+        deadline = time.monotonic() + 300
+        while not any("leet" in line for line in _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"stopped: {name} ")
+    if moment == "checking":
+        assert f"stopped: {name} after checking " in stderr and "of 24 offline runs; nothing was changed" in stderr

@@ -116,6 +116,28 @@ def test_sigterm_after_an_epoch_keeps_it_and_a_double_stop_stays_clean(small_fol
     assert state["exit_code"] == 128 + signal.SIGTERM
 
 
+def test_an_ema_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does(small_folder, tmp_path):
+    """--ema: last.pt holds the EMA as ``model`` (what was evaluated) and the trained weights as ``train_model``;
+    a stopped and resumed --deterministic run ends bit-identical to one that was never stopped."""
+    args = flags(small_folder, epochs=2, deterministic="True", ema="0.9", wandb_mode="disabled")
+    proc = start(*args, "--out_dir", str(tmp_path / "stopped"))
+    _, stderr = stop_after(proc, "epoch 1/2")
+    assert proc.returncode == 0 and "stopped: SIGTERM" in stderr, stderr[-2000:]
+    first = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    assert first["epoch"] == 1 and set(first["train_model"]) == set(first["model"])
+    assert not all(torch.equal(first["model"][k], first["train_model"][k]) for k in first["model"])
+    resumed = run_cli("--resume", str(tmp_path / "stopped" / "last.pt"), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = run_cli(*args, "--out_dir", str(tmp_path / "whole"), timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("stopped", "whole"))
+    assert a["metrics"]["val/acc"] == b["metrics"]["val/acc"] and a["metrics"]["val/loss"] == b["metrics"]["val/loss"]
+    for key in ("model", "train_model"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    best = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)
+    assert "train_model" not in best and set(best["model"]) == set(b["model"])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_during_start_up_is_clean(sig, small_folder, tmp_path):
     out = tmp_path / "out"
@@ -140,6 +162,26 @@ def test_a_stop_during_the_explain_step_finishes_the_wandb_run(small_folder, tmp
     saved = torch.load(out / "last.pt", weights_only=True)
     state = wandb_summary(wandb_parts(saved["state"]["wandb_run_id"])[0])
     assert state["exit_code"] == 128 + signal.SIGTERM
+
+
+def test_a_stop_while_finishing_says_what_was_kept(small_folder, tmp_path):
+    out = tmp_path / "out"
+    proc = start(*flags(small_folder, epochs=1), "--out_dir", str(out))  # no explain step: the finish follows
+    _, stderr = stop_after(proc, "epoch 1/1")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "stopped: SIGTERM while finishing: epoch 1 is saved" in stderr and "Traceback" not in stderr, stderr
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1 and not (out / ".lock").exists()
+
+
+def test_a_stop_after_the_run_ended_is_no_start_up_stop_and_no_death(small_folder, tmp_path):
+    """After ``done:``, W&B's service still shuts down: a SIGTERM then used to print "during start-up; nothing was
+    saved" with a traceback, or kill the process (status 143)."""
+    out = tmp_path / "out"
+    proc = start(*flags(small_folder, epochs=1), "--out_dir", str(out))
+    _, stderr = stop_after(proc, "done:")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "during start-up" not in stderr, stderr
+    assert (out / "summary.json").is_file()
 
 
 def test_explain_run_stops_cleanly(trained, tmp_path):
@@ -173,6 +215,7 @@ def test_a_disabled_run_resumes_offline_beside_its_checkpoint(small_folder, tmp_
     resumed = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--resume", str(theirs / "last.pt"),
                               "--wandb_mode=offline"], cwd=here, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {theirs / 'last.pt'}: epoch 1 is saved; continuing at epoch 2 of 3" in resumed.stdout
     assert ours == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (here / "runs" / "same").iterdir()}
     summary = json.loads((theirs / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["wandb_run_id"]
@@ -202,6 +245,13 @@ def test_two_processes_never_share_a_folder(small_folder, tmp_path, capsys):
             assert main(args) == 2
             err = capsys.readouterr().err
             assert err.strip().splitlines()[-1] == f"error: --out_dir {str(out)!r} is in use by process {first.pid}"
+        # nor does a resume of its checkpoint into another folder: both would write the same W&B run id
+        elsewhere = tmp_path / "elsewhere"
+        assert main(["--resume", str(out / "last.pt"), "--out_dir", str(elsewhere)]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: --resume {str(out / 'last.pt')!r}: its run is still running (process {first.pid} holds "
+            f"{str(out)!r}); stop it first, or wait until it ends")
+        assert not elsewhere.exists()
     finally:
         first.send_signal(signal.SIGTERM)
         communicate(first)
@@ -230,9 +280,25 @@ def test_a_failed_save_says_what_is_saved_and_wandb_shows_no_unsaved_epoch(small
     line = [x for x in result.stderr.splitlines() if x.startswith("error: ")][-1]
     assert line == f"error: epoch 1: saving its checkpoint in {out} failed (File too large); no epoch had finished"
     assert not (out / "last.pt").exists() and read_metrics(out / "metrics.jsonl") == []
+    assert not (out / "best.pt").exists() and not list(out.glob(".*.tmp"))  # the epoch's files: all or none
     run_dir = next(p for p in (Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*")
                    if wandb_summary(p)["config"].get("out_dir") == str(out))
     assert not [row for row in history(wandb_records(run_dir)) if "train/loss" in row]
+
+
+def test_a_failed_write_in_the_explain_step_says_what_is_saved(small_folder, tmp_path):
+    """A write of the explain step that fails (a full disk; here a folder squatting on the picture's name) is one
+    error line saying the checkpoints are whole and how to explain later; no traceback."""
+    out = tmp_path / "out"
+    (out / "misclassified.png").mkdir(parents=True)
+    result = run_cli(*flags(small_folder, epochs=1, explain_samples="4", trust="False", wandb_mode="disabled"),
+                     "--out_dir", str(out), timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the explain step could not write in {out} (Is a directory); epoch 1 is saved and best.pt is the "
+        f"model, summary.json was not written; explain it later with python explain/run.py --checkpoint "
+        f"{out / 'best.pt'}")
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1 and not (out / "summary.json").exists()
 
 
 def test_failed_starts_leave_no_folder_behind(tmp_path):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +53,17 @@ def tiny(data: Path, train: int | None = 20, test: int = 20, epochs: int = 2) ->
 # ---- the engine and the spec -------------------------------------------------------------------------------------
 
 def test_import_sweeps_is_the_engine_not_the_repo_folder():
+    """The engine is a regular package (its own ``__init__.py``); the repo's ``sweeps/`` folder would be a namespace
+    package (``__file__`` None). The engine may well live under the repo: a virtual environment in ``.venv/``."""
     assert not (REPO / "sweeps" / "__init__.py").exists()
-    assert hasattr(sweeps, "next_run") and REPO not in Path(sweeps.__file__).resolve().parents
+    assert hasattr(sweeps, "next_run") and Path(sweeps.__file__).resolve().parent != REPO / "sweeps"
     for first in ([str(REPO)], [str(REPO / "sweeps")]):  # pytest's rootdir, `python sweeps/local.py`
-        code = f"import sys; sys.path[:0] = {first!r}; import sweeps; print(sweeps.__file__)"
+        code = (f"import sys; sys.path[:0] = {first!r}; import sweeps; "
+                "print(sweeps.__file__, hasattr(sweeps, 'next_run'))")
         out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True,
                              check=True)
-        assert REPO not in Path(out.stdout.strip()).resolve().parents
+        engine, has_next_run = out.stdout.strip().rsplit(" ", 1)
+        assert engine == sweeps.__file__ and has_next_run == "True"
     assert local.sweeps is sweeps
 
 
@@ -185,6 +191,103 @@ def test_an_out_dir_holding_another_sweep_is_refused(tmp_path, capsys):
     assert "holds another sweep" in capsys.readouterr().err
 
 
+@pytest.fixture
+def no_images(tmp_path) -> Path:
+    """A data folder ``train/run.py`` refuses at once (its train/ and test/ class folders differ), and never
+    downloads into: a trial that a broken up-front check let through fails in seconds."""
+    for folder in ("train/a", "test/b"):
+        (tmp_path / "no-images" / folder).mkdir(parents=True)
+    return tmp_path / "no-images"
+
+
+def _lr_param(value) -> dict:
+    spec = lr_spec()
+    spec["parameters"]["lr"] = value
+    return spec
+
+
+@pytest.mark.parametrize("spec, message", [
+    (lr_spec() | {"parameters": [{"lr": {"values": [0.1]}}]}, "`parameters` must be a mapping of train/run.py flags"),
+    (lr_spec() | {"parameters": "lr"}, "got a string"),
+    (lr_spec() | {"parameters": 3}, "got a number"),
+    (lr_spec() | {"parameters": None}, "got null"),
+    (lr_spec() | {"parameters": True}, "got a boolean"),
+    (lr_spec() | {"parameters": {}}, "got an empty mapping"),
+    (_lr_param([0.1, 0.2]), "parameter 'lr' must be a mapping ({values: [...]}, {value: ...} or {min: ..., max: ...}), "
+                            "got a list"),
+    (_lr_param("0.1"), "parameter 'lr' must be a mapping"),
+    (_lr_param(0.1), "parameter 'lr' must be a mapping"),
+    (_lr_param(None), "got null"),
+    (lr_spec() | {"metric": ["val/acc"]}, "is not a valid W&B sweep spec"),
+    (lr_spec() | {"metric": "val/acc"}, "is not a valid W&B sweep spec"),
+    (lr_spec() | {"early_terminate": "hyperband"}, "is not a valid W&B sweep spec"),
+    (lr_spec() | {"early_terminate": ["hyperband"]}, "is not a valid W&B sweep spec"),
+    (lr_spec() | {"early_terminate": {"type": "hyperband", "min_iter": 3, "max_iter": 9}},
+     "W&B's sweep engine cannot run this spec (KeyError"),
+    (lr_spec() | {"method": ["bayes"]}, "is not a valid W&B sweep spec"),
+    (lr_spec() | {"command": "python train/run.py ${args}"}, "is not a valid W&B sweep spec"),
+    (lr_spec() | {"program": ["train/run.py"]}, "is not a valid W&B sweep spec"),
+    (_lr_param({"values": [0.1, 0.2], "probabilities": [0.5, 0.5]}), "W&B's sweep engine cannot run this spec"),
+    (_lr_param({"values": [[0.1]]}), "parameter 'lr': value [0.1] is refused by train/run.py"),
+], ids=lambda value: "" if isinstance(value, str) else None)
+def test_any_yaml_shape_is_one_error_line(tmp_path, capsys, no_images, spec, message):
+    assert local.main([_write(tmp_path, spec), "--count=1", f"--out_dir={tmp_path / 'out'}", f"--data_dir={no_images}"]
+                      ) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("parameter, message", [
+    ({"lr": {"values": [0.1, -1]}}, "parameter 'lr': value -1 is refused by train/run.py (--lr must be > 0"),
+    ({"batch_size": {"values": [128, "abc"]}},
+     "parameter 'batch_size': value 'abc' is refused by train/run.py (--batch_size expects int, got 'abc')"),
+    ({"tta": {"values": [True, "maybe"]}}, "parameter 'tta': value 'maybe' is refused"),
+    ({"wandb_project": {"values": ["cifar", "a/b"]}}, "parameter 'wandb_project': value 'a/b' is refused"),
+    ({"weight_decay": {"value": -1}}, "parameter 'weight_decay': value -1 is refused"),
+    ({"lr": {"min": -1.0, "max": 0.5}}, "parameter 'lr': the range's lower end -1.0 is refused"),
+    ({"label_smoothing": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
+     "parameter 'label_smoothing': the range's upper end 1.0 is refused by train/run.py (--label_smoothing must be "
+     "in [0, 1), got 1.0)"),
+    ({"batch_size": {"distribution": "int_uniform", "min": 0, "max": 64}}, "parameter 'batch_size': min 0 is refused"),
+    ({"momentum": {"distribution": "q_log_uniform_values", "min": 0.5, "max": 1.0, "q": 0.1}},
+     "parameter 'momentum': the range's upper end 1.0 is refused"),
+    ({"lr": {"distribution": "normal", "mu": 0.1, "sigma": 0.1}}, "parameter 'lr': its 0.1 % quantile -0.209"),
+])
+def test_every_value_a_parameter_can_take_is_checked_up_front(parameter, message):
+    """A spec whose values are only partly valid is refused before any trial, naming the parameter and the value,
+    whichever value the engine would have proposed first."""
+    spec = lr_spec()
+    spec["parameters"] |= parameter
+    with pytest.raises(local.SweepError) as refused:
+        local.check_spec(spec, "spec.yaml")
+    assert str(refused.value).startswith("spec.yaml: parameter ") and message in str(refused.value)
+
+
+def test_a_partly_valid_spec_is_one_error_line_before_any_trial(tmp_path, no_images):
+    spec = lr_spec()
+    spec["parameters"]["lr"] = {"values": [0.1, 0.2, 0.0]}
+    out = tmp_path / "out"
+    result = run_cli(_write(tmp_path, spec), "--count=3", f"--out_dir={out}", f"--data_dir={no_images}",
+                     script="sweeps/local.py", timeout=300)
+    assert result.returncode == 2 and result.stdout == "" and not out.exists()
+    assert result.stderr == (f"error: {tmp_path / 'spec.yaml'}: parameter 'lr': value 0.0 is refused by train/run.py "
+                             f"(--lr must be > 0, got 0.0)\n")
+
+
+def test_every_kind_of_range_that_train_run_accepts_passes():
+    spec = lr_spec()
+    spec["parameters"] |= {"batch_size": {"distribution": "q_uniform", "min": 16, "max": 64, "q": 16},
+                           "epochs": {"distribution": "int_uniform", "min": 1, "max": 3},
+                           "tta": {"values": [True, False]},
+                           "momentum": {"distribution": "inv_log_uniform_values", "min": 0.5, "max": 0.99}}
+    filled = local.check_spec(spec, "spec.yaml", {"train_subset": "200"})
+    assert [what for what, _ in local.possible_values("batch_size", filled["parameters"]["batch_size"])] == [
+        "the range's lower end", "the range's upper end"]
+    assert local.possible_values("batch_size", filled["parameters"]["batch_size"]) == [
+        ("the range's lower end", 16), ("the range's upper end", 64)]  # plain ints, as the engine proposes them
+
+
 # ---- real runs -------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -284,3 +387,44 @@ def test_hyperband_stops_a_clearly_worse_trial(cifar_subset, tmp_path):
                                      if "lr" in row]
     assert (Path(bad["out_dir"]) / "last.pt").exists() and not (Path(bad["out_dir"]) / "summary.json").exists()
     assert [t["metric"] for t in board] == sorted(t["metric"] for t in board)  # minimize: smallest first
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_exits_non_zero(cifar_subset, tmp_path):
+    """Two trials (fewer than the ``MAX_FAILED_IN_A_ROW`` that stop a sweep), each failing at its start: more images
+    per batch than the training subset holds, which only the trial can tell."""
+    spec = {"name": "broken", "program": "train/run.py", "method": "grid", "metric": {"name": "val/acc"},
+            "parameters": {"lr": {"values": [0.05, 0.1]}}}
+    out = tmp_path / "sweep"
+    flags = [f"--data_dir={cifar_subset}", "--train_subset=20", "--test_subset=20", "--epochs=1", "--batch_size=500",
+             "--probe_images=0", "--explain_samples=0"]
+    result = run_cli(_write(tmp_path, spec), f"--out_dir={out}", *flags, script="sweeps/local.py", timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == "error: all 2 trials failed (see their output above)"
+    assert [t["state"] for t in json.loads((out / "leaderboard.json").read_text())] == ["failed", "failed"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["start-up", "trial"])
+def test_ctrl_c_at_any_moment_is_one_line(cifar_subset, tmp_path, moment):
+    spec = {"name": "stop", "program": "train/run.py", "method": "grid", "metric": {"name": "val/acc"},
+            "parameters": {"lr": {"values": [0.05]}}}
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "sweeps/local.py", _write(tmp_path, spec), f"--out_dir={out}",
+                             *tiny(cifar_subset, epochs=1)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if moment == "start-up":
+        time.sleep(1.0)  # importing wandb, torch, the engine
+    else:  # the trial has started: it made its folder
+        deadline = time.monotonic() + 300
+        while not (out / "stop-001").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    if moment == "start-up":
+        assert last.startswith("stopped: SIGINT ") and last.endswith("; no trial was started")
+    else:
+        assert last == f"interrupted: SIGINT; 1 trials kept in {out / 'leaderboard.json'}"
+        assert json.loads((out / "leaderboard.json").read_text())[0]["state"] == "interrupted"

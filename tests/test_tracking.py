@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, history, wandb_records, wandb_summary
 from train.tracking import Tracker, epoch_row, read_metrics, resolve_mode
@@ -114,3 +115,41 @@ def test_a_resumed_stream_holds_each_epoch_once(tmp_path):
     tracker.finish()
     assert [r["epoch"] for r in read_metrics(path)] == [1, 2, 3]
     assert [r["epoch"] for r in history(wandb_records(run_dir))] == [1, 2, 3]  # offline: the part holds the run
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("WANDB_MODE", "garbage", "environment variable WANDB_MODE='garbage' is refused by W&B: Input should be 'online'"),
+    ("WANDB_RUN_ID", "a/b", "environment variable WANDB_RUN_ID='a/b' is refused by W&B: Run ID cannot contain"),
+    ("WANDB_INIT_TIMEOUT", "soon", "environment variable WANDB_INIT_TIMEOUT='soon' is refused by W&B: Input should be "
+                                   "a valid number"),
+    ("WANDB_DIR", "{file}", "environment variable WANDB_DIR='{file}' names a file; W&B needs a folder there"),
+])
+def test_wandb_variables_w_and_b_refuses_are_one_error_line(name, value, message, tmp_path, monkeypatch, capsys):
+    from train.config import ConfigError
+    from train.run import main
+
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    monkeypatch.setenv(name, value.format(file=file))
+    assert main(["--data_dir", str(tmp_path / "never-read"), "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message.format(file=file)}") and err.count("\n") == 1, err
+    assert not (tmp_path / "never-read").exists() and not (tmp_path / "out").exists()  # refused before any work
+    with pytest.raises(ConfigError, match=name):  # explain's and sweeps' trackers refuse it too
+        Tracker({}, mode="offline", project="test")
+
+
+def test_float32_figures_are_written_as_the_decimals_they_are(tmp_path):
+    import torch
+
+    from train.files import write_json
+
+    noisy = torch.tensor(0.227).item()  # a float32 figure widened to a double: 0.22699999809265137
+    assert repr(noisy) != "0.227"
+    row = epoch_row(1, {**TRAIN, "loss": noisy, "seconds": 1 / 3}, {**VAL, "acc": noisy})
+    assert row["train/loss"] == row["val/acc"] == 0.227 and row["epoch_seconds"] == 1.333
+    Tracker({}, mode="disabled", metrics_file=tmp_path / "metrics.jsonl").log_epoch({"epoch": 1, "val/acc": noisy})
+    write_json(tmp_path / "summary.json", {"test_acc": noisy, "explain": {"deletion": [noisy, 0.1]}})
+    for name in ("metrics.jsonl", "summary.json"):
+        text = (tmp_path / name).read_text()
+        assert "0.227" in text and "0.22699999" not in text, text

@@ -38,6 +38,9 @@ def test_run_exits_0_and_learns(trained):
     for picture in ("misclassified.png", "gradcam.png", "confusion_matrix.png"):
         assert (out / picture).stat().st_size > 10_000, picture
     assert summary["explain"]["explained"] == 8
+    # figures as the decimals they are: accuracies are fractions of 200 images, no float32 noise (0.22699999809265137)
+    assert all(len(repr(summary[key])) <= 6 for key in ("test_acc", "test_acc_no_tta", "best_test_acc"))
+    assert "99999999" not in (out / "summary.json").read_text() + (out / "metrics.jsonl").read_text()
     assert not (out / ".lock").exists() and not list(out.glob(".*.tmp"))  # released, nothing half written
 
 

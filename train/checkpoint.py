@@ -13,6 +13,7 @@ import io
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from torch import nn
 from train.files import atomic_write
 from train.stops import stops_deferred
 
-__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model_state", "save_checkpoint", "unwrap"]
+__all__ = ["FORMAT", "CheckpointError", "checkpoint_bytes", "load_checkpoint", "load_model_state", "save_checkpoint",
+           "unwrap"]
 
 FORMAT = "cifar-insight/1"
 MAX_CLASSES = 100_000
@@ -38,16 +40,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def checkpoint_bytes(state: dict[str, Any]) -> memoryview:
+    """``state`` (plus ``format``) serialized as a checkpoint file's content, for :func:`train.files.atomic_write_all`
+    (several files committed together) or :func:`save_checkpoint`."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    return buffer.getbuffer()
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` (plus ``format``) to ``path`` atomically; SIGINT/SIGTERM wait until the save is done.
 
     Raises:
         OSError: the disk is full or the folder not writable; the previous file at ``path`` is intact.
     """
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buffer)
+    data = checkpoint_bytes(state)
     with stops_deferred():
-        atomic_write(path, buffer.getbuffer())
+        atomic_write(path, data)
 
 
 def _is_number(value: Any) -> bool:
@@ -88,11 +97,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise CheckpointError(f"checkpoint {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines()]
-        refused = next((line for line in lines if "Unsupported global" in line), None)
-        if refused:  # a pickle that names code to run: say what it wanted, never suggest weights_only=False
-            raise CheckpointError(f"checkpoint {str(path)!r} was refused by the safe loader "
-                                  f"({refused[:200]})") from None
+        # torch's safe loader names the code a pickle wanted to run (GLOBAL module.name) or the pickle instruction it
+        # does not allow; say which, never suggest weights_only=False or add_safe_globals
+        code = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if code:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds code ({code[1][:100]}) and was refused by the safe "
+                                  f"loader: a checkpoint is read as data, never run") from None
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt (not a torch.save file)") from None
     except CheckpointError:
         raise

@@ -2,10 +2,10 @@
 
 Every field of :class:`Config` is a flag of ``train/run.py`` and a W&B config key; its docstring is the flag's
 ``--help`` text. Flags come as ``--batch_size`` or ``--batch-size``, ``--key=value`` or ``--key value``, booleans as
-``--compile=False``; ``--config FILE.yaml`` supplies defaults and the command line wins. :func:`build_parser` makes
-the argparse parser of any dataclass (``explain/run.py`` and ``sweeps/local.py`` use it too), :func:`closest` is the
-one "did you mean" helper. Every problem is a :class:`ConfigError` whose message the entry points print as one
-``error:`` line.
+``--compile=False`` or bare (``--compile`` = True); ``--config FILE.yaml`` supplies defaults and the command line
+wins. :func:`build_parser` makes the argparse parser of any dataclass (``explain/run.py`` and ``sweeps/local.py``
+use it too), :func:`closest` is the one "did you mean" helper. Every problem is a :class:`ConfigError` whose message
+the entry points print as one ``error:`` line (:func:`one_line` escapes line breaks).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "coerce",
     "config_from_dict",
     "field_help",
+    "one_line",
     "parse_args",
     "parse_bool",
     "parse_flags",
@@ -78,6 +79,9 @@ class Config:
     """Nesterov momentum, in (0, 1)."""
     label_smoothing: float = 0.1
     """Cross-entropy label smoothing."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights (timm's ModelEmaV3, ramped up by its warm-up), which is
+    then what is evaluated, explained and saved as the model; 0 = off (e.g. 0.999)."""
     tta: bool = True
     """Evaluate with horizontal-flip test-time augmentation (val/acc); the single pass is logged as val/acc_no_tta."""
     seed: int = 0
@@ -116,6 +120,11 @@ class Config:
     """Module the CAMs are computed on; comma-separated names are fused."""
     trust: bool = True
     """Measure how far the explain step's CAMs can be trusted (deletion/insertion vs random, randomization check)."""
+    label_issues: bool = True
+    """Find the test images whose label is likely wrong (cleanlab), listed in label_issues.json and .png and W&B."""
+    trust_images: int | None = None
+    """Images the trust figures are measured on: a seeded, class-stratified sample of the explained split, right and
+    wrong predictions alike; unset = 256 on a GPU, 16 on the CPU (more images, narrower intervals)."""
     probe_images: int = 20
     """Fixed test images whose prediction and CAM are logged before training and after every epoch (0 = off)."""
 
@@ -134,6 +143,7 @@ MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_NAME_BYTES = 200  # a run name becomes a folder name (255 bytes on most file systems, W&B adds to it)
 MAX_PROBES = 100  # each is a W&B image per epoch and a row of probes.png
 MAX_EXPLAINED = 10_000  # rows of the explain/misclassified table (3 images each)
+MAX_TRUST_IMAGES = 10_000  # each costs dozens of forwards and a CAM per randomization stage
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_DEPTH = 32
 
@@ -152,6 +162,15 @@ def parse_bool(value: str | bool | int) -> bool:
     if text in ("false", "0", "no", "n", "off"):
         return False
     raise ValueError(f"expected True or False, got {value!r}")
+
+
+LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines() splits at
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (``\\n`` for a newline): an ``error:`` line stays one line even when a
+    file name in it holds a newline."""
+    return LINE_BREAKS.sub(lambda match: repr(match[0])[1:-1], text)
 
 
 def closest(name: str, choices: Iterable[str], prefix: str = "--") -> str:
@@ -216,12 +235,15 @@ def _validate(config: Config) -> Config:
         ("weight_decay", config.weight_decay >= 0, "must be >= 0"),
         ("momentum", 0 < config.momentum < 1, "must be in (0, 1) (Nesterov momentum needs momentum > 0)"),
         ("label_smoothing", 0 <= config.label_smoothing < 1, "must be in [0, 1)"),
+        ("ema", 0 <= config.ema < 1, "must be in [0, 1) (0 = off)"),
         ("train_subset", config.train_subset >= 0, "must be >= 0 (0 = all)"),
         ("test_subset", config.test_subset >= 0, "must be >= 0 (0 = all)"),
         ("cutout", 0 <= config.cutout <= 32, "must be in [0, 32]"),
         ("seed", 0 <= config.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]"),
         ("explain_samples", 0 <= config.explain_samples <= MAX_EXPLAINED, f"must be in [0, {MAX_EXPLAINED}]"),
         ("probe_images", 0 <= config.probe_images <= MAX_PROBES, f"must be in [0, {MAX_PROBES}]"),
+        ("trust_images", config.trust_images is None or 2 <= config.trust_images <= MAX_TRUST_IMAGES,
+         f"must be in [2, {MAX_TRUST_IMAGES}] (an interval needs two images)"),
         ("precision", config.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("wandb_mode", config.wandb_mode in WANDB_MODES, f"must be one of {', '.join(WANDB_MODES)}"),
         ("device", re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", config.device) is not None,
@@ -235,11 +257,32 @@ def _validate(config: Config) -> Config:
     for key, ok, requirement in checks:
         if not ok:
             raise ConfigError(f"--{key} {requirement}, got {getattr(config, key)!r}")
+    for key in ("wandb_project", "wandb_entity"):
+        problem = wandb_name_problem(getattr(config, key))
+        if problem:
+            raise ConfigError(f"--{key} {getattr(config, key)!r} is not a name W&B accepts: {problem}")
     for f in fields(config):
         value = getattr(config, f.name)
         if isinstance(value, str) and ("\x00" in value or len(value.encode(errors="replace")) > 4096):
             raise ConfigError(f"--{f.name} must be text without NUL bytes and at most 4096 bytes long")
     return config
+
+
+def wandb_name_problem(name: str) -> str | None:
+    """Why W&B refuses ``name`` as a project (or entity), or None: W&B's own rule (``wandb.Settings`` checks the
+    project: at most 128 characters, none of ``/ \\ # ? % :``), applied to the entity too, the other part of a run's
+    path. Checked when the flags are parsed: ``wandb.init`` would refuse it with a traceback after the data loaded."""
+    if not name:
+        return None
+    try:
+        import wandb
+    except ImportError:  # no W&B on this machine (a stock image running the benchmarks): nothing will use the name
+        return None
+    try:
+        wandb.Settings(project=name)
+    except wandb.errors.UsageError as exc:
+        return str(exc).split(": ", 1)[-1]
+    return None
 
 
 def _plain_name(name: str) -> bool:
@@ -349,7 +392,8 @@ def field_help(cls: type, name: str) -> str:
 
 
 def build_parser(prog: str, description: str, groups: Sequence[tuple[type, Sequence[str] | None]],
-                 defaults: dict[str, str] | None = None) -> _ErrorRaisingParser:
+                 defaults: dict[str, str] | None = None, helps: dict[str, str] | None = None,
+                 titles: dict[type, str] | None = None) -> _ErrorRaisingParser:
     """An argparse parser with one flag per field of each dataclass in ``groups``, help from the fields' docstrings.
 
     Args:
@@ -357,6 +401,8 @@ def build_parser(prog: str, description: str, groups: Sequence[tuple[type, Seque
         groups: ``(dataclass, field names or None for all)``; each field becomes ``--name`` (and ``--na-me``), a
             list field takes one or more values, a field without a default is required.
         defaults: Text shown as a flag's default instead of its field default (e.g. "the checkpoint's").
+        helps: Help text of a flag instead of its field's docstring (another program's wording of a shared field).
+        titles: A group's heading instead of its dataclass's docstring.
 
     Values are left as given (strings): :func:`coerce` types them, so the command line, YAML files and stored
     configs share one conversion and one set of messages. Flags not given are absent from the parsed namespace,
@@ -365,7 +411,8 @@ def build_parser(prog: str, description: str, groups: Sequence[tuple[type, Seque
     parser = _ErrorRaisingParser(prog=prog, description=description, allow_abbrev=False)
     parser.flag_names = []
     for cls, names in groups:
-        group = parser.add_argument_group((cls.__doc__ or cls.__name__).splitlines()[0].rstrip("."))
+        group = parser.add_argument_group((titles or {}).get(cls) or
+                                          (cls.__doc__ or cls.__name__).splitlines()[0].rstrip("."))
         for f in fields(cls):
             if names is not None and f.name not in names:
                 continue
@@ -376,10 +423,13 @@ def build_parser(prog: str, description: str, groups: Sequence[tuple[type, Seque
             if shown is None and not required:
                 value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 shown = "" if value in (None, "", []) else repr(value)  # the docstring says what unset means
-            help_text = field_help(cls, f.name) + (f" (default: {shown})" if shown else "")
+            help_text = (helps or {}).get(f.name) or field_help(cls, f.name)
+            help_text += f" (default: {shown})" if shown else ""
             options = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
             parser.flag_names.append(f.name)
-            group.add_argument(*options, dest=f.name, required=required, nargs="+" if is_list else None,
+            is_bool = kind is bool  # a bare --flag means True (--flag=False and --flag False still work)
+            group.add_argument(*options, dest=f.name, required=required,
+                               nargs="+" if is_list else "?" if is_bool else None, const="True" if is_bool else None,
                                default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
                                metavar=getattr(typing.get_args(kind)[0] if is_list else kind, "__name__", "X").upper())
     return parser

@@ -20,6 +20,7 @@ import io
 import os
 import pickle
 import shutil
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,18 +33,22 @@ from train.files import atomic_write
 
 __all__ = [
     "CIFAR10_CLASSES",
-    "IMAGE_SIZE",
-    "RESIZE_FILTER",
     "DataError",
     "Dataset",
+    "IMAGE_SIZE",
     "Images",
+    "RESIZE_FILTER",
     "balanced_subset",
     "decode_image",
+    "decode_images",
     "download_cifar10",
     "image_files",
+    "image_inputs",
     "load_data",
     "read_cifar_batch",
     "read_images",
+    "resize_note",
+    "special_note",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -56,7 +61,7 @@ CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCHES = ("test_batch",)
 CIFAR_ROW = 3 * IMAGE_SIZE * IMAGE_SIZE
 MAX_BATCH_BYTES = 1 << 30  # a CIFAR-10 batch is ~31 MB
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the cache holds a hash of its tensors
 
 
 class DataError(ValueError):
@@ -71,13 +76,15 @@ class Dataset:
     labels: torch.Tensor  # int64 [N]
     classes: list[str]
     notes: list[str] = field(default_factory=list)  # what loading did that the user should hear ("warning: ...")
+    files: list[str] | None = None  # per image, relative to the data root ("test/cat/0001.jpg"); None: CIFAR batches
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: torch.Tensor) -> Dataset:
-        """The images and labels at ``indices``, same classes."""
-        return Dataset(self.images[indices], self.labels[indices], self.classes)
+        """The images, labels and files at ``indices``, same classes."""
+        files = None if self.files is None else [self.files[i] for i in torch.as_tensor(indices).tolist()]
+        return Dataset(self.images[indices], self.labels[indices], self.classes, files=files)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -267,27 +274,57 @@ def decode_image(path: Path, size: int = IMAGE_SIZE,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"image {path} is too large to decode safely ({str(exc).split('.')[0]})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        # Pillow raises UnidentifiedImageError (an OSError) for non-images, SyntaxError/EOFError for damaged ones
-        reason = type(exc).__name__ + (f": {str(exc)[:120]}" if isinstance(exc, ValueError) else "")
-        raise DataError(f"cannot read image {path} ({reason})") from None
+        # Pillow raises UnidentifiedImageError (an OSError) for non-images, SyntaxError/EOFError for damaged ones;
+        # its message is the decoder's reason (on one line: a reason can span several)
+        detail = " ".join(str(exc).replace(f" {str(path)!r}", "").split())[:200]
+        raise DataError(f"cannot read image {path} ({type(exc).__name__}{': ' + detail if detail else ''})") from None
 
 
-def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """The image files of ``folder`` in name order (hidden files skipped).
+def _special(path: Path) -> str:
+    """What ``path`` is when it exists but is neither a regular file nor a folder (links followed), else ``""``.
+
+    Reading a FIFO blocks until someone writes to it, a character device may never end: only regular files are
+    read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    return "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else \
+        "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
+
+
+def special_note(skipped: list[tuple[Path, str]]) -> list[str]:
+    """One ``warning:`` line naming the special files (FIFOs, sockets, devices) that were skipped, if any."""
+    if not skipped:
+        return []
+    shown = ", ".join(f"{path} ({kind})" for path, kind in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return [f"warning: skipped {len(skipped)} file(s) that are not regular files (reading them could block "
+            f"forever): {shown}{more}"]
+
+
+def image_files(folder: Path, recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files of ``folder`` in name order (hidden files skipped), and the special files (FIFOs, sockets,
+    devices) skipped with what they are: only regular files are read.
 
     Raises:
         DataError: a file that is not an image by its extension, or a broken symbolic link.
     """
-    files = []
+    files, special = [], []
     for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
         if path.name.startswith(".") or (recursive and path.is_dir()):
             continue
         if path.is_symlink() and not path.exists():
             raise DataError(f"{path} is a broken symbolic link")
+        if _special(path):
+            special.append((path, _special(path)))
+            continue
         if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"{path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         files.append(path)
-    return files
+    return files, special
 
 
 @dataclass
@@ -295,58 +332,106 @@ class Images:
     """Images read from files for the model: pixels, thumbnails, names, original sizes, and what was skipped."""
 
     pixels: torch.Tensor  # uint8 [N, 3, 32, 32]
-    thumbnails: list[np.ndarray]  # uint8 [t, t, 3], for display
+    thumbnails: list[np.ndarray]  # uint8 [t, t, 3], for display: of the first images only when bounded
     names: list[str]
     sizes: list[tuple[int, int]]
     skipped: list[tuple[str, str]]  # (file, why) with skip_bad
     notes: list[str]
 
 
-def read_images(paths: list[str | os.PathLike], skip_bad: bool = False, thumbnail: int = 128) -> Images:
-    """Read image files, and the image files of folders (recursively, in name order), as the model's input.
+def image_inputs(paths: list[str | os.PathLike], skip_special: bool = True) -> tuple[list[Path], set[Path],
+                                                                                      list[tuple[Path, str]]]:
+    """The files ``paths`` name — files, and the files of folders recursively in name order; hidden files of a
+    folder and repeats left out — without reading any of them.
+
+    Returns:
+        The files, those named directly (which must be images even with ``skip_bad``), and the special files
+        skipped with what they are (``special_note`` says so in one line).
+
+    Raises:
+        DataError: a missing path, or a special file (FIFO, socket, device) when ``skip_special`` is False.
+    """
+    files, direct, seen, special = [], set(), set(), []
+    for given in paths:
+        path = Path(given)
+        try:
+            if not path.exists():
+                raise DataError(f"--images: {str(path)!r} does not exist")
+            found = sorted(p for p in path.rglob("*") if not p.is_dir()) if path.is_dir() else [path]
+        except OSError as exc:
+            raise DataError(f"--images: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+        for file in found:
+            if (file.name.startswith(".") and file != path) or file.absolute() in seen:
+                continue
+            seen.add(file.absolute())
+            kind = _special(file)
+            if kind and not skip_special:
+                raise DataError(f"--images: {file} is a {kind}, not a regular file")
+            if kind:
+                special.append((file, kind))
+                continue
+            files.append(file)
+            if file == path:
+                direct.add(file)
+    return files, direct, special
+
+
+def decode_images(files: list[Path], direct: set[Path] = frozenset(), skip_bad: bool = False, thumbnail: int = 128,
+                  thumbnails: int | None = None) -> Images:
+    """Decode ``files`` (from :func:`image_inputs`) as the model's input: 32×32 pixels, original sizes, and
+    display thumbnails of the first ``thumbnails`` of them (None = all; each is 49 KB at 128×128).
+
+    Raises:
+        DataError: a non-image or unreadable file (without ``skip_bad``; always for a file in ``direct``).
+    """
+    pixels, thumbs, names, sizes, skipped = [], [], [], [], []
+    for file in files:
+        try:
+            if file.suffix.lower() not in IMAGE_EXTENSIONS and file not in direct:
+                raise DataError(f"{file} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+            array, size, thumb = decode_image(file, thumbnail=thumbnail)
+        except DataError as exc:
+            if not (skip_bad and file not in direct):
+                raise
+            skipped.append((str(file), str(exc)))
+            continue
+        pixels.append(array)
+        if thumbnails is None or len(thumbs) < thumbnails:
+            thumbs.append(thumb)
+        names.append(str(file))
+        sizes.append(size)
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous() if pixels else \
+        torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    return Images(images, thumbs, names, sizes, skipped, resize_note(Counter(sizes)))
+
+
+def read_images(paths: list[str | os.PathLike], skip_bad: bool = False, thumbnail: int = 128,
+                skip_special: bool = True) -> Images:
+    """Read image files, and the image files of folders (recursively, in name order), as the model's input: all of
+    them at once (:func:`image_inputs` and :func:`decode_images` read any number in bounded batches).
 
     Args:
         paths: Files or folders.
         skip_bad: Skip (and list in ``skipped``) the files of a folder that are not images or cannot be read, instead
             of refusing. A file named directly is always required to be an image.
         thumbnail: Side of the display thumbnails.
+        skip_special: Skip files that are not regular files (FIFOs, sockets, devices: reading one could block
+            forever), with a ``warning:`` line in ``notes``; False refuses them.
 
     Raises:
-        DataError: a missing path, a non-image or unreadable file (without ``skip_bad``), or no image at all.
+        DataError: a missing path, a non-image or unreadable file (without ``skip_bad``), a special file (without
+            ``skip_special``), or no image at all.
     """
-    pixels, thumbs, names, sizes, skipped, seen = [], [], [], [], [], set()
-    for given in paths:
-        path = Path(given)
-        try:
-            if not path.exists():
-                raise DataError(f"--images: {str(path)!r} does not exist")
-            files = sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()) if path.is_dir() else [path]
-        except OSError as exc:
-            raise DataError(f"--images: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
-        for file in files:
-            if (file.name.startswith(".") and file != path) or file.absolute() in seen:
-                continue
-            seen.add(file.absolute())
-            try:
-                if file.suffix.lower() not in IMAGE_EXTENSIONS and file != path:
-                    raise DataError(f"{file} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-                array, size, thumb = decode_image(file, thumbnail=thumbnail)
-            except DataError as exc:
-                if not (skip_bad and file != path):
-                    raise
-                skipped.append((str(file), str(exc)))
-                continue
-            pixels.append(array)
-            thumbs.append(thumb)
-            names.append(str(file))
-            sizes.append(size)
-    if not pixels:
-        raise DataError("--images: no image to explain" + (f" ({len(skipped)} files skipped)" if skipped else ""))
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-    return Images(images, thumbs, names, sizes, skipped, _resize_note(Counter(sizes)))
+    files, direct, special = image_inputs(paths, skip_special)
+    images = decode_images(files, direct, skip_bad, thumbnail)
+    if not images.names:
+        left_out = len(images.skipped) + len(special)
+        raise DataError("--images: no image to explain" + (f" ({left_out} files skipped)" if left_out else ""))
+    images.notes += special_note(special)
+    return images
 
 
-def _resize_note(sizes: Counter) -> list[str]:
+def resize_note(sizes: Counter) -> list[str]:
     """One line saying how many images were resized from which sizes (none when all were 32×32)."""
     resized = {s: n for s, n in sizes.items() if s != (IMAGE_SIZE, IMAGE_SIZE)}
     if not resized:
@@ -367,15 +452,21 @@ def _read_image_folder(root: Path, files: list[tuple[Path, int]], classes: list[
         sizes[size] += 1
     images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return Dataset(images, labels, classes, notes=[f"{root.name}/: {note}" for note in _resize_note(sizes)])
+    return Dataset(images, labels, classes, notes=[f"{root.name}/: {note}" for note in resize_note(sizes)])
 
 
 def _class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _split_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    return [(path, label) for label, name in enumerate(classes) for path in image_files(root / name)]
+def _split_files(root: Path, classes: list[str], special: list[tuple[Path, str]]) -> list[tuple[Path, int]]:
+    """``(image file, label)`` of every class folder of a split; the special files skipped are added to ``special``."""
+    files = []
+    for label, name in enumerate(classes):
+        images, skipped = image_files(root / name)
+        files += [(path, label) for path in images]
+        special += skipped
+    return files
 
 
 def _class_notes(root: Path, counts: dict[str, list[int]]) -> list[str]:
@@ -407,18 +498,53 @@ def _fingerprint(classes: list[str], paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _cached(cache_file: Path, key: str, build) -> Dataset:
-    """Load ``cache_file`` when it was built from the same source (``key``), else ``build()`` and store it."""
+def _digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """A hash of the decoded tensors, stored in the cache and checked on load (a fraction of a second for CIFAR-10,
+    against a minute of decoding): a cache edited or damaged after it was written is rebuilt, never trusted."""
+    digest = hashlib.blake2b(labels.numpy().tobytes())
+    digest.update(images.contiguous().numpy().data)
+    return digest.hexdigest()
+
+
+def _verified(blob: object, key: str, classes: list[str], labels: torch.Tensor | None) -> Dataset | None:
+    """The cached split when ``blob`` was built from this source (``key``) and its content is intact and consistent
+    (types, shapes, classes, labels in range, ``labels`` when known without decoding, the content hash); else None."""
+    if not isinstance(blob, dict) or blob.get("key") != key:
+        return None
+    images, cached_labels, notes = blob.get("images"), blob.get("labels"), blob.get("notes")
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+            and tuple(images.shape[1:]) == (3, IMAGE_SIZE, IMAGE_SIZE)
+            and isinstance(cached_labels, torch.Tensor) and cached_labels.dtype == torch.int64
+            and cached_labels.shape == (len(images),) and blob.get("classes") == classes
+            and isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+        return None
+    if len(cached_labels) and (cached_labels.min() < 0 or cached_labels.max() >= len(classes)):
+        return None
+    if labels is not None and not torch.equal(cached_labels, labels):
+        return None
+    if blob.get("digest") != _digest(images, cached_labels):
+        return None
+    return Dataset(images, cached_labels, list(classes), list(notes))
+
+
+def _cached(cache_file: Path, key: str, build, classes: list[str], labels: torch.Tensor | None = None) -> Dataset:
+    """Load ``cache_file`` when it was built from the same source (``key``) and verifies (:func:`_verified`), else
+    ``build()`` and store it.
+
+    Args:
+        classes: The split's class names, read from the source.
+        labels: The split's labels when known without decoding (an image folder's come from its file list).
+    """
     if cache_file.is_file():
         try:
-            blob = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if blob.get("key") == key:
-                return Dataset(blob["images"], blob["labels"], list(blob["classes"]), list(blob.get("notes", [])))
-        except Exception:  # a stale or damaged cache is simply rebuilt
+            dataset = _verified(torch.load(cache_file, map_location="cpu", weights_only=True), key, classes, labels)
+            if dataset is not None:
+                return dataset
+        except Exception:  # a damaged cache is simply rebuilt
             pass
     dataset = build()
     blob = {"key": key, "images": dataset.images, "labels": dataset.labels, "classes": dataset.classes,
-            "notes": dataset.notes}
+            "notes": dataset.notes, "digest": _digest(dataset.images, dataset.labels)}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -436,20 +562,23 @@ def _load_image_folders(root: Path) -> tuple[Dataset, Dataset]:
     if train_classes != test_classes:
         missing = sorted(set(train_classes) ^ set(test_classes))
         raise DataError(f"--data_dir {str(root)!r}: train/ and test/ class folders differ ({', '.join(missing[:10])})")
-    files = {split: _split_files(root / split, train_classes) for split in ("train", "test")}
+    special: list[tuple[Path, str]] = []
+    files = {split: _split_files(root / split, train_classes, special) for split in ("train", "test")}
     if not files["test"]:
         raise DataError(f"--data_dir {str(root)!r}: test/ has no images")
     counts = {name: [0, 0] for name in train_classes}
     for index, split in enumerate(("train", "test")):
         for _, label in files[split]:
             counts[train_classes[label]][index] += 1
-    notes = _class_notes(root, counts)
+    notes = _class_notes(root, counts) + special_note(special)
     splits = []
     for split in ("train", "test"):
         key = _fingerprint(train_classes, [path for path, _ in files[split]])
+        labels = torch.tensor([label for _, label in files[split]], dtype=torch.int64)
         dataset = _cached(root / ".cache" / f"{split}.pt", key,
-                          lambda s=split: _read_image_folder(root / s, files[s], train_classes))
+                          lambda s=split: _read_image_folder(root / s, files[s], train_classes), train_classes, labels)
         dataset.notes = dataset.notes + (notes if split == "train" else [])
+        dataset.files = [path.relative_to(root).as_posix() for path, _ in files[split]]  # the cache key's order
         splits.append(dataset)
     return splits[0], splits[1]
 
@@ -482,7 +611,7 @@ def load_data(data_dir: str | os.PathLike, download: bool = True) -> tuple[Datas
             if missing:
                 raise DataError(f"--data_dir {str(root)!r}: {CIFAR_FOLDER}/ lacks {', '.join(missing)}")
             splits.append(_cached(root / ".cache" / f"cifar-{split}.pt", _fingerprint([], paths),
-                                  lambda s=split: _read_cifar_split(folder, s)))
+                                  lambda s=split: _read_cifar_split(folder, s), _cifar_classes(folder)))
     except OSError as exc:  # permissions, a file vanishing mid-read, names too long for the file system
         raise DataError(f"--data_dir {str(root)!r} cannot be read ({exc.strerror or type(exc).__name__}: "
                         f"{exc.filename or ''})") from None

@@ -9,23 +9,39 @@ they reference is looked for: the run's media and files (``files/...``, relative
 artifact's manifest entries (the tables' JSON and images, the model checkpoint), which W&B records by **absolute**
 path in its staging folder. The report says what a sync would upload (history rows, tables, artifacts, sizes) and,
 for anything missing, where it is expected — and where it is now, when the ``wandb/`` folder was moved or copied
-(W&B's records still name the old place). Exit status 0 when every run is complete, 2 with an ``error:`` line when
-not.
+(W&B's records still name the old place).
+
+A record file that W&B's reader cannot read whole — empty, cut short (truncated, or its run killed or still
+running), or with corrupt data it skips (a checksum mismatch) — is named as incomplete or corrupt; the other runs are
+still reported. W&B's offline mode cannot reopen a run, so ``train/run.py --resume`` of an offline run writes a second
+folder with the same run id that replays every finished epoch: an earlier folder of a run whose every epoch a later
+folder holds is a **superseded fragment**, to leave out of the sync, and the last line names the folders to sync.
+
+Exit status 0 when every run to sync is complete, 2 with an ``error:`` line at the end when not. Ctrl-C (or SIGTERM)
+at any moment prints one ``stopped:`` line and exits with 128 + the signal's number (130 for Ctrl-C): never 0, which
+would say every run is complete.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunCheck", "check_run", "find_runs", "main"]
+from train.config import one_line
+from train.stops import Stopped, stops_raise
+
+__all__ = ["RunCheck", "check_run", "find_runs", "main", "mark_superseded"]
 
 STAGING = Path("artifacts") / "staging"
+TABLE_TYPES = ("table-file", "partitioned-table", "incremental-table-file")  # history values W&B gives a table
+READER = "wandb leet inspect: "  # how W&B's reader starts what it says about a record file (on stderr, exit 0)
+READ_TIMEOUT = 300  # seconds for W&B's reader on one run
 
 
 class CheckError(ValueError):
@@ -38,8 +54,10 @@ class RunCheck:
 
     run_dir: Path
     run_id: str = ""
-    state: str = "unknown"  # finished (exit record), or unknown (killed: no exit record yet)
+    state: str = "no exit record"  # finished (exit code 0), exit code N, or no exit record (killed, or running)
+    has_run_record: bool = False
     history_rows: int = 0
+    steps: set[int] = field(default_factory=set)  # the W&B steps of its history rows (train/run.py: the epochs)
     files: int = 0  # files the run uploads itself (media, output.log, ...)
     file_bytes: int = 0
     tables: int = 0
@@ -47,10 +65,13 @@ class RunCheck:
     artifact_bytes: int = 0
     missing: list[str] = field(default_factory=list)  # one line per missing file: what, and where it is expected
     moved: list[str] = field(default_factory=list)  # missing at its recorded path, found beside this folder
+    damaged: list[str] = field(default_factory=list)  # what keeps W&B's reader from reading the record file whole
+    superseded_by: Path | None = None  # a later folder of the same run that holds every step this one holds
 
     @property
     def complete(self) -> bool:
-        return not self.missing
+        """Everything a sync of this folder needs is there and readable."""
+        return not self.missing and not self.damaged
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -72,17 +93,56 @@ def find_runs(paths: list[str]) -> list[Path]:
         if not found:
             raise CheckError(f"{given!r} holds no offline W&B run (offline-run-* folders with a run-*.wandb file)")
         runs += found
-    return runs
+    unique: dict[Path, Path] = {}  # a folder named twice (a wandb/ folder and one of its runs) is checked once
+    for run in runs:
+        unique.setdefault(run.resolve(), run)
+    return list(unique.values())
 
 
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of the run, read by W&B's own reader (the ``wandb leet inspect --json`` command)."""
-    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
-                          capture_output=True, text=True, timeout=300)
+def read_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every record of the run that W&B's own reader (``wandb leet inspect --json``) can read, and what it says is
+    wrong with the record file.
+
+    The reader skips corrupt data (a checksum mismatch) and stops where a file is cut short, exiting 0 either way:
+    its lines on stderr are the only sign, so they are returned, as is its reason when it cannot read the file at all.
+    """
+    try:
+        done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+                              capture_output=True, text=True, timeout=READ_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return [], [f"W&B's reader did not finish within {READ_TIMEOUT} s"]
+    said = [line.removeprefix(READER) for line in done.stderr.splitlines() if line.startswith(READER)]
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
-        raise CheckError(f"W&B cannot read the run {str(run_dir)!r}: {reason}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1].removeprefix("Error: ")
+        said.append(f"W&B's reader cannot read it: {reason}")
+    records = []
+    for line in done.stdout.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            said.append("W&B's reader printed a record that is not JSON")
+            break
+    return records, said
+
+
+def _nothing_read(run_dir: Path) -> str:
+    """Why a run folder yielded no record although the reader raised no complaint: an empty or header-only file."""
+    files = sorted(run_dir.glob("run-*.wandb"))
+    if not files:
+        return "no run-*.wandb record file"
+    size = files[-1].stat().st_size
+    if size == 0:
+        return f"{files[-1].name} is empty (0 bytes)"
+    return (f"{files[-1].name} holds no record ({size} bytes): the run ended before W&B wrote its first one (a "
+            f"process killed early)")
+
+
+def _id_from_name(run_dir: Path) -> str:
+    """The run id in W&B's names: ``run-ID.wandb`` inside ``offline-run-TIME-ID``; for a file that holds no run
+    record (a run killed before W&B wrote it)."""
+    names = sorted(path.name for path in run_dir.glob("run-*.wandb"))
+    found = re.fullmatch(r"run-(.+)\.wandb", names[-1]) if names else None
+    return found.group(1) if found else run_dir.name.rsplit("-", 1)[-1]
 
 
 def _relocated(recorded: Path, run_dir: Path) -> Path | None:
@@ -97,17 +157,24 @@ def _relocated(recorded: Path, run_dir: Path) -> Path | None:
 
 def check_run(run_dir: Path) -> RunCheck:
     """Read one offline run's records and look for every file they reference."""
-    check = RunCheck(run_dir)
-    for record in read_records(run_dir):
+    check = RunCheck(run_dir, run_id=_id_from_name(run_dir))
+    records, check.damaged = read_records(run_dir)
+    if not records and not check.damaged:
+        check.damaged.append(_nothing_read(run_dir))
+    for record in records:
         kind = record.get("type")
         if kind == "run":
-            check.run_id = record["run"].get("run_id", "")
+            check.run_id = record["run"].get("run_id") or check.run_id
+            check.has_run_record = True
         elif kind == "exit":
-            check.state = "finished"
+            code = record["exit"].get("exit_code", 0)
+            check.state = "finished" if code == 0 else f"exit code {code}"
         elif kind == "history":
             check.history_rows += 1
+            if isinstance(record["history"]["item"].get("_step"), int):
+                check.steps.add(record["history"]["item"]["_step"])
             check.tables += sum(1 for key, value in record["history"]["item"].items()
-                                if key.endswith("._type") and value in ("table-file", "partitioned-table"))
+                                if key.endswith("._type") and value in TABLE_TYPES)
         elif kind == "files":
             for entry in record["files"]["files"]:
                 path = run_dir / "files" / entry["path"]
@@ -118,7 +185,28 @@ def check_run(run_dir: Path) -> RunCheck:
                     check.missing.append(f"run file {entry['path']} expected at {path}")
         elif kind == "artifact":
             _check_artifact(record["artifact"], run_dir, check)
+    if records and not check.has_run_record:
+        check.damaged.append("no run record among what W&B's reader could read: a sync cannot create the run")
     return check
+
+
+def mark_superseded(checks: list[RunCheck]) -> None:
+    """Mark each folder whose every step a later folder of the same run holds (``superseded_by``).
+
+    W&B's offline mode cannot reopen a run, so an offline ``--resume`` is a new folder with the same run id that
+    replays every finished epoch from the checkpoint before going on (``train/run.py``): the later folder alone holds
+    the whole run, and the earlier ones — the part a stop ended, or the fragment a ``kill -9`` left, often without a
+    single record — are to be left out of the sync. Folders are ordered by name (``offline-run-TIME-ID``).
+    """
+    parts: dict[str, list[RunCheck]] = defaultdict(list)
+    for check in checks:
+        parts[check.run_id].append(check)
+    for same_run in parts.values():
+        same_run.sort(key=lambda c: (c.run_dir.name, str(c.run_dir)))
+        for i, check in enumerate(same_run):
+            later = [c for c in same_run[i + 1:] if c.has_run_record and check.steps <= c.steps]
+            if later:
+                check.superseded_by = later[-1].run_dir
 
 
 def _check_artifact(artifact: dict[str, Any], run_dir: Path, check: RunCheck) -> None:
@@ -148,12 +236,18 @@ def _count(n: int, noun: str) -> str:
 
 def report(check: RunCheck) -> list[str]:
     """The lines printed for one run."""
+    head = f"{check.run_dir} (run {check.run_id or '?'}, {check.state}): "
+    if check.superseded_by is not None:
+        return [f"{head}superseded fragment of run {check.run_id}: leave it out of the sync (the later folder "
+                f"{check.superseded_by} holds every epoch)"]
     artifacts = ", ".join(f"{n} {kind}" for kind, n in sorted(check.artifacts.items())) or "none"
-    lines = [f"{check.run_dir} (run {check.run_id or '?'}, {check.state}): "
-             + ("complete" if check.complete else f"{_count(len(check.missing), 'referenced file')} missing"),
+    status = (["record file incomplete or corrupt"] if check.damaged else []) + (
+        [f"{_count(len(check.missing), 'referenced file')} missing"] if check.missing else [])
+    lines = [head + ("; ".join(status) or "complete"),
              f"  a sync uploads {_count(check.history_rows, 'history row')}, {_count(check.tables, 'table')}, "
              f"{_count(check.files, 'run file')} "
              f"({_size(check.file_bytes)}), artifacts: {artifacts} ({_size(check.artifact_bytes)} present)"]
+    lines += [f"  record file: {line}" for line in check.damaged]
     lines += [f"  missing: {line}" for line in check.missing[:20]]
     if len(check.missing) > 20:
         lines.append(f"  ... and {len(check.missing) - 20} more")
@@ -164,30 +258,53 @@ def report(check: RunCheck) -> list[str]:
     return lines
 
 
+def verdict(checks: list[RunCheck]) -> tuple[str, int]:
+    """The last line and the exit status: which folders to sync, or why some cannot be synced as they are."""
+    fragments = [c for c in checks if c.superseded_by is not None]
+    to_sync = [c for c in checks if c.superseded_by is None]
+    failing = [c for c in to_sync if not c.complete]
+    if failing:
+        damaged, missing = sum(1 for c in failing if c.damaged), sum(len(c.missing) for c in failing)
+        reasons = ([f"{_count(damaged, 'record file')} incomplete or corrupt"] if damaged else []) + (
+            [f"{missing} referenced files missing"] if missing else [])
+        return (f"error: {len(failing)} of {len(checks)} offline runs cannot be synced as they are "
+                f"({', '.join(reasons)}; see above)"), 2
+    if not fragments:
+        return f"all {len(checks)} offline runs complete: `wandb sync` of each folder uploads everything listed", 0
+    folders = " ".join(str(c.run_dir) for c in to_sync)
+    return (f"all complete: sync {_count(len(to_sync), 'folder')} and leave out "
+            f"{_count(len(fragments), 'superseded fragment')}: wandb sync {folders}"), 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: check, report, exit 0 (complete) or 2 (``error:`` line)."""
+    """Entry point: check, report, exit 0 (complete) or 2 (``error:`` line); a stop is one ``stopped:`` line."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in args):
         print(__doc__.strip())
         return 0
-    try:
-        flags = [a for a in args if a.startswith("-")]
-        if flags:
-            raise CheckError(f"unknown flag {flags[0]} (give wandb/ folders or run folders)")
-        checks = [check_run(run) for run in find_runs(args or ["wandb"])]
-    except CheckError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for check in checks:
-        print("\n".join(report(check)))
-    incomplete = [c for c in checks if not c.complete]
-    if incomplete:
-        missing = sum(len(c.missing) for c in incomplete)
-        print(f"error: {len(incomplete)} of {len(checks)} offline runs cannot be synced as they are ({missing} "
-              f"referenced files missing; see above)", file=sys.stderr)
-        return 2
-    print(f"all {len(checks)} offline runs complete: `wandb sync` of each folder uploads everything listed")
-    return 0
+    runs: list[Path] = []
+    checks: list[RunCheck] = []
+    with stops_raise():
+        try:
+            flags = [a for a in args if a.startswith("-")]
+            if flags:
+                raise CheckError(f"unknown flag {flags[0]} (give wandb/ folders or run folders)")
+            runs = find_runs(args or ["wandb"])
+            for run in runs:
+                checks.append(check_run(run))
+            mark_superseded(checks)
+            last, status = verdict(checks)
+            for check in checks:
+                print("\n".join(report(check)), flush=True)
+            print(last, file=sys.stderr if status else sys.stdout)
+            return status
+        except CheckError as exc:
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
+            return 2
+        except Stopped as stop:  # further stops are ignored from here on (stops_raise)
+            where = f"after checking {len(checks)} of {len(runs)} offline runs" if runs else "before checking a run"
+            print(f"stopped: {stop.signal_name} {where}; nothing was changed (the check only reads)", file=sys.stderr)
+            return stop.wandb_exit_code  # 128 + the signal's number, never 0: that would say every run is complete
 
 
 if __name__ == "__main__":

@@ -13,19 +13,27 @@ Bad input exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop c
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
 
 if __name__ == "__main__":  # the imports below take seconds: a stop meanwhile ends quietly, not with a traceback
+    def _set_stop_handlers(handler: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored
+                signal.signal(sig, handler)
+
     def _stopped_while_starting(signum: int, frame: object) -> None:
-        print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was saved", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for the run
+            print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was saved", file=sys.stderr)
         sys.exit(130 if signum == signal.SIGINT else 0)
 
-    for _sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(_sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored
-            signal.signal(_sig, _stopped_while_starting)
+    _set_stop_handlers(_stopped_while_starting)
+    # Registered first, so it runs last: after W&B's exit hooks CPython resets Python signal handlers to the default
+    # (death, status 143) while it shuts down; an ignored signal stays ignored.
+    atexit.register(_set_stop_handlers, signal.SIG_IGN)
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +50,29 @@ from torch.nn.parallel import DistributedDataParallel
 
 from explain.probes import Probes, choose_probes
 from explain.report import check_cam_settings, explain_model, write_probes
-from train.checkpoint import CheckpointError, load_model_state, save_checkpoint, unwrap
-from train.config import Config, ConfigError, parse_args
+from explain.report_labels import LABEL_KEYS
+from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, unwrap
+from train.config import Config, ConfigError, one_line, parse_args
 from train.data import DataError, Dataset, balanced_subset, load_data
 from train.engine import NonFiniteLossError, Recipe, build_recipe, compile_overhead, resolve_device
 from train.files import write_json
 from train.model import check_model_name
-from train.state import NothingToResume, OutDir, RunError, RunState, find_last_checkpoint, resume_config, resume_state
+from train.state import (
+    CheckpointFolderLock,
+    NothingToResume,
+    OutDir,
+    RunError,
+    RunState,
+    check_classes,
+    find_last_checkpoint,
+    resume_config,
+    resume_state,
+)
 from train.stops import Stopped, exit_status, stops_deferred, stops_ignored, stops_raise
-from train.tracking import METRICS_FILE, Tracker, epoch_row, finish_active_run
+from train.tracking import METRICS_FILE, Tracker, check_wandb_environment, epoch_row, finish_active_run
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError)
+RUN_ENDED = False  # set by finish() before its last line: a stop between fit()'s return and main() finds it
 
 
 class TrainingError(RuntimeError):
@@ -109,7 +129,7 @@ class Run:
     rank: int
     world_size: int
     first_epoch: int  # the first epoch this process trains (under --compile it compiles)
-    phase: str = "start-up"  # what a stop interrupts: "start-up", "epoch N", "explain", "finish"
+    phase: str = "start-up"  # what a stop interrupts: "start-up", "epoch N", "explain", "finish", "closing"
 
     def say(self, *args: Any) -> None:
         if self.rank == 0:
@@ -129,6 +149,8 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
 
     # ---- data: decoded once, resident on the device ----
     train_set, test_set = load_data(config.data_dir)
+    if checkpoint:  # a renamed class folder would make the resumed labels mean other classes
+        check_classes(checkpoint["classes"], train_set.classes, config.resume)
     for note in train_set.notes + test_set.notes if rank == 0 else []:
         print(note, file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
@@ -183,14 +205,20 @@ def start_stream(run: Run) -> None:
     rows = ([{"epoch": 0, **probes.row(0)}] if probes and 0 in probes.epochs else []) + state.history
     run.tracker.continue_from(rows, [probes.images_for(int(row["epoch"])) for row in rows] if probes else None)
     if probes and not probes.epochs:
-        probes.observe(run.recipe.model, 0)
+        probes.observe(run.recipe.evaluated, 0)
         state.probes = probes.to_dict()
         run.tracker.log_epoch({"epoch": 0, **probes.row(0)}, probes.images_for(0))
 
 
 def restore(recipe: Recipe, checkpoint: dict, source: str) -> None:
-    """Load a ``last.pt`` into the recipe: weights, optimizer, schedule and random generators."""
-    load_model_state(recipe.model, checkpoint, source)
+    """Load a ``last.pt`` into the recipe: weights (and their EMA), optimizer, schedule and random generators."""
+    if recipe.ema is not None:  # ``model`` holds the EMA (what was evaluated), ``train_model`` the trained weights
+        if not isinstance(checkpoint.get("train_model"), dict):
+            raise CheckpointError(f"checkpoint {source!r} cannot be resumed: it has no train_model for --ema")
+        load_model_state(recipe.model, {**checkpoint, "model": checkpoint["train_model"]}, source)
+        load_model_state(recipe.ema.module, checkpoint, source)
+    else:
+        load_model_state(recipe.model, checkpoint, source)
     try:
         recipe.optimizer.load_state_dict(checkpoint["optimizer"])
         recipe.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -207,6 +235,7 @@ def checkpoint_of(run: Run) -> dict[str, Any]:
     generator = run.recipe.train_loader.generator
     return {
         **model_checkpoint(run),
+        **({"train_model": unwrap(run.recipe.model).state_dict()} if run.recipe.ema is not None else {}),
         "optimizer": run.recipe.optimizer.state_dict(),
         "scheduler": run.recipe.scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state().cpu()},
@@ -215,9 +244,11 @@ def checkpoint_of(run: Run) -> dict[str, Any]:
 
 
 def model_checkpoint(run: Run) -> dict[str, Any]:
-    """What a user of the model needs: weights, config, classes and the epoch's metrics (``best.pt``)."""
-    return {"model": unwrap(run.recipe.model).state_dict(), "config": run.config.to_dict(), "epoch": run.state.epoch,
-            "metrics": run.state.history[-1], "classes": run.train_set.classes, "run_uid": run.state.run_uid}
+    """What a user of the model needs: the evaluated weights (the EMA with ``--ema``), config, classes and the
+    epoch's metrics (``best.pt``)."""
+    return {"model": unwrap(run.recipe.evaluated).state_dict(), "config": run.config.to_dict(),
+            "epoch": run.state.epoch, "metrics": run.state.history[-1], "classes": run.train_set.classes,
+            "run_uid": run.state.run_uid}
 
 
 def saved(state: RunState) -> str:
@@ -243,21 +274,19 @@ def train_epochs(run: Run) -> None:
             raise TrainingError(f"epoch {epoch}: {exc} (try a lower --lr); {saved(state)}"
                                 + ("; the last good checkpoint is kept" if state.epoch else "")) from None
         if run.world_size > 1 and run.device.type != "cuda":  # per-rank BN statistics: evaluate (and save) rank 0's
-            for buffer in run.recipe.model.buffers():
+            for buffer in run.recipe.evaluated.buffers():
                 dist.broadcast(buffer, src=0)
         val = run.recipe.evaluate(run.eval_net, tta=config.tta)
         row, images = epoch_row(epoch, train, val), None
         if run.probes:
-            run.probes.observe(run.recipe.model, epoch)
+            run.probes.observe(run.recipe.evaluated, epoch)
             row, images = {**row, **run.probes.row(epoch)}, run.probes.images_for(epoch)
         with stops_deferred():  # the checkpoint first, then the row: W&B never shows an epoch no checkpoint holds
             previous = saved(state)
             is_best = state.record(row, train)
             if run.probes:
                 state.probes = run.probes.to_dict()
-            if run.rank == 0:
-                save_epoch(run, is_best, previous)
-            run.tracker.log_epoch(row, images, commit=epoch < config.epochs)  # the end of training joins the last
+            save_epoch(run, row, images, is_best, previous)
             run.say(f"epoch {epoch}/{config.epochs}  train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f}  "
                     f"val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f}  lr {row['lr']:.4g}  "
                     f"{row['epoch_seconds']:.1f}s  {row['train/images_per_second']:.0f} img/s")
@@ -266,12 +295,15 @@ def train_epochs(run: Run) -> None:
                 else "finish"
 
 
-def save_epoch(run: Run, is_best: bool, previous: str) -> None:
-    """``best.pt`` (when best: first, so that whenever ``last.pt`` exists so does a ``best.pt``), then ``last.pt``."""
-    try:
-        if is_best:
-            save_checkpoint(run.out_dir / "best.pt", model_checkpoint(run))
-        save_checkpoint(run.out_dir / "last.pt", checkpoint_of(run))
+def save_epoch(run: Run, row: dict[str, float], images: dict | None, is_best: bool, previous: str) -> None:
+    """The epoch's files — ``best.pt`` (when best), ``last.pt`` and its ``metrics.jsonl`` row — all or none, then its
+    W&B row; rank 0 writes, the other ranks have nothing to write."""
+    files = {}
+    if run.rank == 0:
+        files = {run.out_dir / "best.pt": checkpoint_bytes(model_checkpoint(run))} if is_best else {}
+        files[run.out_dir / "last.pt"] = checkpoint_bytes(checkpoint_of(run))
+    try:  # the end of training's explain row joins the last epoch's W&B row
+        run.tracker.log_epoch(row, images, commit=run.state.epoch < run.config.epochs, files=files)
     except OSError as exc:
         run.state.epoch -= 1  # not saved
         raise TrainingError(f"epoch {run.state.epoch + 1}: saving its checkpoint in {run.out_dir} failed "
@@ -287,17 +319,26 @@ def finish(run: Run) -> dict[str, Any]:
     config, state = run.config, run.state
     run.phase = "explain"
     explained = {}
-    if config.explain_samples:
-        explained = explain_model(run.recipe.model, run.test_set, out_dir=run.out_dir, tracker=run.tracker,
-                                  samples=config.explain_samples, cam_method=config.cam_method,
-                                  cam_layer=config.cam_layer, device=run.device, amp=run.recipe.amp,
-                                  batch_size=config.eval_batch_size, indices=run.test_indices, epoch=state.epoch,
-                                  trust=config.trust, commit=False)
-        if "trust_verdict" in explained:
-            line = explained["trust_verdict"]
-            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
-    if run.probes:
-        write_probes(run.probes, run.out_dir, run.tracker)
+    try:
+        if config.explain_samples:
+            explained = explain_model(run.recipe.evaluated, run.test_set, out_dir=run.out_dir, tracker=run.tracker,
+                                      samples=config.explain_samples, cam_method=config.cam_method,
+                                      cam_layer=config.cam_layer, device=run.device, amp=run.recipe.amp,
+                                      batch_size=config.eval_batch_size, indices=run.test_indices,
+                                      epoch=state.epoch, trust=config.trust, trust_images=config.trust_images,
+                                      commit=False, label_issues=config.label_issues, tta=config.tta,
+                                      seed=config.seed)
+            if "trust_line" in explained:
+                line = explained["trust_line"]
+                print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
+            if "label_issues_line" in explained:  # summary.json's explain.label_issues(_checked) are in `explained`
+                print(explained["label_issues_line"], flush=True)
+        if run.probes:
+            write_probes(run.probes, run.out_dir, run.tracker)
+    except OSError as exc:  # a full disk while writing the pictures: the checkpoints are whole, say so
+        raise TrainingError(f"the explain step could not write in {run.out_dir} ({exc.strerror or exc}); "
+                            f"{saved(state)} and best.pt is the model, summary.json was not written; explain it "
+                            f"later with python explain/run.py --checkpoint {run.out_dir / 'best.pt'}") from None
     run.phase = "finish"
     last = state.history[-1]
     summary = {
@@ -307,8 +348,8 @@ def finish(run: Run) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "tta": config.tta,
         "epochs": state.epoch,
-        "train_seconds": state.loop_seconds,
-        "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
+        "train_seconds": round(state.loop_seconds, 3),
+        "train_images_per_second": round(state.train_images / max(state.train_seconds, 1e-9), 1),
         "compile_seconds": compile_overhead([r["epoch_seconds"] for r in state.history[run.first_epoch - 1:]])
         if config.compile else 0.0,
         "params": sum(p.numel() for p in run.recipe.model.parameters()),
@@ -320,12 +361,21 @@ def finish(run: Run) -> dict[str, Any]:
     }
     run.tracker.log({"epoch": state.epoch})  # commit the last epoch's row, which the explain step joined
     run.tracker.summary({"best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
-                         "train_seconds": summary["train_seconds"], "compile_seconds": summary["compile_seconds"]})
+                         "train_seconds": summary["train_seconds"], "compile_seconds": summary["compile_seconds"],
+                         # the counts, again after the commit: the row's table explain/label_issues shares the key
+                         **{f"explain/{key}": explained[key] for key in LABEL_KEYS if key in explained}})
     run.tracker.log_model(run.out_dir / "best.pt", aliases=["best", "latest"],
                           metadata={"config": config.to_dict(), "metrics": state.history[state.best_epoch - 1],
                                     "epoch": state.best_epoch, "classes": run.train_set.classes})
-    write_json(run.out_dir / "summary.json", summary)
+    try:
+        write_json(run.out_dir / "summary.json", summary)
+    except OSError as exc:  # a full disk at the very end: the checkpoints are whole, say so
+        raise TrainingError(f"writing summary.json in {run.out_dir} failed ({exc.strerror or exc}); {saved(state)}, "
+                            f"best.pt is the model; summary.json was not written") from None
+    run.phase = "closing"
     run.tracker.finish()
+    global RUN_ENDED
+    run.phase, RUN_ENDED = "ended", True  # before the last line: a stop from here on finds the run over
     run.say(f"done: test acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f} at epoch "
             f"{summary['best_epoch']}), {summary['train_seconds']:.1f}s; wrote {run.out_dir}/summary.json")
     return summary
@@ -343,6 +393,10 @@ def stop_message(run: Run | None, state: RunState, resumed: str) -> str:
     if phase == "explain":
         return (f"during the explain step: {saved(state)}; explain the model with "
                 f"python explain/run.py --checkpoint {run.out_dir / 'best.pt'}")
+    if phase == "closing":
+        return f"while closing the W&B run: {saved(state)} and summary.json is written; the run is complete"
+    if phase == "ended":
+        return "after the run ended; nothing was lost"
     return f"while finishing: {saved(state)}; summary.json was not written"
 
 
@@ -358,8 +412,10 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
     W&B, writes checkpoints and explains.
     """
     rank, world_size = init_distributed()
-    out_dir, run, state = None, None, RunState()
+    out_dir, source, run, state = None, None, None, RunState()
     try:
+        if config.wandb_mode != "disabled":  # now, not after the data loaded
+            check_wandb_environment()
         # ---- the run: new, or the checkpoint's config and state ----
         if config.resume == "auto":
             config.resume = find_last_checkpoint(config)
@@ -368,9 +424,14 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
                 print(f"--resume auto: {found}", flush=True)
         config, checkpoint = resume_config(config, given)
         state = resume_state(checkpoint, config.resume)
+        if checkpoint is not None and rank == 0:
+            print(f"resuming {config.resume}: {saved(state)}; continuing at epoch {state.epoch + 1} of "
+                  f"{config.epochs}", flush=True)
         config.run_name = config.run_name or agree(time.strftime("%Y%m%d-%H%M%S"))
         config.out_dir = config.out_dir or str(Path("runs") / config.run_name)
         check_model_name(config.model)
+        if rank == 0 and checkpoint is not None:  # continued elsewhere: the checkpoint's run must not be running
+            source = CheckpointFolderLock(config.resume, config.out_dir)
         if rank == 0:
             out_dir = OutDir(config.out_dir, state.run_uid, resuming=checkpoint is not None).open()
         run = set_up(config, checkpoint, state, rank, world_size)
@@ -392,26 +453,35 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
             finish_active_run(1)
         raise
     finally:
-        if out_dir is not None:
-            out_dir.close(keep=state.epoch > 0)
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        with stops_ignored():  # releasing the locks is quick and must happen; a stop now has nothing left to stop
+            if out_dir is not None:
+                out_dir.close(keep=state.epoch > 0)
+            if source is not None:
+                source.close()
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
+    ended = False  # a stop after fit() returned finds the run over (one between fit's return and this flag too)
     with stops_raise():
         try:
             config, given = parse_args(argv)
             fit(config, given)
+            ended = True
         except (*USER_ERRORS, TrainingError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             return 2
         except NothingToResume as exc:
-            print(exc)
+            print(one_line(str(exc)))
             return 0
         except Stopped as stop:
-            print(f"stopped: {stop.signal_name} {str(stop) or 'during start-up; nothing was saved'}", file=sys.stderr)
+            ended = ended or RUN_ENDED
+            what = str(stop) or ("after the run ended; nothing was lost" if ended else
+                                 "during start-up; nothing was saved")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for the run
+                print(f"stopped: {stop.signal_name} {one_line(what)}", file=sys.stderr)
             return exit_status(stop)
     return 0
 
@@ -420,4 +490,14 @@ if __name__ == "__main__":
     # A W&B service inherited from the parent process (a notebook, a test runner) would outlive a killed run and keep
     # its id "in use", so a resume could never reopen it: a training process starts a service of its own.
     os.environ.pop("WANDB_SERVICE", None)
-    sys.exit(main())
+    status = 0
+
+    def _stopped_while_exiting(signum: int, frame: object) -> None:  # W&B's service may take a moment to shut down
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {signal.Signals(signum).name} after the run ended; nothing was lost",
+                  file=sys.stderr, flush=True)
+        os._exit(status)
+
+    _set_stop_handlers(_stopped_while_exiting)  # main's stops_raise() puts it back when main returns
+    status = main()
+    sys.exit(status)

@@ -17,7 +17,7 @@ import os
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -30,12 +30,13 @@ try:
 except ImportError:  # Windows: no advisory locks; out_dir is then not protected against a second process
     fcntl = None
 
-__all__ = ["RESUME_OVERRIDABLE", "NothingToResume", "OutDir", "RunError", "RunState", "find_last_checkpoint",
-           "resume_config", "resume_state"]
+__all__ = ["RESUME_OVERRIDABLE", "CheckpointFolderLock", "NothingToResume", "OutDir", "RunError", "RunState",
+           "check_classes", "find_last_checkpoint", "resume_config", "resume_state"]
 
 # What a resumed run may change; everything else (data, model, schedule, seed, probes) is the checkpoint's.
 RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_size", "out_dir", "wandb_mode",
-                      "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer", "trust"}
+                      "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer", "trust",
+                      "trust_images", "label_issues"}
 LOCK_FILE = ".lock"
 
 
@@ -160,9 +161,95 @@ def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, An
     return resumed, checkpoint
 
 
+def _shown(names: list[str], most: int = 5) -> str:
+    return ", ".join(map(repr, names[:most])) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_classes(stored: list[str], classes: list[str], source: str) -> None:
+    """Refuse to resume onto data whose classes (names, order, count) differ from the checkpoint's: its label indices
+    would silently mean other classes (a class folder renamed between a stop and ``--resume``).
+
+    Raises:
+        CheckpointError: one line saying what changed.
+    """
+    stored, classes = list(stored), list(classes)
+    if stored == classes:
+        return
+    old_names, new_names = set(stored), set(classes)
+    gone, new = [c for c in stored if c not in new_names], [c for c in classes if c not in old_names]
+    changes = [f"{len(stored)} classes in the checkpoint, {len(classes)} in the data"] \
+        if len(stored) != len(classes) else []
+    changes += [f"gone: {_shown(gone)}"] if gone else []
+    changes += [f"new: {_shown(new)}"] if new else []
+    if not (gone or new or changes):
+        i = next(i for i, (a, b) in enumerate(zip(stored, classes, strict=True)) if a != b)
+        changes = [f"the same names in another order: class {i} was {stored[i]!r}, is now {classes[i]!r}"]
+    raise CheckpointError(f"checkpoint {source!r} cannot be resumed: the data's classes differ from the checkpoint's "
+                          f"({'; '.join(changes)}); resume on the data it was trained on, or start a new run")
+
+
 def resume_state(checkpoint: dict[str, Any] | None, source: str) -> RunState:
     """The :class:`RunState` of a resumed checkpoint, or a fresh one."""
     return RunState.from_dict(checkpoint["state"], source) if checkpoint else RunState()
+
+
+def _lock(file: IO[str]) -> str | None:
+    """Take the exclusive lock of an open ``.lock`` file (released by the kernel when the process dies) and write
+    this process's pid in it (when writable); returns the pid written by the process that holds it instead, or None."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.seek(0)
+            return file.read().strip() or "unknown"
+    if file.writable():
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+    return None
+
+
+class CheckpointFolderLock:
+    """Hold the lock of the folder a resumed checkpoint comes from while the run continues in another ``--out_dir``:
+    the run still going there (or another resume of the same checkpoint) would write the same W&B run id.
+
+    Args:
+        checkpoint: The ``--resume`` file.
+        out_dir: Where the resumed run writes; nothing is locked when it is the checkpoint's own folder
+            (:class:`OutDir` locks that one).
+
+    Raises:
+        RunError: the folder is locked: its run is still running.
+    """
+
+    def __init__(self, checkpoint: str, out_dir: str):
+        self._file: IO[str] | None = None
+        folder = Path(checkpoint).parent
+        self._path = folder / LOCK_FILE
+        if folder.resolve() == Path(out_dir).resolve():
+            return
+        self._made = not self._path.exists()  # then removed again by close(), as OutDir removes its own
+        try:
+            self._file = open(self._path, "a+")  # noqa: SIM115  (held until close())
+        except OSError:
+            try:  # a read-only folder: its lock file, if any, can still tell whether a run holds it
+                self._file = open(self._path)  # noqa: SIM115
+            except OSError:
+                return  # no lock file and none can be made there: no run holds the folder
+        holder = _lock(self._file)
+        if holder:
+            self.close()
+            raise RunError(f"--resume {checkpoint!r}: its run is still running (process {holder} holds "
+                           f"{str(folder)!r}); stop it first, or wait until it ends")
+
+    def close(self) -> None:
+        """Release the lock (and remove the lock file when this made it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            if self._made:
+                self._path.unlink(missing_ok=True)
 
 
 class OutDir:
@@ -198,19 +285,11 @@ class OutDir:
             self.close()
             reason = "its name is too long" if exc.errno == errno.ENAMETOOLONG else f"{exc.strerror or exc}"
             raise RunError(f"--out_dir {name!r} is not writable ({reason})") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._lock_file.seek(0)
-                holder = self._lock_file.read().strip() or "unknown"
-                self._lock_file.close()
-                self._lock_file = None
-                raise RunError(f"--out_dir {name!r} is in use by process {holder}") from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(f"{os.getpid()}\n")
-        self._lock_file.flush()
+        holder = _lock(self._lock_file)
+        if holder:
+            self._lock_file.close()
+            self._lock_file = None
+            raise RunError(f"--out_dir {name!r} is in use by process {holder}")
         try:
             self._check_holds_no_other_run()
         except BaseException:

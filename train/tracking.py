@@ -22,13 +22,40 @@ from typing import Any
 
 import numpy as np
 
-from train.files import atomic_write
+from train.config import ConfigError
+from train.files import atomic_write, atomic_write_all, shortest_floats
 from train.stops import stops_deferred
 
-__all__ = ["METRICS_FILE", "Tracker", "epoch_row", "finish_active_run", "read_metrics", "resolve_mode",
-           "stage_beside"]
+__all__ = ["METRICS_FILE", "Tracker", "check_wandb_environment", "epoch_row", "finish_active_run", "read_metrics",
+           "resolve_mode", "stage_beside"]
 
 METRICS_FILE = "metrics.jsonl"
+WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
+
+
+def check_wandb_environment() -> None:
+    """Refuse ``WANDB_*`` variables that W&B would refuse inside ``wandb.init`` (a pydantic or ``UsageError``
+    traceback, after the data loaded), and W&B folder variables that name a file (W&B would then write somewhere
+    else, or fail at the end staging the model).
+
+    W&B's own rule: each variable is applied to a fresh ``wandb.Settings`` the way ``wandb.init`` applies them.
+
+    Raises:
+        ConfigError: one line naming the variable and W&B's reason.
+    """
+    import wandb
+
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith("WANDB_"):
+            continue
+        if name in WANDB_FOLDERS and value and Path(value).exists() and not Path(value).is_dir():
+            raise ConfigError(f"environment variable {name}={value!r} names a file; W&B needs a folder there")
+        try:
+            wandb.Settings().update_from_env_vars({name: value})
+        except Exception as exc:  # pydantic's ValidationError, W&B's UsageError, a validator's ValueError
+            errors = getattr(exc, "errors", None)
+            reason = errors()[0]["msg"] if callable(errors) else _reason(exc).split(": ", 1)[-1]
+            raise ConfigError(f"environment variable {name}={value!r} is refused by W&B: {reason}") from None
 
 
 def resolve_mode(mode: str) -> str:
@@ -62,8 +89,9 @@ def stage_beside(wandb_folder: Path) -> None:
 
 
 def epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
-    """The one log row of an epoch, from the dicts of ``train_one_epoch`` and ``evaluate``."""
-    return {
+    """The one log row of an epoch, from the dicts of ``train_one_epoch`` and ``evaluate``: float32 figures as their
+    shortest decimals, seconds to the millisecond and images/s to a tenth (what the clock can tell)."""
+    return shortest_floats({
         "epoch": epoch,
         "train/loss": train["loss"],
         "train/acc": train["acc"],
@@ -71,9 +99,9 @@ def epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dic
         "val/acc": val["acc"],
         "val/acc_no_tta": val["acc_no_tta"],
         "lr": train["lr"],
-        "epoch_seconds": train["seconds"] + val["seconds"],
-        "train/images_per_second": train["images_per_second"],
-    }
+        "epoch_seconds": round(train["seconds"] + val["seconds"], 3),
+        "train/images_per_second": round(train["images_per_second"], 1),
+    })
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -91,7 +119,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _json_line(row: dict[str, Any]) -> str:
     plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    return json.dumps(plain) + "\n"
+    return json.dumps(shortest_floats(plain)) + "\n"
 
 
 def _warn(message: str) -> None:
@@ -125,6 +153,8 @@ class Tracker:
         self.metrics_file = Path(metrics_file) if metrics_file and enabled else None
         if not enabled:
             return
+        if mode != "disabled":
+            check_wandb_environment()
         self.mode = resolve_mode(mode)
         if self.mode == "disabled":
             return
@@ -196,17 +226,26 @@ class Tracker:
         self._guard("log", lambda: self.run.log(row, step=step, commit=commit))
 
     def log_epoch(self, row: dict[str, Any], images: dict[str, tuple[np.ndarray, str]] | None = None,
-                  commit: bool = True) -> None:
-        """An epoch's row: appended to ``metrics.jsonl`` (scalars) and logged to W&B with ``images``.
+                  commit: bool = True, files: dict[Path, bytes | memoryview] | None = None) -> None:
+        """An epoch's row: added to ``metrics.jsonl`` (scalars), together with the epoch's ``files``, then logged to
+        W&B with ``images``.
 
         Args:
             row: ``epoch`` and the epoch's numbers.
             images: ``{key: (uint8 [H, W, 3] pixels, caption)}`` logged as ``wandb.Image`` (not in the JSON file).
             commit: See :meth:`log`.
+            files: The epoch's other files (its checkpoints), written with the row all or none
+                (:func:`train.files.atomic_write_all`), before W&B sees the row.
+
+        Raises:
+            OSError: the files or the row could not be written (disk full): none was, nothing was logged.
         """
+        together = dict(files or {})
         if self.metrics_file is not None:
-            with open(self.metrics_file, "a") as file:
-                file.write(_json_line(row))
+            before = self.metrics_file.read_text() if self.metrics_file.exists() else ""
+            together[self.metrics_file] = before[:before.rfind("\n") + 1] + _json_line(row)  # no half line
+        if together:
+            atomic_write_all(together)
         if self.run is not None:
             self.log(self._wandb_row(row, images), commit=commit)
 
