@@ -1,33 +1,41 @@
-"""The headline figures in one command: default-recipe accuracy over seeds, throughput, CAM and W&B costs.
+"""The headline figures in one command: what the JPEG copy costs, airbench94 beside our default on the same images,
+recipe variants, a real run's outputs and phases, and throughput.
 
-Made for a GPU lent for a few minutes: each step runs the benchmark that owns it (``time_to_acc.py``,
-``speed.py``, ``cam_speed.py``, ``wandb_overhead.py``) in its own process, under what is left of ``--budget_s``,
-and appends its results to ``--json`` (default ``bench/out/headline.json``) as soon as it ends, so a run cut short
-still keeps every finished step. Steps, in order:
+Made for a GPU lent for a few minutes: each step runs the benchmark that owns it in its own process, under what is
+left of ``--budget_s``, and the results file (``--json``) is rewritten as soon as a step ends, so a run cut short
+keeps every finished step. First the data sets are made from the two archives of ``--archives``
+(``bench/cifar_sets.py``: the JPEG copy, the lossless subset and its JPEG twins, airbench's ``.pt`` format), then:
 
-1. ``default`` — the default recipe (``train/run.py`` with no flags but ``--data_dir``; minus W&B, checkpoints and
-   explain) trained to the end for each seed: final ``val/acc`` (flip TTA) and ``val/acc_no_tta``, the training
-   seconds and epoch at which ``val/acc`` first reached ``--target`` (evaluation excluded), training images/s;
-   mean ± spread over the seeds.
-2. ``speed`` — training throughput side by side in one process: ours (eager and ``torch.compile``) vs a standard
-   torchvision ``DataLoader`` + fp32 pipeline, with MFU against the chip's bf16 dense peak.
-3. ``cam`` — Grad-CAM batched vs one image at a time (needs torchcam; skipped without it).
-4. ``wandb`` — W&B offline vs disabled, wall and epoch time (needs wandb; skipped without it).
+1. ``jpeg_cost`` — ``bench/jpeg_cost.py``: the recipe trained on the 8,068 lossless originals and on their JPEG
+   twins, each model tested on both test sets (1,017 images): ``jpeg_cost.{png_png, png_jpeg, jpeg_png, jpeg_jpeg}``
+   (train data _ test data), one accuracy per seed.
+2. ``airbench94`` — ``bench/airbench94.py``: ``airbench.train94`` on the full JPEG copy, its TTA accuracy and
+   seconds per seed (needs CUDA and airbench; skipped, saying why, without them).
+3. ``default`` — ``bench/time_to_acc.py --full``: our default recipe on the full JPEG copy, one process per seed.
+4. ``recipe`` — each flag set of ``--variants`` trained like ``default`` (all seeds in one process, ``--parallel``
+   processes at a time), started while the time left exceeds ``--reserve_s`` (kept for the last two steps) plus
+   what ``default`` took, stopped when only ``--reserve_s`` is left. A flag ``train/run.py`` does not know is
+   recorded as skipped, not run. Nothing is adopted: each variant's mean, spread and difference to ``default``;
+   ``winners`` are those ahead by at least 0.3 points.
+5. ``real_run`` — ``bench/run_phases.py``: ``train/run.py``'s default recipe on the full JPEG copy, W&B offline,
+   explain (64), trust, probes (20), every output; its small outputs copied to ``--real_run_out``; the run's wall
+   time by phase (``wall_seconds``) and the time inside each W&B call (``wandb_fixed_seconds``).
+6. ``speed`` — ``bench/speed.py``: training images/s and MFU, eager and ``torch.compile`` (``--compile_modes``) at
+   each of ``--speed_batch_sizes`` (``throughput``).
 
-Prints one Markdown table at the end (for BENCHMARKS.md). Everything after ``--`` goes to every training step
-(e.g. a small subset to try it on a CPU)::
+Everything after ``--`` goes to every training step (e.g. a tiny run on a CPU). The keys the issue fixes: ``device``,
+``date``, ``torch``, ``default``, ``airbench94``, ``jpeg_cost``, ``throughput``, ``wandb_fixed_seconds``,
+``wall_seconds``; the detail under ``steps``, ``recipe``, ``data``, ``skipped``, ``notes``, ``markdown``::
 
-    python bench/headline.py --data_dir .bench-data/cifar10-jpeg                         # a GPU, ~6 minutes
-    python bench/headline.py --data_dir DIR --seeds 0 --speed_images 200 --budget_s 300 -- \\
-        --train_subset 200 --test_subset 100 --epochs 1 --batch_size 50 --device cpu   # a smoke test
+    python bench/headline.py --archives .carry/data --json $OUT/headline.json --real_run_out /tmp/real-run  # a GPU
+    python bench/headline.py --per_class 20,5 --seeds 0 --speed_images 100 --speed_batch_sizes 50 \\
+        --compile_modes= -- --epochs 1 --batch_size 50 --device cpu                                      # a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -41,8 +49,14 @@ if __package__ in (None, ""):  # `python bench/headline.py`: import the repo's p
 from train.config import ConfigError, parse_flags, train_parser  # noqa: E402  (after the path set-up)
 from train.files import write_json  # noqa: E402
 
-STEPS = ("default", "speed", "cam", "wandb")
+STEPS = ("jpeg_cost", "airbench94", "default", "recipe", "real_run", "speed")
+NEEDS_DATA = set(STEPS)
+# The recipe step's flag sets, in order of interest; a flag train/run.py does not know (yet) is skipped, not run.
+RECIPE_VARIANTS = ("--ema=0.999", "--label_smoothing=0.2", "--batch_size=1024", "--warmup_epochs=1",
+                   "--warmup_epochs=6")
+WIN_MARGIN = 0.003  # a variant "wins" when its mean beats the default's by at least 0.3 points
 MIN_STEP_SECONDS = 20  # a step is not started with less than this left of the budget
+REAL_RUN_FLAGS = ["--wandb_mode=offline", "--explain_samples=64", "--trust=True", "--probe_images=20"]
 
 
 def spread(values: list[float]) -> dict | None:
@@ -52,12 +66,23 @@ def spread(values: list[float]) -> dict | None:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1]
+
+
 class Headline:
     """The results file, rewritten (atomically) after every step, and the time budget the steps share."""
 
-    def __init__(self, path: Path, budget_s: float, command: str):
+    def __init__(self, path: Path, budget_s: float, command: str, torch_version: str):
         self.path, self.deadline = path, time.monotonic() + budget_s
-        self.result: dict = {"command": command, "date": time.strftime("%Y-%m-%d"), "steps": {}, "skipped": {}}
+        self.result: dict = {
+            "device": None, "date": time.strftime("%Y-%m-%d"), "torch": torch_version,
+            "default": {"acc": [], "acc_no_tta": [], "train_seconds": []},
+            "airbench94": {"acc": [], "seconds": []},
+            "jpeg_cost": {"png_png": [], "png_jpeg": [], "jpeg_png": [], "jpeg_jpeg": []},
+            "throughput": {}, "wandb_fixed_seconds": {}, "wall_seconds": {},
+            "command": command, "steps": {}, "skipped": {}, "notes": [],
+        }
         self.save()
 
     def left(self) -> float:
@@ -66,166 +91,282 @@ class Headline:
     def save(self) -> None:
         write_json(self.path, self.result)
 
-    def run(self, name: str, argv: list[str], json_path: Path) -> dict | None:
+    def run(self, name: str, argv: list[str], json_path: Path, *, cwd: Path = REPO) -> dict | None:
         """Run one benchmark under the time left; its JSON, or None (and why, in ``skipped``) when it did not end."""
-        if self.left() < MIN_STEP_SECONDS:
-            return self.skip(name, f"out of time ({self.left():.0f}s of the budget left)")
-        json_path.unlink(missing_ok=True)
-        print(f"[headline] {name}: {' '.join(argv)}", flush=True)
-        start = time.monotonic()
-        try:
-            done = subprocess.run([sys.executable, *argv], cwd=REPO, timeout=self.left(), stdout=sys.stdout,
-                                  stderr=subprocess.PIPE, text=True)
-        except subprocess.TimeoutExpired:
-            return self.skip(name, f"stopped at the end of the budget after {time.monotonic() - start:.0f}s")
-        sys.stderr.write(done.stderr[-4000:])
-        if done.returncode != 0 or not json_path.is_file():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            return self.skip(name, f"exit {done.returncode}: {last}")
-        return json.loads(json_path.read_text())
+        return self.run_many([(name, argv, json_path)], parallel=1, cwd=cwd)[0]
+
+    def run_many(self, jobs: list[tuple[str, list[str], Path]], parallel: int, cwd: Path = REPO,
+                 start_if=lambda: True, keep_s: float = 0.0) -> list[dict | None]:
+        """Run the ``jobs`` (name, argv, JSON path), ``parallel`` at a time, each started only while ``start_if()``
+        and :data:`MIN_STEP_SECONDS` of the budget are left, all stopped when only ``keep_s`` seconds of it are left
+        (kept for later steps); their JSON, in order (None for one that did not end, its reason in ``skipped``).
+        Alone, a job's output streams through; side by side, each writes a log beside its JSON and its last line is
+        printed."""
+        results: list[dict | None] = [None] * len(jobs)
+        waiting, running = list(range(len(jobs))), {}
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                index = waiting.pop(0)
+                name, argv, json_path = jobs[index]
+                if self.left() < MIN_STEP_SECONDS or not start_if():
+                    self.skip(name, f"out of time ({self.left():.0f}s of the budget left)")
+                    continue
+                json_path.unlink(missing_ok=True)
+                print(f"[headline] {name}: {' '.join(argv)}", flush=True)
+                log = open(json_path.with_suffix(".log"), "w") if parallel > 1 else None  # noqa: SIM115
+                process = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=log or sys.stdout,
+                                           stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True)
+                running[index] = (process, time.monotonic(), log)
+            if not running:
+                break
+            index, (process, start, log) = next(iter(running.items()))
+            try:
+                _, stderr = process.communicate(timeout=max(self.left() - keep_s, 0.1))
+            except subprocess.TimeoutExpired:
+                for other, _, _ in running.values():
+                    other.kill()
+                    other.communicate()
+                for other in list(running):
+                    self.skip(jobs[other][0], f"stopped at the end of the budget after "
+                                              f"{time.monotonic() - running[other][1]:.0f}s"
+                                              + (f" (its last {keep_s:.0f}s kept for later steps)" if keep_s else ""))
+                running.clear()
+                self.skip_all(jobs, waiting)
+                break
+            del running[index]
+            name, _, json_path = jobs[index]
+            if log:  # side by side, a job's stderr went to its log too
+                log.close()
+                stderr = json_path.with_suffix(".log").read_text()
+                print(f"[headline] {name}: {last_line(stderr)}", flush=True)
+            else:
+                sys.stderr.write(stderr[-4000:])
+            if process.returncode != 0 or not json_path.is_file():
+                self.skip(name, f"exit {process.returncode}: {last_line(stderr)}")
+            else:
+                results[index] = json.loads(json_path.read_text())
+                print(f"[headline] {name}: done in {time.monotonic() - start:.0f}s", flush=True)
+        return results
+
+    def skip_all(self, jobs: list, waiting: list[int]) -> None:
+        for index in waiting:  # the budget ended while earlier jobs ran
+            self.skip(jobs[index][0], "out of time (0s of the budget left)")
+        waiting.clear()
 
     def skip(self, name: str, why: str) -> None:
         print(f"[headline] {name} skipped: {why}", flush=True)
         self.result["skipped"][name] = why
         self.save()
-        return None
 
     def record(self, name: str, value: dict) -> None:
         self.result["steps"][name] = value
+        if value.get("device") and not self.result["device"]:
+            self.result["device"] = value["device"]
         self.save()
 
-    def measure(self, name: str, argv: list[str], json_path: Path, *, needs: str | None = None) -> None:
-        """:meth:`run` one benchmark whose JSON is the step's result, and :meth:`record` it; skipped (saying why)
-        when the module it ``needs`` does not import here."""
-        if needs and not importable(needs):
-            self.skip(name, f"{needs} is not installed")
-        elif (data := self.run(name, argv, json_path)) is not None:
-            self.record(name, data)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The steps
 
 
-def importable(name: str) -> bool:
-    """Whether ``import name`` works here (the GPU image lacks wandb and torchcam unless they are carried)."""
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
+def step_jpeg_cost(head: Headline, args, recipe: list[str]) -> None:
+    out = args.work_json / "jpeg_cost.json"
+    data = head.run("jpeg_cost", ["bench/jpeg_cost.py", "--png_dir", args.sets["png"], "--jpeg_dir",
+                                  args.sets["jpeg_twins"], f"--seeds={args.seeds_text}", f"--json={out}", *recipe], out)
+    if data is not None:
+        head.result["jpeg_cost"] = {cell: data[cell] for cell in head.result["jpeg_cost"]}
+        head.record("jpeg_cost", data)
+
+
+def step_airbench94(head: Headline, args, recipe: list[str]) -> None:
+    out = args.work_json / "airbench94.json"
+    data = head.run("airbench94", ["bench/airbench94.py", "--data", args.sets["airbench"],
+                                   f"--seeds={args.seeds_text}", f"--json={out}"], out)
+    if data is not None:
+        head.result["airbench94"] = {"acc": data["acc"], "seconds": data["seconds"]}
+        head.record("airbench94", data)
 
 
 def step_default(head: Headline, args, recipe: list[str]) -> None:
-    runs = []
+    runs, start = [], time.monotonic()
     for seed in args.seeds:
-        out = args.work / f"default-seed{seed}.json"
-        data = head.run(f"default seed {seed}", ["bench/time_to_acc.py", "--data_dir", args.data_dir, "--full",
-                                                 f"--target={args.target}", f"--seeds={seed}", f"--json={out}",
-                                                 *recipe], out)
+        out = args.work_json / f"default-seed{seed}.json"
+        data = head.run(f"default seed {seed}", ["bench/time_to_acc.py", "--data_dir", args.sets["jpeg"], "--full",
+                                                 f"--seeds={seed}", f"--json={out}", *recipe], out)
         if data is None:
             break
         runs.extend(data["runs"])
-        hits = [run for run in runs if run["reached_epoch"]]
-        head.result.update(device=data["device"], torch=data["torch"])
+        head.result["default"] = {"acc": [r["final_acc"] for r in runs],
+                                  "acc_no_tta": [r["final_acc_no_tta"] for r in runs],
+                                  "train_seconds": [r["train_seconds"] for r in runs]}
         head.record("default", {
-            "device": data["device"], "torch": data["torch"], "config": data["config"], "target": args.target,
+            "device": data["device"], "torch": data["torch"], "config": data["config"],
             "train_images": data["train_images"], "test_images": data["test_images"],
-            "seeds": [run["seed"] for run in runs], "reached": f"{len(hits)}/{len(runs)}",
+            "seeds": [run["seed"] for run in runs], "seconds": time.monotonic() - start,
             "val_acc": spread([run["final_acc"] for run in runs]),
             "val_acc_no_tta": spread([run["final_acc_no_tta"] for run in runs]),
-            "seconds_to_target": spread([run["seconds_to_target"] for run in hits]),
-            "epoch_to_target": spread([run["reached_epoch"] for run in hits]),
             "train_seconds": spread([run["train_seconds"] for run in runs]),
-            "images_per_second": spread([run["images_per_second"] for run in runs]),
-            "runs": runs,
+            "images_per_second": spread([run["images_per_second"] for run in runs]), "runs": runs,
         })
 
 
+def unknown_flag(flags: list[str]) -> str | None:
+    """Why ``train/run.py`` would refuse ``flags`` (an unknown flag), else None."""
+    try:
+        parse_flags(train_parser(), flags)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def step_recipe(head: Headline, args, recipe: list[str]) -> None:
+    default = head.result["default"]["acc"]
+    base = statistics.fmean(default) if default else None
+    estimate = head.result["steps"].get("default", {}).get("seconds", 0.0)  # what one variant's seeds should take
+    variants, jobs = [], []
+    for text in args.variants:
+        flags = text.split()
+        entry = {"flags": flags}
+        variants.append(entry)
+        if why := unknown_flag([*recipe, *flags]):
+            entry["status"] = f"skipped: unknown flag ({why})"
+            continue
+        slug = "_".join(f.lstrip("-").replace("=", "-") for f in flags)
+        out = args.work_json / f"recipe-{slug}.json"
+        entry["json"] = out
+        jobs.append((f"recipe {text}", ["bench/time_to_acc.py", "--data_dir", args.sets["jpeg"], "--full",
+                                         f"--seeds={args.seeds_text}", f"--json={out}", *recipe, *flags], out))
+    results = iter(head.run_many(jobs, parallel=args.parallel,
+                                 start_if=lambda: head.left() - args.reserve_s >= estimate, keep_s=args.reserve_s))
+    for entry in variants:
+        if "json" not in entry:
+            continue
+        out = entry.pop("json")
+        data = next(results)
+        if data is None:
+            entry["status"] = "skipped: " + head.result["skipped"].get(f"recipe {' '.join(entry['flags'])}", "")
+            continue
+        acc = [run["final_acc"] for run in data["runs"]]
+        entry.update(status="ran", seeds=[run["seed"] for run in data["runs"]], acc=acc,
+                     acc_no_tta=[run["final_acc_no_tta"] for run in data["runs"]],
+                     train_seconds=[run["train_seconds"] for run in data["runs"]], spread=spread(acc),
+                     config=data["config"], json=str(out),
+                     diff_to_default=statistics.fmean(acc) - base if base is not None else None)
+    winners = [" ".join(v["flags"]) for v in variants
+               if v.get("diff_to_default") is not None and v["diff_to_default"] >= WIN_MARGIN]
+    airbench = head.result["airbench94"]["acc"]
+    head.result["recipe"] = {"default_mean": base, "airbench94_mean": statistics.fmean(airbench) if airbench else None,
+                             "win_margin": WIN_MARGIN, "variants": variants, "winners": winners,
+                             "parallel": args.parallel}
+    head.save()
+
+
+def step_real_run(head: Headline, args, recipe: list[str]) -> None:
+    out = args.work_json / "real_run.json"
+    dest = Path(args.real_run_out)
+    if dest.exists() and any(dest.iterdir()):
+        head.skip("real_run", f"--real_run_out {args.real_run_out!r} is not empty (a run never overwrites another)")
+        return
+    work = Path(args.work) / f"real-run-{time.strftime('%Y%m%d-%H%M%S')}"
+    data = head.run("real_run", ["bench/run_phases.py", f"--work={work}", f"--copy_to={dest}", f"--json={out}", "--",
+                                 "--data_dir", args.sets["jpeg"], *REAL_RUN_FLAGS, *recipe], out)
+    if data is None:
+        return
+    head.result["wall_seconds"].update(data["wall_seconds"])
+    first = head.result["data"]["seconds"].get("data_decoding_first_run")
+    if first is not None:  # measured when the data sets were made (the first decoding of the JPEG copy)
+        head.result["wall_seconds"]["data_decoding_first_run"] = first
+    head.result["wandb_fixed_seconds"] = {**data["wandb_seconds"], "exit_hooks": data["wall_seconds"]["exit_hooks"]}
+    head.result["notes"].append("wandb_fixed_seconds.exit_hooks is the time the real run's process spent in its "
+                                "atexit hooks after main() returned (W&B's service shutdown among them)")
+    head.record("real_run", data)
+
+
 def step_speed(head: Headline, args, recipe: list[str]) -> None:
-    out = args.work / "speed.json"
+    out = args.work_json / "speed.json"
     device = args.flags.get("device", "auto")
-    head.measure("speed", ["bench/speed.py", "--data_dir", args.data_dir, f"--images={args.speed_images}",
-                           f"--epochs={args.speed_epochs}", f"--workers={args.workers}", f"--device={device}",
-                           f"--batch_size={args.flags.get('batch_size', 512)}",
-                           *(["--compile"] if args.compile else []), f"--json={out}"], out)
+    data = head.run("speed", ["bench/speed.py", "--data_dir", args.sets["jpeg"], f"--images={args.speed_images}",
+                              f"--epochs={args.speed_epochs}", f"--device={device}",
+                              f"--batch_sizes={args.speed_batch_sizes}", f"--compile_modes={args.compile_modes}",
+                              "--no_baseline", f"--json={out}"], out)
+    if data is not None:
+        head.result["throughput"] = data["throughput"]
+        head.record("speed", data)
 
 
-def step_cam(head: Headline, args, recipe: list[str]) -> None:
-    out = args.work / "cam_speed.json"
-    head.measure("cam", ["bench/cam_speed.py", f"--device={args.flags.get('device', 'auto')}",
-                         f"--images={args.cam_images}", f"--loop_images={min(100, args.cam_images)}", "--repeats=2",
-                         f"--out={out}"], out, needs="torchcam")
+RUNNERS = {"jpeg_cost": step_jpeg_cost, "airbench94": step_airbench94, "default": step_default,
+           "recipe": step_recipe, "real_run": step_real_run, "speed": step_speed}
 
 
-def step_wandb(head: Headline, args, recipe: list[str]) -> None:
-    out = args.work / "wandb_overhead.json"
-    run = ["--data_dir", args.data_dir, "--train_subset=10000", "--test_subset=2000", "--epochs=2",
-           "--explain_samples=0", *recipe]
-    head.measure("wandb", ["bench/wandb_overhead.py", "--repeats=2", f"--json={out}", "--", *run], out,
-                 needs="wandb")
+# ---------------------------------------------------------------------------------------------------------------------
+# The tables
 
 
-def fmt(stat: dict | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+def pct(values: list[float]) -> str:
+    stat = spread(values)
     if not stat:
         return "—"
-    mean, std = stat["mean"] * scale, stat["std"] * scale
-    return (f"{mean:.{digits}f}{unit} ± {std:.{digits}f} (min {stat['min'] * scale:.{digits}f}, "
-            f"max {stat['max'] * scale:.{digits}f}; n={stat['n']})")
+    return f"{stat['mean'] * 100:.2f} % ± {stat['std'] * 100:.2f} (n={stat['n']})"
 
 
 def markdown(result: dict) -> str:
-    """The results as one Markdown table."""
-    steps, rows = result["steps"], []
-    if "default" in steps:
-        d = steps["default"]
-        seeds = ", ".join(map(str, d["seeds"]))
-        rows += [
-            (f"default recipe, final `val/acc` (flip TTA), seeds {seeds}", fmt(d["val_acc"], 100, 2, " %")),
-            ("default recipe, final `val/acc_no_tta`", fmt(d["val_acc_no_tta"], 100, 2, " %")),
-            (f"seeds reaching {d['target']:.0%}", d["reached"]),
-            (f"training seconds to {d['target']:.0%} (evaluation excluded)", fmt(d["seconds_to_target"], 1, 1, " s")),
-            (f"epoch reaching {d['target']:.0%}", fmt(d["epoch_to_target"], 1, 1)),
-            (f"training seconds, all {d['config']['epochs']} epochs", fmt(d["train_seconds"], 1, 1, " s")),
-            ("training images/s (default recipe)", fmt(d["images_per_second"], 1, 0)),
-        ]
-    if "speed" in steps:
-        s = steps["speed"]
-        mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
-        rows.append(("throughput, ours eager (bf16, channels-last, device-resident data)",
-                     f"{s['ours']['images_per_second']:.0f} img/s{mfu}"))
-        if s.get("ours_compiled"):
-            mfu = f", MFU {s['mfu_compiled']:.1%}" if s.get("mfu_compiled") is not None else ""
-            rows.append(("throughput, ours `--compile`", f"{s['ours_compiled']['images_per_second']:.0f} img/s{mfu}"))
-        rows.append((f"throughput, torchvision DataLoader ×{s['baseline'].get('workers')} workers, fp32",
-                     f"{s['baseline']['images_per_second']:.0f} img/s (ours {s['ratio']:.2f}× faster)"))
-    if "cam" in steps:
-        c = steps["cam"]
-        best = max(c["batched"].values(), key=lambda b: b["images_per_second"])
-        rows.append((f"Grad-CAM, pred + true class of {c['images']} images",
-                     f"batched {best['seconds']:.2f} s vs per-image {c['loop_seconds_for_all']:.2f} s "
-                     f"({best['speedup_vs_loop']:.1f}×)"))
-    if "wandb" in steps:
-        w = steps["wandb"]
-        rows.append((f"W&B offline vs disabled (`train/run.py {' '.join(w['run_args'][2:])}`)",
-                     f"wall {w['overhead']['wall_seconds']:+.1%}, epochs {w['overhead']['loop_seconds']:+.1%}"))
-    for name, why in result["skipped"].items():
-        rows.append((f"{name}", f"not measured: {why}"))
-    lines = ["| measure | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
+    """The results as Markdown tables (for BENCHMARKS.md)."""
+    jc, lines = result["jpeg_cost"], []
+    lines += ["| trained on \\ tested on | lossless PNG | JPEG twins |", "| --- | --- | --- |",
+              f"| lossless PNG | {pct(jc['png_png'])} | {pct(jc['png_jpeg'])} |",
+              f"| JPEG twins | {pct(jc['jpeg_png'])} | {pct(jc['jpeg_jpeg'])} |", ""]
+    d, a = result["default"], result["airbench94"]
+    lines += ["| recipe, full JPEG copy | test acc | seconds |", "| --- | --- | --- |",
+              f"| ours, default (flip TTA) | {pct(d['acc'])} | "
+              f"{spread(d['train_seconds'])['mean']:.1f} s training |" if d["train_seconds"] else
+              "| ours, default (flip TTA) | — | — |",
+              f"| airbench94 (tta_level 2) | {pct(a['acc'])} | {spread(a['seconds'])['mean']:.1f} s |"
+              if a["seconds"] else "| airbench94 (tta_level 2) | — | — |"]
+    if "recipe" in result:
+        lines += ["", "| variant | test acc | vs default |", "| --- | --- | --- |"]
+        for v in result["recipe"]["variants"]:
+            diff = v.get("diff_to_default")
+            lines.append(f"| `{' '.join(v['flags'])}` | {pct(v['acc']) if 'acc' in v else v['status']} | "
+                         + (f"{diff * 100:+.2f} points |" if diff is not None else "— |"))
+    for title, key, unit in (("throughput", "throughput", "img/s"), ("W&B phase", "wandb_fixed_seconds", "s"),
+                             ("wall-time phase", "wall_seconds", "s")):
+        if result[key]:
+            lines += ["", f"| {title} | {unit} |", "| --- | --- |",
+                      *(f"| {k} | {v:,.0f} |" if unit == "img/s" else f"| {k} | {v:.2f} |"
+                        for k, v in result[key].items())]
+    if result["skipped"]:
+        lines += ["", "| not measured | why |", "| --- | --- |",
+                  *(f"| {k} | {v} |" for k, v in result["skipped"].items())]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, recipe = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", required=True, help="the JPEG CIFAR-10 folder (train/ and test/)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the default recipe")
-    parser.add_argument("--target", type=float, default=0.94, help="the val/acc whose time is measured")
+    parser.add_argument("--archives", default=str(REPO.parent / "shared" / "data"),
+                        help="the folder of cifar10-jpeg.tar.xz and cifar10-png-lossless-subset.tar.xz")
+    parser.add_argument("--work", default=str(REPO / ".bench-data" / "headline"),
+                        help="where the data sets are made (reused) and the real run trains")
+    parser.add_argument("--per_class", default="", help="TRAIN,TEST: only the first images of each class (tests)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of every accuracy")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"which of {', '.join(STEPS)} to run, in order")
-    parser.add_argument("--budget_s", type=float, default=420, help="seconds for all steps; later ones are skipped")
-    parser.add_argument("--speed_images", type=int, default=50000, help="training images per epoch of `speed`")
-    parser.add_argument("--speed_epochs", type=int, default=2, help="timed epochs of `speed` (after a warm-up)")
-    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
-                        help="DataLoader workers of the baseline")
-    parser.add_argument("--no_compile", dest="compile", action="store_false", help="skip the torch.compile timing")
-    parser.add_argument("--cam_images", type=int, default=1000, help="images of the `cam` step")
+    parser.add_argument("--budget_s", type=float, default=430, help="seconds for all steps; later ones are skipped")
+    parser.add_argument("--variants", default=";".join(RECIPE_VARIANTS),
+                        help="the recipe step's flag sets, separated by ';' (flags within one by spaces)")
+    parser.add_argument("--parallel", type=int, default=1, help="recipe variants trained at the same time")
+    parser.add_argument("--reserve_s", type=float, default=150,
+                        help="seconds of the budget the recipe step leaves to real_run and speed")
+    parser.add_argument("--real_run_out", default=str(REPO / "bench" / "out" / "real-run"),
+                        help="a new folder: the real run's small outputs (for docs/real-run/)")
+    parser.add_argument("--speed_images", type=int, default=25000, help="training images per epoch of `speed`")
+    parser.add_argument("--speed_epochs", type=int, default=1, help="timed epochs of `speed` (after a warm-up)")
+    parser.add_argument("--speed_batch_sizes", default="512,1024", help="batch sizes of `speed`")
+    parser.add_argument("--compile_modes", default="default,reduce-overhead", help="torch.compile modes of `speed`")
     parser.add_argument("--json", default=str(REPO / "bench" / "out" / "headline.json"))
     parser.add_argument("--steps_dir", help="where each step writes its own JSON (default: beside --json)")
     args = parser.parse_args(own)
@@ -233,22 +374,37 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
         parser.exit(2, f"error: --seeds {args.seeds!r} is not a comma-separated list of integers\n")
+    args.seeds_text = ",".join(map(str, args.seeds))
+    args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
     steps = [step for step in args.steps.split(",") if step]
     if unknown := [step for step in steps if step not in STEPS]:
         parser.exit(2, f"error: --steps: unknown step(s) {', '.join(unknown)} (choose from {', '.join(STEPS)})\n")
-    if not (Path(args.data_dir) / "train").is_dir():
-        parser.exit(2, f"error: --data_dir {args.data_dir!r} has no train/ folder\n")
-    try:  # the training flags, read by train/run.py's own parser: the steps look up --device and --batch_size
+    if args.parallel < 1:
+        parser.exit(2, f"error: --parallel {args.parallel} must be at least 1\n")
+    try:  # the training flags, read by train/run.py's own parser: the steps look up --device
         args.flags = parse_flags(train_parser(), recipe)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     json_path = Path(args.json).resolve()
-    args.work = Path(args.steps_dir).resolve() if args.steps_dir else json_path.with_name(f"{json_path.stem}-steps")
-    args.work.mkdir(parents=True, exist_ok=True)  # each step's own JSON; all of it lands in --json too
-    head = Headline(Path(args.json), args.budget_s, " ".join(["python", "bench/headline.py", *argv]))
-    runners = {"default": step_default, "speed": step_speed, "cam": step_cam, "wandb": step_wandb}
+    steps_dir = Path(args.steps_dir) if args.steps_dir else json_path.with_name(f"{json_path.stem}-steps")
+    args.work_json = steps_dir.resolve()
+    args.work_json.mkdir(parents=True, exist_ok=True)  # each step's own JSON; all of it lands in --json too
+    import torch
+
+    head = Headline(json_path, args.budget_s, " ".join(["python", "bench/headline.py", *argv]), torch.__version__)
+    if NEEDS_DATA & set(steps):
+        out = args.work_json / "data.json"
+        sets = head.run("data", ["bench/cifar_sets.py", "--archives", args.archives, "--work", args.work,
+                                 f"--per_class={args.per_class}", f"--json={out}"], out)
+        if sets is None:
+            for step in steps:
+                head.skip(step, f"no data sets: {head.result['skipped']['data']}")
+            steps = []
+        else:
+            args.sets, head.result["data"] = sets, sets
+            head.save()
     for step in steps:
-        runners[step](head, args, recipe)
+        RUNNERS[step](head, args, recipe)
     table = markdown(head.result)
     head.result["markdown"] = table
     head.save()

@@ -13,6 +13,10 @@ Imports only the data, model and engine modules (no wandb, no torchcam), so it r
 
     python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 2048         # this 2-core CPU
     python bench/speed.py --data_dir .bench-data/cifar10-jpeg --images 50000 --epochs 3 --compile --workers 16  # a GPU
+    python bench/speed.py --data_dir DIR --batch_sizes 512,1024 --compile_modes default,reduce-overhead --no_baseline
+
+With several batch sizes and compile modes each combination is timed (``throughput``: ``eager_bs512``,
+``compile-default_bs512``, ...), with its MFU and, compiled, the graphs, recompilations and graph breaks it caused.
 """
 
 from __future__ import annotations
@@ -63,18 +67,18 @@ def flops_per_image(model: nn.Module, device: torch.device) -> float:
     return counter.get_total_flops() / 8
 
 
-def bench_ours(model, dataset, args, device, *, compile: bool = False) -> dict:
+def bench_ours(model, dataset, args, device, *, compile: bool = False, mode: str | None = None) -> dict:
     loader = DeviceLoader(dataset, args.batch_size, device, train=True, seed=0)
     optimizer = make_optimizer(model, lr=0.01, weight_decay=5e-4, momentum=0.9, device=device)  # fused
     amp, channels_last = amp_dtype("auto", device), device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if compile else model
+    net = torch.compile(model, mode=mode) if compile else model
     runs = [train_one_epoch(net, loader, optimizer, None, nn.CrossEntropyLoss(), device=device, amp=amp,
                             channels_last=channels_last) for _ in range(args.epochs + 1)]
     timed = runs[1:]  # the first epoch warms up kernels and allocators (and compiles)
     return {"images_per_second": sum(r["images"] for r in timed) / sum(r["seconds"] for r in timed),
-            "precision": "bf16" if amp else "fp32", "channels_last": channels_last, "compile": compile,
+            "precision": "bf16" if amp else "fp32", "channels_last": channels_last, "compile": compile, "mode": mode,
             "first_epoch_seconds": runs[0]["seconds"]}
 
 
@@ -110,45 +114,102 @@ def bench_baseline(model, root: Path, indices: torch.Tensor, args, device) -> di
     return {"images_per_second": images / seconds, "precision": "fp32", "workers": args.workers}
 
 
+def compile_counters() -> dict[str, int]:
+    """torch.compile's running counts: graphs compiled, recompilations and graph breaks (why compiled code can be
+    slower than eager: a break splits the model, a recompile means a guard failed)."""
+    from torch._dynamo.utils import counters
+
+    return {"unique_graphs": int(counters["stats"]["unique_graphs"]), "recompiles": int(counters["stats"].get(
+        "recompiles", 0)), "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
+def bench_variant(model: nn.Module, dataset, args, device, batch_size: int, mode: str | None) -> dict:
+    """:func:`bench_ours` at ``batch_size``, eager (``mode`` None) or under ``torch.compile(mode=...)``."""
+    torch._dynamo.reset()  # each variant compiles afresh (the code cache is shared by the whole process)
+    before = compile_counters() if mode else None
+    try:
+        run = bench_ours(model, dataset, argparse.Namespace(**{**vars(args), "batch_size": batch_size}), device,
+                         compile=mode is not None, mode=None if mode in (None, "default") else mode)
+    except Exception as exc:  # one variant failing (a CUDA-graph mode, say) must not cost the others' figures
+        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+    if mode:
+        after = compile_counters()
+        run["compile_counters"] = {key: after[key] - before[key] for key in after}
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="JPEG CIFAR-10 folder (default: unpack ../shared/data's archive)")
     parser.add_argument("--images", type=int, default=50000, help="training images per epoch (class-balanced)")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after one warm-up epoch")
-    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--batch_size", "--batch_sizes", dest="batch_sizes", default="512",
+                        help="comma-separated batch sizes, each timed (the first one is the baseline's)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the baseline")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    parser.add_argument("--compile", dest="compile_modes", action="store_const", const="default",
+                        help="also time ours under torch.compile (= --compile_modes default)")
+    parser.add_argument("--compile_modes", default="",
+                        help="comma-separated torch.compile modes to time (default, reduce-overhead, max-autotune)")
+    parser.add_argument("--no_baseline", dest="baseline", action="store_false",
+                        help="skip the torchvision DataLoader baseline")
     parser.add_argument("--json", default=str(REPO / "bench" / "out" / "speed.json"))
     args = parser.parse_args()
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        parser.exit(2, f"error: --batch_sizes {args.batch_sizes!r} is not a comma-separated list of integers\n")
+    modes = [m for m in args.compile_modes.split(",") if m]
+    if unknown := [m for m in modes if m != "default" and m not in torch._inductor.list_mode_options()]:
+        parser.exit(2, f"error: --compile_modes: unknown mode(s) {', '.join(unknown)}\n")
 
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as train/run.py
     root = jpeg_root(args.data_dir)
     train_set, _ = load_data(root)
     indices = balanced_subset(train_set.labels, args.images, seed=0)
     torch.manual_seed(0)
     model = timm.create_model("resnet18_cifar", num_classes=10).to(device)
     flops = flops_per_image(model, device)
-    ours = bench_ours(model, train_set.subset(indices), args, device)
-    compiled = bench_ours(model, train_set.subset(indices), args, device, compile=True) if args.compile else None
-    baseline = bench_baseline(model, root, indices, args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    runs = {}
+    for batch_size in batch_sizes:
+        for mode in [None, *modes]:
+            key = f"{'eager' if mode is None else f'compile-{mode}'}_bs{batch_size}"
+            run = runs[key] = bench_variant(model, train_set.subset(indices), args, device, batch_size, mode)
+            if "error" in run:
+                print(f"  {key}: failed ({run['error']})", flush=True)
+                continue
+            run["mfu"] = run["images_per_second"] * flops / (peak * 1e12) if peak else None
+            print(f"  {key}: {run['images_per_second']:.1f} img/s"
+                  + (f", MFU {run['mfu']:.1%}" if peak else "") + f"; first epoch {run['first_epoch_seconds']:.1f}s"
+                  + (f"; {run['compile_counters']}" if mode else ""), flush=True)
+    first = batch_sizes[0]
+    ours = runs[f"eager_bs{first}"]
+    compiled = runs.get(f"compile-{modes[0]}_bs{first}") if modes else None
+    compiled = compiled if compiled and "error" not in compiled else None
+    args.batch_size = first
+    baseline = bench_baseline(model, root, indices, args, device) if args.baseline else None
     result = {
         "device": name, "torch": torch.__version__, "images": len(indices), "timed_epochs": args.epochs,
-        "batch_size": args.batch_size, "ours": ours, "ours_compiled": compiled, "baseline": baseline,
-        "ratio": ours["images_per_second"] / baseline["images_per_second"],
+        "batch_size": first, "batch_sizes": batch_sizes, "compile_modes": modes,
+        "throughput": {key: run["images_per_second"] for key, run in runs.items() if "error" not in run},
+        "runs": runs,
+        "ours": ours, "ours_compiled": compiled, "baseline": baseline,
+        "ratio": ours["images_per_second"] / baseline["images_per_second"] if baseline else None,
         "train_flops_per_image": flops,
         "peak_tflops": peak,
-        "mfu": ours["images_per_second"] * flops / (peak * 1e12) if peak else None,
-        "mfu_compiled": compiled["images_per_second"] * flops / (peak * 1e12) if peak and compiled else None,
+        "mfu": ours["mfu"],
+        "mfu_compiled": compiled["mfu"] if compiled else None,
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"device {name}: ours {ours['images_per_second']:.1f} img/s ({ours['precision']}), baseline "
-          f"{baseline['images_per_second']:.1f} img/s (fp32, DataLoader x{args.workers} workers): "
-          f"ratio {result['ratio']:.2f}x; {flops / 1e9:.2f} GFLOP per training image"
+    print(f"device {name}: ours {ours['images_per_second']:.1f} img/s ({ours['precision']})"
+          + (f", baseline {baseline['images_per_second']:.1f} img/s (fp32, DataLoader x{args.workers} workers): "
+             f"ratio {result['ratio']:.2f}x" if baseline else "")
+          + f"; {flops / 1e9:.2f} GFLOP per training image"
           + (f"; MFU {result['mfu']:.1%}" if peak else "; MFU n/a (unknown peak)"))
     if compiled:
         print(f"  ours under torch.compile: {compiled['images_per_second']:.1f} img/s "
