@@ -36,12 +36,12 @@ __all__ = ["CPU_TRUST_IMAGES", "GPU_TRUST_IMAGES", "TRUST_STEPS", "compare_cam_m
 
 ALPHA, COLORMAP = 0.5, "jet"  # the overlays' heat weight and colour map, as in the explain step's tables
 # Images the trust figures use by default. Each costs 2 + 4 × (TRUST_STEPS - 1) forwards and a CAM per randomization
-# stage (7 for resnet18_cifar): 16 images take about 3× the explain step's own CAM time on a 2-core CPU
-# (bench/trust_speed.py), which leaves most verdicts of a weak model inconclusive there (and says so); a GPU does 256
-# in seconds, with intervals 4× narrower (√16).
-CPU_TRUST_IMAGES = 16
+# stage (7 for resnet18_cifar), against the explain step's 128 CAMs (64 mistakes × 2 classes): 12 images at 6 steps
+# take about 3× that CAM time on a 2-core CPU (bench/trust_speed.py: 16 images at 8 steps took 5×), which leaves many
+# verdicts of a weak model inconclusive there (and says so); a GPU does 256 in seconds, intervals 4.6× narrower.
+CPU_TRUST_IMAGES = 12
 GPU_TRUST_IMAGES = 256
-TRUST_STEPS = 8
+TRUST_STEPS = 6  # 7 points per curve: the step resolution matters less than the number of images
 SANITY_IMAGES = 4  # images shown in sanity.png
 COMPARE_IMAGES = 8  # images shown in cam_methods.png
 

@@ -129,7 +129,7 @@ HELPS = {
     "trust": "Measure how far the CAMs can be trusted (deletion/insertion against a random order with 95% intervals, "
              "the randomization check) and give a verdict: faithful, not faithful or inconclusive.",
     "trust_images": "Images the trust figures are measured on: a seeded, class-stratified sample of the explained "
-                    "images; unset = 256 on a GPU, 16 on the CPU (more images, narrower intervals).",
+                    "images; unset = 256 on a GPU, 12 on the CPU (more images, narrower intervals).",
     "label_issues": "Find the explained images whose label is likely wrong (cleanlab): label_issues.json, "
                     "label_issues.png and the W&B table.",
 }

@@ -79,7 +79,7 @@ from train.config import (
 )
 from train.files import write_json
 from train.stops import Stopped, exit_status, stops_deferred, stops_raise
-from train.tracking import METRICS_FILE, epoch_row, read_metrics
+from train.tracking import METRICS_FILE, check_wandb_environment, epoch_row, read_metrics
 
 
 def _import_engine() -> ModuleType:
@@ -551,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     with stops_raise():  # Ctrl-C and SIGTERM stop the trial in progress cleanly and keep every result
         try:
             path, options, given = parse_options(sys.argv[1:] if argv is None else argv)
+            check_wandb_environment()  # every trial would fail on it, each with a traceback
             if not hasattr(sweeps, "next_run"):
                 raise SweepError("W&B's sweep engine is not installed (pip install sweeps)")
             raw = load_spec(path)

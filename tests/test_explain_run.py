@@ -294,3 +294,12 @@ def test_a_write_that_fails_says_what_was_written(small_folder, tmp_path):
                            f"it: ") and "misclassified.png" in line and line.endswith(
         "the rest was not; the checkpoint and the data are untouched")
     assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("script", ["explain/run.py", "sweeps/local.py"])
+def test_a_wandb_variable_wandb_refuses_is_one_error_line_before_any_work(script, checkpoint, tmp_path):
+    args = ["--checkpoint", str(checkpoint)] if script == "explain/run.py" else ["sweeps/lr.yaml", "--count=1"]
+    result = run_cli(*args, script=script, timeout=300, env={"WANDB_MODE": "fast"})
+    assert result.returncode == 2 and result.stderr.startswith("error: environment variable WANDB_MODE='fast' is "
+                                                               "refused by W&B"), result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

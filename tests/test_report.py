@@ -268,7 +268,7 @@ def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["confusion_matrix.png", "faithfulness.png", "gradcam.png",
                                                     "label_issues.json", "label_issues.png", "misclassified.png",
                                                     "sanity.png"]
-    assert result["trust_images"] == 16  # the CPU default, a class-stratified sample of the 20
+    assert result["trust_images"] == 12  # the CPU default, a class-stratified sample of the 20
     with pytest.raises(ValueError, match="samples must be >= 0"):
         explain_model(model, test, out_dir=tmp_path, samples=-1)
 

@@ -124,7 +124,7 @@ class Config:
     """Find the test images whose label is likely wrong (cleanlab), listed in label_issues.json and .png and W&B."""
     trust_images: int | None = None
     """Images the trust figures are measured on: a seeded, class-stratified sample of the explained split, right and
-    wrong predictions alike; unset = 256 on a GPU, 16 on the CPU (more images, narrower intervals)."""
+    wrong predictions alike; unset = 256 on a GPU, 12 on the CPU (more images, narrower intervals)."""
     probe_images: int = 20
     """Fixed test images whose prediction and CAM are logged before training and after every epoch (0 = off)."""
 
