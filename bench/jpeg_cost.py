@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import train  # noqa: F401  (registers resnet18_cifar)
 from train.config import ConfigError, parse_args
 from train.data import DataError, load_data
 from train.engine import build_recipe, resolve_device
+from train.files import write_json
 from train.loader import DeviceLoader
 
 SOURCES = ("png", "jpeg")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cell}: {statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1
                                                            else "") + f" (n={len(values)})")
     Path(own.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(own.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(own.json, result)
     print(f"wrote {own.json}")
     return 0
 

@@ -15,16 +15,17 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["DPI", "MAX_MATRIX_CLASSES", "PNG_ROWS", "SCALE", "cam_grid_figure", "cam_methods_figure",
-           "confusion_figure", "faithfulness_figure", "images_figure", "label_issues_figure", "misclassified_figure",
-           "most_confused_classes", "probes_figure", "sanity_figure", "tile_figure", "upscale"]
+__all__ = ["ALPHA", "COLORMAP", "DPI", "MAX_MATRIX_CLASSES", "PNG_ROWS", "SCALE", "cam_grid_figure",
+           "cam_methods_figure", "confusion_figure", "faithfulness_figure", "images_figure", "label_issues_figure",
+           "misclassified_figure", "most_confused_classes", "probes_figure", "sanity_figure", "tile_figure", "upscale"]
 
 SCALE = 4  # display upscaling of the overlays (nearest neighbour): 32×32 → 128×128
 DPI = 100  # of the PNG files
 CAPTION_LINE = 16  # pixels per caption line in the picture grids
 CAM_TRIPLES = 3  # mistakes per row of the CAM grid (9 pictures: ~1,400 px, a laptop screen's width)
 NOTE_LINE = 16  # pixels per legend line under a grid's title
-COLORMAP = "jet"  # of the CAM overlays (explain.report draws them with it)
+COLORMAP = "jet"  # of every CAM overlay (the reports draw them with it, the colour bars show it)
+ALPHA = 0.5  # weight of the heat layer in the overlays
 PNG_ROWS = 64  # mistakes drawn in misclassified.png and the CAM grid (the W&B table holds all of them)
 MAX_MATRIX_CLASSES = 50  # classes drawn in confusion_matrix.png: the most confused ones beyond this
 RIGHT, WRONG = "tab:green", "tab:red"

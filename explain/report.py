@@ -39,6 +39,8 @@ from torch import Tensor, nn
 
 from explain.cam import CAM_METHODS, compute_cams
 from explain.figures import (
+    ALPHA,
+    COLORMAP,
     DPI,
     SCALE,
     cam_grid_figure,
@@ -75,8 +77,6 @@ __all__ = [
 
 COLUMNS = ("index", "image", "true", "pred", "confidence", "p_true", "top3", "gradcam_pred", "gradcam_true",
            "label_quality", "likely_label_error")
-ALPHA = 0.5  # weight of the heat layer in the overlays
-COLORMAP = "jet"
 MOST_CONFUSED = 10  # true→pred pairs listed in explain/most_confused
 PROBE_COLUMNS = 11  # epochs shown in probes.png
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from explain.cam import compute_cams
-from explain.figures import DPI, SCALE, label_issues_figure
+from explain.figures import ALPHA, COLORMAP, DPI, SCALE, label_issues_figure
 from explain.labels import LabelIssues, issue_entries
 from explain.overlay import overlay_cam, to_hwc_uint8
 from train.data import Dataset
@@ -31,7 +31,6 @@ LABEL_COLUMNS = ("index", "file", "image", "given", "suggested", "quality", "p_g
                  "gradcam_suggested")
 LABEL_KEYS = ("label_issues", "label_issues_checked")  # also in the W&B summary as explain/<key>
 PNG_ISSUES = 32  # label issues drawn in label_issues.png: 4 rows of 8, readable at screen size
-ALPHA, COLORMAP = 0.5, "jet"  # as the mistakes' overlays (explain.report)
 
 
 def mistake_columns(issues: LabelIssues | None, chosen: Tensor) -> list[dict[str, Any]]:

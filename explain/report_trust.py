@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from explain.cam import compute_cams
-from explain.figures import DPI, SCALE, cam_methods_figure, faithfulness_figure, sanity_figure
+from explain.figures import ALPHA, COLORMAP, DPI, SCALE, cam_methods_figure, faithfulness_figure, sanity_figure
 from explain.overlay import overlay_cam, to_hwc_uint8
 from explain.trust import (
     TRUST_KEYS,
@@ -34,7 +34,6 @@ from train.files import write_json
 __all__ = ["CPU_TRUST_IMAGES", "GPU_TRUST_IMAGES", "TRUST_STEPS", "compare_cam_methods", "default_trust_images",
            "measure_trust", "trust_sample"]
 
-ALPHA, COLORMAP = 0.5, "jet"  # the overlays' heat weight and colour map, as in the explain step's tables
 # Images the trust figures use by default. Each costs 2 + 4 × (TRUST_STEPS - 1) forwards and a CAM per randomization
 # stage (7 for resnet18_cifar), against the explain step's 128 CAMs (64 mistakes × 2 classes): 12 images at 6 steps
 # take about 3× that CAM time on a 2-core CPU (bench/trust_speed.py: 16 images at 8 steps took 5×), which leaves many
