@@ -57,8 +57,8 @@ from torch import Tensor, nn
 from explain.cam import compute_cams
 from train.checkpoint import unwrap
 
-__all__ = ["AUC_KEYS", "CONFIDENCE", "FAITHFUL", "INCONCLUSIVE", "NOT_FAITHFUL", "SMALLEST_GAIN", "SURVIVES",
-           "TRUST_KEYS", "bootstrap_interval", "compare_methods", "deletion_insertion", "rank_methods",
+__all__ = ["AUC_KEYS", "CONFIDENCE", "FAITHFUL", "INCONCLUSIVE", "MIN_IMAGES", "NOT_FAITHFUL", "SMALLEST_GAIN",
+           "SURVIVES", "TRUST_KEYS", "bootstrap_interval", "compare_methods", "deletion_insertion", "rank_methods",
            "randomization_stages", "randomization_test", "removed", "spearman", "trust_figures", "verdict",
            "verdict_line"]
 
@@ -82,6 +82,9 @@ SURVIVES = 0.5
 # made. So the intervals are read against this floor (an equivalence region, as in equivalence testing): a gain
 # whose interval lies below it is no gain that matters, one whose interval straddles it is undecided.
 SMALLEST_GAIN = 0.01
+# A bootstrap interval from a handful of images is far narrower than the truth (the resamples of 3 values are 10
+# distinct means): below this many images no verdict other than inconclusive is given.
+MIN_IMAGES = 8
 FAITHFUL, NOT_FAITHFUL, INCONCLUSIVE = "faithful", "not faithful", "inconclusive"
 
 
@@ -340,7 +343,8 @@ def verdict(figures: dict[str, Any]) -> tuple[str, list[str]]:
     """Faithful, not faithful or inconclusive, from the intervals (see the module doc), and the reasons.
 
     Args:
-        figures: ``deletion_gain_ci``, ``insertion_gain_ci`` and ``sanity_rank_corr_ci`` (``[low, high]``).
+        figures: ``deletion_gain_ci``, ``insertion_gain_ci`` and ``sanity_rank_corr_ci`` (``[low, high]``), and
+            ``trust_images`` when known (fewer than :data:`MIN_IMAGES`: inconclusive, whatever the intervals).
 
     Returns:
         ``(verdict, reasons)``: the reasons say which interval decided a verdict other than :data:`FAITHFUL`.
@@ -361,6 +365,9 @@ def verdict(figures: dict[str, Any]) -> tuple[str, list[str]]:
     if survives:
         reasons.append(f"the maps survive randomizing the model (rank corr interval above {SURVIVES}): they show the "
                        f"image more than the model")
+    images = figures.get("trust_images")
+    if images is not None and images < MIN_IMAGES:
+        return INCONCLUSIVE, [f"only {images} images: intervals from fewer than {MIN_IMAGES} are not reliable"]
     if below or survives:
         return NOT_FAITHFUL, reasons
     if straddles:

@@ -18,6 +18,7 @@ from explain import compute_cams
 from explain.trust import (
     FAITHFUL,
     INCONCLUSIVE,
+    MIN_IMAGES,
     NOT_FAITHFUL,
     SMALLEST_GAIN,
     SURVIVES,
@@ -231,6 +232,11 @@ def test_verdict_reads_the_intervals():
     assert verdict(unsure) == (INCONCLUSIVE, [f"the randomization rank corr interval straddles {SURVIVES}"])
     nothing = {**good, "deletion_gain_ci": [math.nan, math.nan]}
     assert verdict(nothing)[0] == INCONCLUSIVE  # no images, no evidence
+    few = {**good, "trust_images": MIN_IMAGES - 1}  # intervals from a handful of images are far too narrow
+    assert verdict(few) == (INCONCLUSIVE, [f"only {MIN_IMAGES - 1} images: intervals from fewer than {MIN_IMAGES} "
+                                           f"are not reliable"])
+    assert verdict({**survives, "trust_images": 3})[0] == INCONCLUSIVE
+    assert verdict({**good, "trust_images": MIN_IMAGES}) == (FAITHFUL, [])
     figures = {"deletion_gain": 0.02, "insertion_gain": 0.15, "sanity_rank_corr": 0.1, "trust_images": 16,
                "sanity_rank_corr_ci": [0.0, 0.2], "deletion_gain_ci": [-0.01, 0.05], "insertion_gain_ci": [0.1, 0.2]}
     figures["trust_verdict"], figures["trust_reasons"] = verdict(figures)
