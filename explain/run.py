@@ -17,13 +17,15 @@ exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop cleanly wit
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 if __name__ == "__main__":  # the imports below take seconds: a stop meanwhile ends quietly, not with a traceback
     def _stopped_while_starting(signum: int, frame: object) -> None:
         print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was written", file=sys.stderr)
-        sys.exit(130 if signum == signal.SIGINT else 0)
+        sys.stderr.flush()  # then exit at once: a library import may swallow SystemExit; nothing is open yet
+        os._exit(130 if signum == signal.SIGINT else 0)
 
     for _sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(_sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored

@@ -53,7 +53,8 @@ from typing import Any
 if __name__ == "__main__":  # `python sweeps/local.py`
     def _stopped_while_starting(signum: int, frame: object) -> None:
         print(f"stopped: {signal.Signals(signum).name} during start-up; no trial was started", file=sys.stderr)
-        sys.exit(130 if signum == signal.SIGINT else 0)
+        sys.stderr.flush()  # then exit at once: a library import may swallow SystemExit; nothing is open yet
+        os._exit(130 if signum == signal.SIGINT else 0)
 
     for _sig in (signal.SIGINT, signal.SIGTERM):  # the imports below take seconds: a stop meanwhile ends quietly
         if signal.getsignal(_sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored

@@ -1,5 +1,6 @@
 """cifar-insight training package. Importing it registers ``resnet18_cifar`` in timm."""
 
+import os
 import signal
 import sys
 
@@ -8,7 +9,8 @@ if sys.argv[:1] == ["-m"]:  # `python -m train.X` (Python's argv[0] is "-m" whil
     def _stopped_while_starting(signum: int, frame: object) -> None:
         print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was saved", file=sys.stderr)
         training = "train.run" in sys.orig_argv  # a stopped run exits 0 on SIGTERM (train/stops.py); a check never
-        sys.exit(0 if training and signum != signal.SIGINT else 128 + signum)
+        sys.stderr.flush()  # then exit at once: a library import may swallow SystemExit (seen under load)
+        os._exit(0 if training and signum != signal.SIGINT else 128 + signum)
 
     for _sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(_sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored

@@ -27,7 +27,8 @@ if __name__ == "__main__":  # the imports below take seconds: a stop meanwhile e
     def _stopped_while_starting(signum: int, frame: object) -> None:
         if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for the run
             print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was saved", file=sys.stderr)
-        sys.exit(130 if signum == signal.SIGINT else 0)
+        sys.stderr.flush()  # then exit at once: a library import may swallow SystemExit; nothing is open yet
+        os._exit(130 if signum == signal.SIGINT else 0)
 
     _set_stop_handlers(_stopped_while_starting)
     # Registered first, so it runs last: after W&B's exit hooks CPython resets Python signal handlers to the default
