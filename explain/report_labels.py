@@ -31,6 +31,9 @@ LABEL_COLUMNS = ("index", "file", "image", "given", "suggested", "quality", "p_g
                  "gradcam_suggested")
 LABEL_KEYS = ("label_issues", "label_issues_checked")  # also in the W&B summary as explain/<key>
 PNG_ISSUES = 32  # label issues drawn in label_issues.png: 4 rows of 8, readable at screen size
+# Rows of the W&B table: each needs the CAM of its suggested class and two images, the feature's main cost
+# (bench/label_issue_cost.py: 64 rows made it +7.9 % of a 1,000-image CPU explain step); label_issues.json has all.
+TABLE_ISSUES = 32
 
 
 def mistake_columns(issues: LabelIssues | None, chosen: Tensor) -> list[dict[str, Any]]:
@@ -70,13 +73,14 @@ def report_label_issues(model: nn.Module, split: Dataset, issues: LabelIssues, p
         row: The explain step's open W&B row, or None when untracked.
         cam_method, layers: The CAM settings of the explain step.
         device: Where the CAMs are computed.
-        limit: Rows of the W&B table (the explain step's ``samples``).
+        limit: Rows of the W&B table (the explain step's ``samples``, at most :data:`TABLE_ISSUES`).
         known: CAMs already computed, by (position in ``split``, class) (:func:`known_cams`).
 
     Returns:
         ``label_issues`` (flagged count), ``label_issues_checked``, ``label_issues_method``, ``label_issues_png``
         and ``label_issues_line`` (:func:`label_issues_line`).
     """
+    limit = min(limit, TABLE_ISSUES)
     entries = issue_entries(issues, split.classes, positions, split.files)
     write_json(out_dir / "label_issues.json", {"method": issues.method, "checked": issues.checked, "issues": entries})
     top = issues.ranked[:max(limit, PNG_ISSUES) if row is not None else PNG_ISSUES]

@@ -216,7 +216,7 @@ def test_explain_finds_label_issues_on_the_test_split(explained, cifar_subset):
     assert summary["explain/label_issues"] == len(written["issues"]) and summary["explain/label_issues_checked"] == 200
     assert f"label issues: {len(written['issues'])} of 200 checked images" in explained["result"].stdout
     table, _ = logged_table(explained["records"], "explain/label_issues")
-    assert len(table["data"]) == min(64, len(written["issues"]))
+    assert len(table["data"]) == min(32, len(written["issues"]))  # the likeliest 32 (TABLE_ISSUES), all in the JSON
 
 
 # ---------------------------------------------------------------------------------------------------------------------
