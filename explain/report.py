@@ -345,8 +345,10 @@ def explain_images(model: nn.Module, images: Images | Iterable[Images], classes:
         top = torch.topk(probs, min(3, len(classes)))
         targets = top.indices[:, 0] if target_class is None else torch.full((len(probs),), target_class)
         cams = compute_cams(model, pixels, targets, method=method, layer=list(layers)).cpu()
-        inputs = upscale_all(to_hwc_uint8(batch.pixels))
-        overlays = overlay_cam(batch.pixels, cams, alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+        # pictures only for what shows them: the W&B table (every image) or images.png (the first SHOWN_IMAGES)
+        drawn = len(batch.names) if table is not None else max(SHOWN_IMAGES - len(shown), 0)
+        inputs = upscale_all(to_hwc_uint8(batch.pixels[:drawn]))
+        overlays = overlay_cam(batch.pixels[:drawn], cams[:drawn], alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
         for i, name in enumerate(batch.names):
             ranked = [[classes[c], round(float(p), 4)] for p, c in zip(top.values[i], top.indices[i], strict=True)]
             row = {"file": name, "size": list(batch.sizes[i]), "top3": ranked, "cam_class": classes[int(targets[i])]}
