@@ -297,7 +297,7 @@ def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np
                        group=3)
 
 
-def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int) -> Figure:
+def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int, warning: str | None = None) -> Figure:
     """The likeliest label errors in a grid: each image under its given class (black), the class the model suggests
     with its probability (red) and cleanlab's label quality (low = likely mislabelled).
 
@@ -306,10 +306,11 @@ def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int) 
             ``quality``; likeliest first.
         flagged: How many images were flagged in all.
         checked: How many images were checked.
+        warning: A line in red under the title (why the flags may not be label errors), or None.
     """
     cells: list[Cell] = [(upscale(row["image"]), [(f"#{row['index']} given: {row['given']}", "black"),
                                                   (f"→ {row['suggested']} {row['p_suggested']:.2f}", WRONG),
                                                   (f"quality {row['quality']:.3f}", "black")]) for row in rows]
-    title = (f"{len(rows)} likeliest label errors (of {flagged:,} flagged in {checked:,} images)" if rows
-             else f"no label issues found in {checked:,} images")
-    return tile_figure(cells, min(8, len(rows)), title)
+    title = (f"{len(rows)} {'most suspect labels' if warning else 'likeliest label errors'} (of {flagged:,} flagged "
+             f"in {checked:,} images)" if rows else f"no label issues found in {checked:,} images")
+    return tile_figure(cells, min(8, len(rows)), title, notes=[(warning, WRONG)] if warning else ())

@@ -19,20 +19,21 @@ from torch import Tensor, nn
 
 from explain.cam import compute_cams
 from explain.figures import ALPHA, COLORMAP, DPI, SCALE, label_issues_figure
-from explain.labels import LabelIssues, issue_entries
+from explain.labels import PLAUSIBLE_SHARE, LabelIssues, issue_entries
 from explain.overlay import overlay_cam, to_hwc_uint8
 from train.data import Dataset
 from train.files import write_json
 
 __all__ = ["LABEL_COLUMNS", "LABEL_KEYS", "PNG_ISSUES", "known_cams", "label_issues_line", "mistake_columns",
-           "report_label_issues"]
+           "picture_warning", "report_label_issues"]
 
 LABEL_COLUMNS = ("index", "file", "image", "given", "suggested", "quality", "p_given", "p_suggested",
                  "gradcam_suggested")
 LABEL_KEYS = ("label_issues", "label_issues_checked")  # also in the W&B summary as explain/<key>
 PNG_ISSUES = 32  # label issues drawn in label_issues.png: 4 rows of 8, readable at screen size
-# Rows of the W&B table: each needs the CAM of its suggested class and two images, the feature's main cost
-# (bench/label_issue_cost.py: 64 rows made it +7.9 % of a 1,000-image CPU explain step); label_issues.json has all.
+# Rows of the W&B table: each needs the CAM of its suggested class (unless it is an explained mistake's) and two
+# images; with label_issues.png they are the feature's whole cost, ~0.5 s on a 2-core CPU (bench/label_issue_cost.py).
+# label_issues.json lists every flagged image.
 TABLE_ISSUES = 32
 
 
@@ -57,6 +58,15 @@ def label_issues_line(result: dict[str, Any], out_dir: Path) -> str:
             f"mislabelled (cleanlab); likeliest first in {out_dir / 'label_issues.json'} and label_issues.png")
 
 
+def picture_warning(issues: LabelIssues) -> str | None:
+    """The red line under ``label_issues.png``'s title when more are flagged than labels are plausibly wrong."""
+    if not issues.implausible:
+        return None
+    return (f"{issues.share:.0%} flagged, more than any widely used test set holds wrong labels (~"
+            f"{PLAUSIBLE_SHARE:.0%}): mostly this model's own confusions (it agrees with {issues.accuracy:.0%} of the "
+            f"labels)")
+
+
 def report_label_issues(model: nn.Module, split: Dataset, issues: LabelIssues, positions: Tensor, *, out_dir: Path,
                         row: dict[str, Any] | None, cam_method: str, layers: Sequence[str],
                         device: torch.device, limit: int,
@@ -77,8 +87,9 @@ def report_label_issues(model: nn.Module, split: Dataset, issues: LabelIssues, p
         known: CAMs already computed, by (position in ``split``, class) (:func:`known_cams`).
 
     Returns:
-        ``label_issues`` (flagged count), ``label_issues_checked``, ``label_issues_method``, ``label_issues_png``
-        and ``label_issues_line`` (:func:`label_issues_line`).
+        ``label_issues`` (flagged count), ``label_issues_checked``, ``label_issues_method``, ``label_issues_png``,
+        ``label_issues_notes`` (the :class:`~explain.labels.LabelIssues` notes, for ``warning:`` lines) and
+        ``label_issues_line`` (:func:`label_issues_line`).
     """
     limit = min(limit, TABLE_ISSUES)
     entries = issue_entries(issues, split.classes, positions, split.files)
@@ -87,9 +98,10 @@ def report_label_issues(model: nn.Module, split: Dataset, issues: LabelIssues, p
     pixels = to_hwc_uint8(split.images[torch.as_tensor(top, dtype=torch.long)])
     shown = [{**entry, "image": pixels[i]} for i, entry in enumerate(entries[:PNG_ISSUES])]
     png = out_dir / "label_issues.png"
-    label_issues_figure(shown, len(entries), issues.checked).savefig(png, dpi=DPI)
+    label_issues_figure(shown, len(entries), issues.checked, picture_warning(issues)).savefig(png, dpi=DPI)
     result = {"label_issues": len(entries), "label_issues_checked": issues.checked,
-              "label_issues_method": issues.method, "label_issues_png": str(png)}
+              "label_issues_method": issues.method, "label_issues_png": str(png),
+              "label_issues_notes": list(issues.notes)}
     result["label_issues_line"] = label_issues_line(result, out_dir)
     if row is not None:
         rows = top[:limit]

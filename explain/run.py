@@ -356,6 +356,8 @@ def report(options: ExplainOptions, result: dict[str, Any]) -> None:
             say(row)
         if "label_issues_line" in result:
             say(result["label_issues_line"])
+            for note in result["label_issues_notes"]:
+                say(f"warning: label issues: {note}")
     if "trust_line" in result:
         say(result["trust_line"])
 

@@ -246,3 +246,44 @@ def test_speed_refuses_an_unknown_compile_mode(tmp_path):
     done = run_cli("--compile_modes=default,fast", f"--json={tmp_path / 's.json'}", script="bench/speed.py",
                    timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == "error: --compile_modes: unknown mode(s) fast"
+
+
+def test_label_issue_cost_times_the_feature_inside_paired_steps(cifar_subset, tmp_path):
+    out = tmp_path / "l.json"
+    done = run_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=2",
+                   "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py", timeout=900,
+                   env={"WANDB_DIR": str(tmp_path / "wandb")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["images"] == 40 and result["repeats"] == len(result["pairs"]) == 2
+    for pair in result["pairs"]:  # the label code ran (and was timed) only in the steps that had it on
+        assert pair["off"]["labels"] == 0 and pair["off"]["flagged"] == 0
+        assert 0 < pair["on"]["labels"] < pair["on"]["seconds"] and pair["on"]["flagged"] > 0
+        assert pair["inside_fraction"] == pytest.approx(pair["inside_seconds"] /
+                                                        (pair["on"]["seconds"] - pair["inside_seconds"]))
+    fractions = [p["inside_fraction"] for p in result["pairs"]]
+    assert result["cost_fraction"]["max"] == max(fractions) and result["cost_fraction"]["min"] == min(fractions)
+    assert result["verdict"] == ("within 5%" if max(fractions) < 0.05 else "over 5%" if min(fractions) > 0.05
+                                 else "inconclusive")
+    assert f"{100 * result['cost_fraction']['median']:.2f}% of the explain step" in done.stdout
+    assert result["label_issues_found"] > 0 and result["cleanlab_seconds"] > 0
+
+
+def test_label_issue_cost_verdict_needs_every_pair_on_one_side():
+    from bench.label_issue_cost import verdict
+
+    assert verdict([0.01, 0.049]) == "within 5%"
+    assert verdict([0.051, 0.3]) == "over 5%"
+    assert verdict([0.03, 0.07]) == "inconclusive"  # the pairs disagree: noise decides, so no verdict
+    assert verdict([0.03, 0.07], bound=0.1) == "within 10%"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--repeats=0"], "error: --repeats must be >= 1"),
+    (["--tta=maybe"], "error: --tta expects bool, got 'maybe'"),
+    (["--data_dir=/nonexistent"], "error: --data_dir '/nonexistent' has no train/ and test/ folders"),
+])
+def test_label_issue_cost_bad_flags(args, message, tmp_path):
+    done = run_cli(*args, f"--json={tmp_path / 'l.json'}", script="bench/label_issue_cost.py", timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().startswith(message) and "Traceback" not in done.stderr
+    assert not (tmp_path / "l.json").exists()

@@ -15,7 +15,7 @@ from PIL import Image
 from timm.models import register_model
 
 from explain import run as explain_run
-from explain.labels import METHOD, find_label_issues, issue_entries, probabilities
+from explain.labels import METHOD, PLAUSIBLE_SHARE, find_label_issues, issue_entries, probabilities
 from explain.report import COLUMNS, explain_model
 from explain.report_labels import LABEL_COLUMNS
 from tests.conftest import wandb_records, wandb_summary
@@ -119,6 +119,22 @@ def test_a_clean_folder_gets_almost_no_issues(tmp_path, model):
     _, test = load_data(write_folder(tmp_path, train=1, test=60, seed=1))
     issues = find_label_issues(predict_probs(model, test.images), test.labels)
     assert issues.checked == 180 and len(issues.ranked) <= 2 and issues.notes == []
+
+
+def test_flagging_more_than_any_test_set_holds_wrong_labels_is_blamed_on_the_model(noisy, model):
+    _, test = load_data(noisy)
+    good = find_label_issues(predict_probs(model, test.images), test.labels)
+    assert 0 < good.share <= PLAUSIBLE_SHARE and not good.implausible and good.notes == []
+    assert good.accuracy == pytest.approx(float((good.probs.argmax(1) == good.labels).mean()))
+    untrained = TinyNet().eval()  # the same images through an untrained net: it confuses the classes
+    torch.manual_seed(1)
+    weak = find_label_issues(predict_probs(untrained, test.images), test.labels)
+    assert weak.share == len(weak.ranked) / weak.checked > PLAUSIBLE_SHARE and weak.implausible
+    assert weak.accuracy < 0.6
+    assert weak.notes == [f"{weak.share:.0%} of the images are flagged, more than the ~10% of wrong labels found in "
+                          f"the worst of ten widely used test sets (Northcutt et al. 2021): unless these labels are "
+                          f"known to be that noisy, most flags are the model's own confusions (it agrees with "
+                          f"{weak.accuracy:.1%} of the labels); read them as label errors once the model is accurate"]
 
 
 def test_bad_arguments_are_refused():
@@ -239,7 +255,7 @@ def test_explain_run_finds_label_issues_on_a_split(checkpoint, noisy, tmp_path, 
     assert f"label issues: {len(written['issues'])} of {written['checked']} checked images" in captured.out
     assert {e["file"] for e in written["issues"][:PLANTED * 3]} == {
         str(p.relative_to(noisy)) for p in noisy.glob("test/*/planted-*.png")}
-    assert "in-sample" not in captured.err
+    assert "in-sample" not in captured.err and "warning: label issues" not in captured.err  # a good model: no doubt
 
     assert explain_run.main([*args, "--split=train"]) == 2  # a folder holding a run's outputs is never overwritten
     assert "already holds a run's outputs" in capsys.readouterr().err
@@ -249,6 +265,39 @@ def test_explain_run_finds_label_issues_on_a_split(checkpoint, noisy, tmp_path, 
     assert "on 600 train images" in captured.out
     assert re.search(r"^warning: --split train: .*in-sample.*understated", captured.err, re.M)
     assert json.loads((tmp_path / "out-train" / "label_issues.json").read_text())["checked"] == 600
+
+
+def test_explain_run_warns_when_a_weak_model_flags_too_many(noisy, tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "untrained.pt"
+    config = Config(data_dir=str(noisy), model="tiny_label_net", cam_layer="features", trust=False).to_dict()
+    save_checkpoint(path, {"model": TinyNet().state_dict(), "config": config, "epoch": 0, "metrics": {},
+                           "classes": CLASSES})
+    assert explain_run.main(["--checkpoint", str(path), "--out_dir", str(tmp_path / "out"),
+                             "--wandb_mode=disabled"]) == 0
+    captured = capsys.readouterr()
+    written = json.loads((tmp_path / "out" / "label_issues.json").read_text())
+    share = len(written["issues"]) / written["checked"]
+    assert share > PLAUSIBLE_SHARE and list(written) == ["method", "checked", "issues"]
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning: label issues: ")]
+    assert len(warnings) == 1 and f"{share:.0%} of the images are flagged" in warnings[0], captured.err
+    assert "model's own confusions" in warnings[0] and "warning: label issues" not in captured.out
+    with Image.open(tmp_path / "out" / "label_issues.png") as picture:  # the picture says it too: a red line
+        pixels = np.asarray(picture.convert("RGB"))[30:60].reshape(-1, 3).astype(int)
+    red = (pixels[:, 0] > 180) & (pixels[:, 1] < 110) & (pixels[:, 2] < 110)
+    assert red.sum() > 50
+
+
+def test_the_picture_warning_is_a_line_under_the_title():
+    from explain.figures import NOTE_LINE, label_issues_figure
+
+    rows = [{"image": np.zeros((32, 32, 3), np.uint8), "index": i, "given": "red", "suggested": "blue",
+             "p_suggested": 0.9, "quality": 0.1} for i in range(3)]
+    plain = label_issues_figure(rows, 3, 10)
+    warned = label_issues_figure(rows, 3, 10, warning="30% flagged: mostly the model's confusions")
+    assert warned.get_size_inches()[1] * warned.dpi == pytest.approx(plain.get_size_inches()[1] * plain.dpi
+                                                                      + NOTE_LINE)
+    assert "30% flagged: mostly the model's confusions" in [t.get_text() for t in warned.axes[0].texts]
 
 
 def one_class(root: Path) -> Path:

@@ -334,6 +334,8 @@ def finish(run: Run) -> dict[str, Any]:
                 print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
             if "label_issues_line" in explained:  # summary.json's explain.label_issues(_checked) are in `explained`
                 print(explained["label_issues_line"], flush=True)
+                for note in explained["label_issues_notes"]:
+                    print(f"warning: label issues: {note}", file=sys.stderr, flush=True)
         if run.probes:
             write_probes(run.probes, run.out_dir, run.tracker)
     except OSError as exc:  # a full disk while writing the pictures: the checkpoints are whole, say so
