@@ -267,6 +267,22 @@ def test_explain_run_finds_label_issues_on_a_split(checkpoint, noisy, tmp_path, 
     assert json.loads((tmp_path / "out-train" / "label_issues.json").read_text())["checked"] == 600
 
 
+def test_cifar_batches_have_no_files_so_the_json_says_null(noisy, checkpoint, tmp_path, capsys):
+    from tests.test_data import write_cifar_batches
+
+    train, test = load_data(noisy)
+    write_cifar_batches(tmp_path / "batches", train, test)  # the same images in the torchvision download's format
+    out = tmp_path / "out"
+    assert explain_run.main(["--checkpoint", str(checkpoint), "--data_dir", str(tmp_path / "batches"),
+                             "--out_dir", str(out), "--wandb_mode=disabled"]) == 0
+    written = json.loads((out / "label_issues.json").read_text())
+    assert written["checked"] == len(test) and written["issues"]
+    assert all(entry["file"] is None for entry in written["issues"])  # JSON null: the batches name no files
+    planted = {i for i, f in enumerate(test.files) if "planted-" in f}
+    assert {e["index"] for e in written["issues"][:len(planted)]} == planted  # the same images, by position
+    assert "label issues: " in capsys.readouterr().out
+
+
 def test_explain_run_warns_when_a_weak_model_flags_too_many(noisy, tmp_path, capsys):
     torch.manual_seed(0)
     path = tmp_path / "untrained.pt"
