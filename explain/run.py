@@ -66,7 +66,7 @@ from train.data import (
     balanced_subset,
     decode_images,
     image_inputs,
-    load_data,
+    load_split,
     resize_note,
     special_note,
 )
@@ -239,12 +239,9 @@ def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[s
     returns :func:`explain_model`'s dict and ``notes`` (``warning:`` lines)."""
     loaded = load(options, given)
     config = loaded.config
-    # the checkpoint's test subset of the split, never downloaded (a typo must not fetch 170 MB)
-    train, test = load_data(config.data_dir, download=False)
-    data = test if options.split == "test" else train
-    if data.classes != loaded.classes:
-        raise DataError(f"--data_dir {config.data_dir!r} has classes {data.classes[:20]}, the checkpoint "
-                        f"{loaded.classes[:20]}")
+    # the checkpoint's test subset of the split, never downloaded (a typo must not fetch 170 MB); a folder of new
+    # images needs only that split's class folders, any of the checkpoint's classes
+    data = load_split(config.data_dir, options.split, loaded.classes)
     if not len(data):
         raise DataError(f"--split {options.split}: --data_dir {config.data_dir!r} has no {options.split} images")
     present = torch.unique(data.labels).tolist()
@@ -253,11 +250,12 @@ def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[s
                         f"{data.classes[present[0]]!r}; label issues need at least two classes (or --label_issues "
                         f"False)")
     trained_on = loaded.state["config"].get("data_dir")
-    notes = [f"warning: --split train: the checkpoint was trained on the train split of {trained_on!r}; on images "
-             f"a model trained on, its probabilities are in-sample (it has fit their labels, errors "
-             f"included), so label issues are understated; find them on images it never saw (--split test, or "
-             f"another --data_dir), or train on part of the data and explain the held-out part"] \
-        if options.split == "train" and config.label_issues else []
+    notes = list(data.notes)
+    if options.split == "train" and config.label_issues and same_folder(config.data_dir, trained_on):
+        notes.append(f"warning: --split train: the checkpoint was trained on the train split of {trained_on!r}; on "
+                     f"images a model trained on, its probabilities are in-sample (it has fit their labels, errors "
+                     f"included), so label issues are understated; find them on images it never saw (--split "
+                     f"test, or another --data_dir), or train on part of the data and explain the held-out part")
     indices = balanced_subset(data.labels, config.test_subset, config.seed)
     out_dir = out_folder(loaded, options)
     tracker = tracker_for(loaded, options)
@@ -274,6 +272,16 @@ def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[s
                      "explained": result["explained"], "checkpoint_epoch": loaded.state["epoch"]})
     tracker.finish()
     return {**result, "notes": notes}
+
+
+def same_folder(a: str | None, b: str | None) -> bool:
+    """Whether two data folders are one (paths resolved; a folder that cannot be resolved compares as written)."""
+    if a is None or b is None:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return a == b
 
 
 def explain_files(options: ExplainOptions, given: dict[str, Any]) -> dict[str, Any]:

@@ -479,3 +479,28 @@ def test_cache_is_readable_by_the_group(small_folder):
     mask = os.umask(0)
     os.umask(mask)
     assert (small_folder / ".cache" / "train.pt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_load_split_is_load_datas_split_and_takes_a_subset_of_classes(small_folder, tmp_path):
+    from train.data import load_split
+
+    train, test = load_data(small_folder)
+    for split, expected in (("test", test), ("train", train)):
+        alone = load_split(small_folder, split, train.classes)
+        assert torch.equal(alone.images, expected.images) and torch.equal(alone.labels, expected.labels)
+        assert alone.files == expected.files and alone.classes == expected.classes
+    only = tmp_path / "only"  # test/ alone, two of the ten classes: labels are positions among all ten
+    for name in ("dog", "cat"):
+        (only / "test" / name).mkdir(parents=True)
+        for path in sorted((small_folder / "test" / name).iterdir())[:2]:
+            (only / "test" / name / path.name).write_bytes(path.read_bytes())
+    subset = load_split(only, "test", train.classes)
+    assert subset.classes == train.classes and subset.labels.tolist() == [CLASSES.index("cat")] * 2 + [
+        CLASSES.index("dog")] * 2
+    assert subset.files == [f"test/{name}/{path.name}" for name in ("cat", "dog")
+                            for path in sorted((small_folder / "test" / name).iterdir())[:2]]
+    assert torch.equal(subset.images[0], test.images[test.files.index(subset.files[0])])
+    with pytest.raises(DataError, match=r"has no train/ folder nor cifar-10-batches-py/"):
+        load_split(only, "train", train.classes)
+    with pytest.raises(DataError, match=r"test/ has class folder\(s\) the checkpoint does not know: 'dog'"):
+        load_split(only, "test", ["cat", "frog"])

@@ -177,7 +177,7 @@ BAD_INPUT = {
     "negative-samples": (["--checkpoint", "@ckpt", "--explain_samples=-1"],
                          r"--explain_samples must be in \[0, 10000\], got -1"),
     "unknown-flag": (["--checkpoint", "@ckpt", "--explain_sample=3"], r"unknown flag --explain_sample \(did you mean"),
-    "bad-data-dir": (["--checkpoint", "@ckpt"], "--data_dir '.*no-data' has no train/ and test/ folders"),
+    "bad-data-dir": (["--checkpoint", "@ckpt"], "--data_dir '.*no-data' has no test/ folder nor cifar-10-batches-py/"),
     "no-checkpoint": (["--explain_samples=3"], "required: --checkpoint"),
     "model-timm-lacks": (["--checkpoint", "@unknown_model.pt"], r"--model 'resnet18_cifra' is not a timm model \(did "
                                                                 r"you mean resnet18_cifar\?\)"),

@@ -267,6 +267,44 @@ def test_explain_run_finds_label_issues_on_a_split(checkpoint, noisy, tmp_path, 
     assert json.loads((tmp_path / "out-train" / "label_issues.json").read_text())["checked"] == 600
 
 
+def test_new_images_need_only_their_split_and_any_of_the_checkpoints_classes(checkpoint, tmp_path, capsys):
+    """A user's folder of new labelled images: test/ alone, two of the model's three classes, one image misfiled."""
+    rng = np.random.default_rng(5)
+    new = tmp_path / "new"
+    for name in ("blue", "red"):
+        (new / "test" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(patch_picture(rng, [name])).save(new / "test" / name / f"{i:02d}.png")
+    Image.fromarray(patch_picture(rng, ["red"])).save(new / "test" / "blue" / "misfiled.png")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(checkpoint), "--data_dir", str(new), "--wandb_mode=disabled", "--trust=False"]
+    assert explain_run.main([*argv, "--out_dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    written = json.loads((out / "label_issues.json").read_text())
+    assert written["checked"] == 41 and written["issues"][0]["file"] == "test/blue/misfiled.png"
+    assert written["issues"][0]["given"] == "blue" and written["issues"][0]["suggested"] == "red"
+    assert "41 test images" in captured.out and captured.err == ""
+
+    assert explain_run.main([*argv, "--out_dir", str(tmp_path / "o2"), "--split=train"]) == 2  # no train/ there
+    assert capsys.readouterr().err.strip() == f"error: --data_dir {str(new)!r} has no train/ folder nor " \
+                                              f"cifar-10-batches-py/"
+    (new / "test" / "purple").mkdir()  # a class the model does not know
+    assert explain_run.main([*argv, "--out_dir", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --data_dir {str(new)!r}: test/ has class folder(s) the checkpoint does not know: "
+                          f"'purple' (its classes: blue, green, red)") and len(err.splitlines()) == 1
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_the_in_sample_warning_is_for_the_folder_the_model_trained_on(checkpoint, noisy, tmp_path, capsys):
+    other = write_folder(tmp_path / "other", train=10, test=2, seed=3)  # same classes, images it never saw
+    argv = ["--checkpoint", str(checkpoint), "--split=train", "--wandb_mode=disabled", "--trust=False"]
+    assert explain_run.main([*argv, "--data_dir", str(other), "--out_dir", str(tmp_path / "a")]) == 0
+    assert "in-sample" not in capsys.readouterr().err
+    assert explain_run.main([*argv, "--data_dir", f"{noisy}/../{noisy.name}", "--out_dir", str(tmp_path / "b")]) == 0
+    assert "in-sample" in capsys.readouterr().err  # the training folder, however it is spelled
+
+
 def test_cifar_batches_have_no_files_so_the_json_says_null(noisy, checkpoint, tmp_path, capsys):
     from tests.test_data import write_cifar_batches
 

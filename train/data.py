@@ -45,6 +45,7 @@ __all__ = [
     "image_files",
     "image_inputs",
     "load_data",
+    "load_split",
     "read_cifar_batch",
     "read_images",
     "resize_note",
@@ -618,6 +619,51 @@ def load_data(data_dir: str | os.PathLike, download: bool = True) -> tuple[Datas
     if len(splits[1]) == 0:
         raise DataError(f"--data_dir {str(root)!r}: the test split is empty")
     return splits[0], splits[1]
+
+
+def load_split(data_dir: str | os.PathLike, split: str, classes: list[str]) -> Dataset:
+    """One split of ``data_dir`` for a model of ``classes`` (e.g. new labelled images to explain), never downloaded.
+
+    An image folder needs only ``<split>/``, and its class folders may be any subset of ``classes`` (a folder of new
+    cats and dogs for a CIFAR-10 model): labels are positions in ``classes``, whose names the dataset keeps. A folder
+    of CIFAR-10 batches gives that split, when its classes are ``classes``.
+
+    Raises:
+        DataError: The split is missing or empty, a class folder is not one of ``classes``, or the data is
+            unreadable.
+    """
+    root = Path(data_dir)
+    folder = root / split
+    try:
+        if root.exists() and not root.is_dir():
+            raise DataError(f"--data_dir {str(root)!r} is a file, not a folder")
+        if not folder.is_dir():
+            if not (root / CIFAR_FOLDER).is_dir():
+                raise DataError(f"--data_dir {str(root)!r} has no {split}/ folder nor {CIFAR_FOLDER}/")
+            train, test = load_data(root, download=False)
+            dataset = test if split == "test" else train
+            if dataset.classes != classes:
+                raise DataError(f"--data_dir {str(root)!r} has classes {dataset.classes[:20]}, the checkpoint "
+                                f"{classes[:20]}")
+            return dataset
+        names = _class_folders(folder)
+        unknown = [name for name in names if name not in classes]
+        if unknown:
+            raise DataError(f"--data_dir {str(root)!r}: {split}/ has class folder(s) the checkpoint does not know: "
+                            f"{', '.join(map(repr, unknown[:10]))} (its classes: {', '.join(classes[:20])})")
+        special: list[tuple[Path, str]] = []
+        files = [(path, classes.index(names[label])) for path, label in _split_files(folder, names, special)]
+        if not files:
+            raise DataError(f"--data_dir {str(root)!r}: {split}/ has no images")
+        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+        dataset = _cached(root / ".cache" / f"{split}.pt", _fingerprint(classes, [path for path, _ in files]),
+                          lambda: _read_image_folder(folder, files, classes), classes, labels)
+    except OSError as exc:  # permissions, a file vanishing mid-read, names too long for the file system
+        raise DataError(f"--data_dir {str(root)!r} cannot be read ({exc.strerror or type(exc).__name__}: "
+                        f"{exc.filename or ''})") from None
+    dataset.notes = dataset.notes + special_note(special)
+    dataset.files = [path.relative_to(root).as_posix() for path, _ in files]
+    return dataset
 
 
 def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
