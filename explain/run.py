@@ -117,8 +117,8 @@ DEFAULTS_SHOWN = {**{name: "the checkpoint's" for name in FROM_CHECKPOINT},
                   "run_name": "the training run's name + '-explain'"}
 # The shared flags in this program's words (their Config docstrings speak of training).
 HELPS = {
-    "data_dir": "Image-folder root (train/ and test/ class folders) or CIFAR-10 python batches holding the images to "
-                "explain; never downloaded.",
+    "data_dir": "Image-folder root or CIFAR-10 python batches holding the images to explain; only the --split "
+                "folder is needed (test/<class>/...), its classes any of the checkpoint's; never downloaded.",
     "test_subset": "Class-balanced, seeded subset of the explained split (0 = all of it).",
     "explain_samples": "Most confident mistakes shown with their CAMs in the table and pictures (0 = none; the "
                        "confusion matrix, trust figures and label issues are still made).",
