@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -19,6 +20,11 @@ from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # Started as a background job without job control (`.ci/run &` in a script), the test run ignores SIGINT, and
+    # so would every program a test starts (an ignored signal stays ignored across exec): the Ctrl-C tests could not
+    # deliver one. A handler here is reset to the default at exec, so those programs see Ctrl-C as a user's would.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist each worker (and every program a test starts, which inherits this) computes on one thread:
     # with -n auto there is a worker per core already, and two workers of two OpenMP threads each on two cores run
