@@ -371,6 +371,35 @@ SPLIT_ERRORS = {
 }
 
 
+def test_label_issues_false_on_the_command_line_checks_nothing(checkpoint, tmp_path, capsys):
+    data = one_class(tmp_path / "data")  # refused with label issues on (see SPLIT_ERRORS), fine without them
+    out = tmp_path / "out"
+    assert explain_run.main(["--checkpoint", str(checkpoint), "--data_dir", str(data), "--out_dir", str(out),
+                             "--wandb_mode=disabled", "--label_issues", "False"]) == 0
+    captured = capsys.readouterr()
+    assert "label issues" not in captured.out + captured.err and "explained" in captured.out
+    assert (out / "misclassified.png").is_file() and not (out / "label_issues.json").exists()
+    assert not (out / "label_issues.png").exists()
+
+
+def test_a_training_run_checks_labels_unless_told_not_to(noisy, tmp_path, capsys):
+    from train.run import main
+
+    base = ["--data_dir", str(noisy), "--model", "tiny_label_net", "--cam_layer", "features", "--epochs", "2",
+            "--batch_size", "64", "--lr", "0.05", "--explain_samples", "4", "--trust", "False", "--probe_images", "0",
+            "--wandb_mode", "disabled"]
+    assert main([*base, "--out_dir", str(tmp_path / "on")]) == 0
+    explained = json.loads((tmp_path / "on" / "summary.json").read_text())["explain"]
+    written = json.loads((tmp_path / "on" / "label_issues.json").read_text())
+    assert explained["label_issues"] == len(written["issues"]) and explained["label_issues_checked"] == 102
+    assert bool(explained["label_issues_notes"]) == (len(written["issues"]) / 102 > PLAUSIBLE_SHARE)
+    assert f"label issues: {len(written['issues'])} of 102 checked images" in capsys.readouterr().out
+    assert main([*base, "--out_dir", str(tmp_path / "off"), "--label_issues", "False"]) == 0
+    explained = json.loads((tmp_path / "off" / "summary.json").read_text())["explain"]
+    assert not any(key.startswith("label_issues") for key in explained) and explained["images"] == 102
+    assert not (tmp_path / "off" / "label_issues.json").exists() and "label issues" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("folder", "args", "message"), SPLIT_ERRORS.values(), ids=SPLIT_ERRORS.keys())
 def test_bad_split_is_one_error_line(folder, args, message, checkpoint, tmp_path, capsys):
     data = ["--data_dir", str(folder(tmp_path / "data"))] if folder else []
