@@ -136,10 +136,11 @@ def find_label_issues(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray) -
              f"{', '.join(map(str, single[:10]))})"] if single else []
     issues = LabelIssues(labels, probs, quality, flagged, ranked.astype(np.int64), METHOD, notes)
     if issues.implausible:
-        notes.append(f"{issues.share:.0%} of the images are flagged, more than the ~{PLAUSIBLE_SHARE:.0%} of wrong "
-                     f"labels found in the worst of ten widely used test sets (Northcutt et al. 2021): unless these "
-                     f"labels are known to be that noisy, most flags are the model's own confusions (it agrees with "
-                     f"{issues.accuracy:.1%} of the labels); read them as label errors once the model is accurate")
+        issues.notes.append(
+            f"{issues.share:.0%} of the images are flagged, more than the ~{PLAUSIBLE_SHARE:.0%} of wrong labels "
+            f"found in the worst of ten widely used test sets (Northcutt et al. 2021): unless these labels are known "
+            f"to be that noisy, most flags are the model's own confusions (it agrees with {issues.accuracy:.1%} of "
+            f"the labels); read them as label errors once the model is accurate")
     return issues
 
 

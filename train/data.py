@@ -572,16 +572,24 @@ def _load_image_folders(root: Path) -> tuple[Dataset, Dataset]:
         for _, label in files[split]:
             counts[train_classes[label]][index] += 1
     notes = _class_notes(root, counts) + special_note(special)
-    splits = []
-    for split in ("train", "test"):
-        key = _fingerprint(train_classes, [path for path, _ in files[split]])
-        labels = torch.tensor([label for _, label in files[split]], dtype=torch.int64)
-        dataset = _cached(root / ".cache" / f"{split}.pt", key,
-                          lambda s=split: _read_image_folder(root / s, files[s], train_classes), train_classes, labels)
-        dataset.notes = dataset.notes + (notes if split == "train" else [])
-        dataset.files = [path.relative_to(root).as_posix() for path, _ in files[split]]  # the cache key's order
-        splits.append(dataset)
-    return splits[0], splits[1]
+    train, test = (_folder_split(root, split, files[split], train_classes) for split in ("train", "test"))
+    train.notes = train.notes + notes
+    return train, test
+
+
+def _folder_split(root: Path, split: str, files: list[tuple[Path, int]], classes: list[str]) -> Dataset:
+    """The images ``files`` (``(path, label)``) of ``root/split``, decoded or from the cache, with their ``files``."""
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    dataset = _cached(root / ".cache" / f"{split}.pt", _fingerprint(classes, [path for path, _ in files]),
+                      lambda: _read_image_folder(root / split, files, classes), classes, labels)
+    dataset.files = [path.relative_to(root).as_posix() for path, _ in files]  # the cache key's order
+    return dataset
+
+
+def _unreadable(root: Path, exc: OSError) -> DataError:
+    """The error for a data folder the system would not let us read."""
+    return DataError(f"--data_dir {str(root)!r} cannot be read ({exc.strerror or type(exc).__name__}: "
+                     f"{exc.filename or ''})")
 
 
 def load_data(data_dir: str | os.PathLike, download: bool = True) -> tuple[Dataset, Dataset]:
@@ -614,8 +622,7 @@ def load_data(data_dir: str | os.PathLike, download: bool = True) -> tuple[Datas
             splits.append(_cached(root / ".cache" / f"cifar-{split}.pt", _fingerprint([], paths),
                                   lambda s=split: _read_cifar_split(folder, s), _cifar_classes(folder)))
     except OSError as exc:  # permissions, a file vanishing mid-read, names too long for the file system
-        raise DataError(f"--data_dir {str(root)!r} cannot be read ({exc.strerror or type(exc).__name__}: "
-                        f"{exc.filename or ''})") from None
+        raise _unreadable(root, exc) from None
     if len(splits[1]) == 0:
         raise DataError(f"--data_dir {str(root)!r}: the test split is empty")
     return splits[0], splits[1]
@@ -655,14 +662,10 @@ def load_split(data_dir: str | os.PathLike, split: str, classes: list[str]) -> D
         files = [(path, classes.index(names[label])) for path, label in _split_files(folder, names, special)]
         if not files:
             raise DataError(f"--data_dir {str(root)!r}: {split}/ has no images")
-        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-        dataset = _cached(root / ".cache" / f"{split}.pt", _fingerprint(classes, [path for path, _ in files]),
-                          lambda: _read_image_folder(folder, files, classes), classes, labels)
+        dataset = _folder_split(root, split, files, classes)
     except OSError as exc:  # permissions, a file vanishing mid-read, names too long for the file system
-        raise DataError(f"--data_dir {str(root)!r} cannot be read ({exc.strerror or type(exc).__name__}: "
-                        f"{exc.filename or ''})") from None
+        raise _unreadable(root, exc) from None
     dataset.notes = dataset.notes + special_note(special)
-    dataset.files = [path.relative_to(root).as_posix() for path, _ in files]
     return dataset
 
 
