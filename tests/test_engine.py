@@ -83,10 +83,33 @@ def test_diverging_loss_names_the_step():
 def test_device_and_precision_choices():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert amp_dtype("auto", torch.device("cpu")) is None
     assert amp_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert amp_dtype("fp32", torch.device("cuda")) is None
+    assert amp_dtype("fp32", torch.device("cpu")) is None
+
+
+PRECISION_ON_CPU = ("import torch; from train.engine import amp_dtype, use_channels_last, cpu_bf16_native; "
+                    "print(cpu_bf16_native(), amp_dtype('auto', torch.device('cpu')), "
+                    "use_channels_last(torch.device('cpu')))")
+
+
+@pytest.mark.parametrize("isa", ["", "AVX2"])
+def test_auto_precision_on_the_cpu_follows_what_onednn_runs_natively(isa):
+    """--precision auto on the CPU: bf16 autocast where oneDNN runs bf16 natively (AMX / AVX-512-BF16), fp32 where
+    it would be emulated. oneDNN's own ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU one without native bf16."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+    env.pop("ONEDNN_MAX_CPU_ISA", None) if not isa else None
+    said = subprocess.run([sys.executable, "-c", PRECISION_ON_CPU], capture_output=True, text=True, env=env,
+                          check=True).stdout.split()
+    native = said[0] == "True"
+    if not isa and not native:
+        pytest.skip("this CPU has no native bf16: the fp32 case below covers it")
+    assert said == (["True", "torch.bfloat16", "True"] if not isa else ["False", "None", "True"])
 
 
 def test_optimizer_is_fused_nesterov_sgd_without_decay_on_norms_and_biases():
@@ -132,7 +155,7 @@ def test_ema_is_timms_average_of_every_step_and_what_evaluates():
     from train.engine import build_recipe
 
     data = separable(64)
-    config = resolve(Config(batch_size=32, epochs=2, ema=0.99))
+    config = resolve(Config(batch_size=32, epochs=2, ema=0.99, precision="fp32"))  # the by-hand loop below is fp32
     torch.manual_seed(0)
     recipe = build_recipe(config, data, data, torch.device("cpu"))
     assert isinstance(recipe.ema, ModelEmaV3) and recipe.evaluated is recipe.ema.module
@@ -142,10 +165,12 @@ def test_ema_is_timms_average_of_every_step_and_what_evaluates():
     assert not all(torch.equal(ema_weights[k], trained[k]) for k in trained)  # an average, not the weights
     # the same epoch by hand (same init, same batches), the average kept step by step as train_one_epoch must
     torch.manual_seed(0)
-    fresh = build_recipe(resolve(Config(batch_size=32, epochs=2)), data, data, torch.device("cpu"))
+    fresh = build_recipe(resolve(Config(batch_size=32, epochs=2, precision="fp32")), data, data, torch.device("cpu"))
     shadow = ModelEmaV3(fresh.model, decay=0.99, use_warmup=True)
     fresh.model.train()
     for step, (images, labels) in enumerate(fresh.train_loader, start=1):
+        if fresh.channels_last:  # as train_one_epoch feeds them (the CPU and CUDA train channels-last)
+            images = images.contiguous(memory_format=torch.channels_last)
         loss = fresh.train_loss(fresh.model(images), labels)
         fresh.optimizer.zero_grad()
         loss.backward()

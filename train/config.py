@@ -90,7 +90,7 @@ class Config:
     device: str = "auto"
     """auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."""
     precision: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16."""
+    """auto (bf16 autocast on CUDA and on a CPU that runs bf16 natively, fp32 elsewhere), fp32 or bf16."""
     compile: bool = False
     """torch.compile the model; its compile time is reported as compile_seconds."""
     deterministic: bool = False

@@ -50,12 +50,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from explain.probes import Probes, choose_probes
-from explain.report import check_cam_settings, explain_model, write_probes
+from explain.report import check_cam_settings, explain_model, explain_summary, write_probes
 from explain.report_labels import LABEL_KEYS
 from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, unwrap
 from train.config import Config, ConfigError, one_line, parse_args
 from train.data import DataError, Dataset, balanced_subset, load_data
-from train.engine import NonFiniteLossError, Recipe, build_recipe, compile_overhead, resolve_device
+from train.engine import (
+    NonFiniteLossError,
+    Recipe,
+    build_recipe,
+    compile_overhead,
+    cpu_bf16_native,
+    precision_name,
+    resolve_device,
+)
 from train.files import write_json
 from train.model import check_model_name
 from train.state import (
@@ -360,7 +368,7 @@ def finish(run: Run) -> dict[str, Any]:
         "wandb_run_id": run.tracker.id or state.wandb_run_id or None,
         "wandb_run_dir": run.tracker.dir,
         "wandb_staging_dir": run.tracker.staging_dir,  # with wandb_run_dir, what `wandb sync` needs
-        "explain": {k: v for k, v in explained.items() if not k.endswith("_png") and k != "cam_methods"},
+        "explain": explain_summary(explained),
     }
     run.tracker.log({"epoch": state.epoch})  # commit the last epoch's row, which the explain step joined
     run.tracker.summary({"best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
@@ -438,9 +446,10 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
         if rank == 0:
             out_dir = OutDir(config.out_dir, state.run_uid, resuming=checkpoint is not None).open()
         run = set_up(config, checkpoint, state, rank, world_size)
+        computes = precision_name(run.recipe.amp, run.recipe.channels_last) + cpu_note(run)
         run.say(f"{config.model}: {sum(p.numel() for p in run.recipe.model.parameters()):,} parameters on "
-                f"{run.device} ({'bf16' if run.recipe.amp else 'fp32'}); {len(run.train_set):,} train / "
-                f"{len(run.test_set):,} test images, {len(run.train_set.classes)} classes; lr {config.lr:.4g}, "
+                f"{run.device} ({computes}); {len(run.train_set):,} train / {len(run.test_set):,} test images, "
+                f"{len(run.train_set.classes)} classes; lr {config.lr:.4g}, "
                 f"{config.warmup_epochs:g} warm-up epochs; out_dir {run.out_dir}"
                 + (f"; {world_size} processes (DDP)" if world_size > 1 else ""))
         # ---- train ----
@@ -464,6 +473,14 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
 
+
+
+def cpu_note(run: Run) -> str:
+    """Why ``--precision auto`` chose what it did on the CPU (nothing elsewhere)."""
+    if run.device.type != "cpu" or run.config.precision != "auto":
+        return ""
+    return (": this CPU runs bf16 natively" if cpu_bf16_native()
+            else ": this CPU has no native bf16 (--precision bf16 would be emulated, slower)")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
