@@ -171,8 +171,9 @@ def _verdict_colour(verdict: str) -> str:
 
 def faithfulness_figure(result: dict[str, Any], bands: dict[str, np.ndarray], figures: dict[str, Any],
                         method: str) -> Figure:
-    """Mean deletion and insertion curves of the maps and of a random pixel order, each with its shaded 95 % band
-    (bootstrap over the images), the gains with their intervals, and the verdict.
+    """Mean deletion and insertion curves of the maps and of smooth random maps (the null), each with its shaded 95 %
+    band (studentized bootstrap over the images), the gains with their intervals, and the verdict. The y axis is
+    fitted to the curves and their bands; the legends sit under the axes, off the curves.
 
     Args:
         result: :func:`explain.trust.deletion_insertion`'s curves.
@@ -180,49 +181,56 @@ def faithfulness_figure(result: dict[str, Any], bands: dict[str, np.ndarray], fi
         figures: :func:`explain.trust.trust_figures`' figures (gains, intervals, verdict).
         method: The CAM method's name.
     """
-    from explain.trust import SMALLEST_GAIN, SURVIVES
+    from explain.trust import COVERAGE, SMALLEST_GAIN, SURVIVES
 
-    fig = Figure(figsize=(11, 5.2), layout="constrained")
+    fig = Figure(figsize=(11, 6), layout="constrained")
     fractions = result["fractions"]
+    resolution = result.get("null_resolution") or figures.get("null_resolution")
+    null = f"random maps ({resolution[0]}×{resolution[1]} noise, upsampled)" if resolution else "random maps"
     for ax, name, better in zip(fig.subplots(1, 2), ("deletion", "insertion"), ("lower", "higher"), strict=True):
-        for suffix, label, style, colour in (("", method, "-", "tab:blue"), ("_random", "random order", "--",
-                                                                                 "tab:gray")):
+        shown = []
+        for suffix, label, style, colour in (("", method, "-", "tab:blue"), ("_random", null, "--", "tab:gray")):
             auc = f"{name}_auc{suffix}"
-            ax.fill_between(fractions, bands[name + suffix][0], bands[name + suffix][1], color=colour, alpha=0.2,
-                            linewidth=0)
+            band = np.asarray(bands[name + suffix], dtype=float)
+            shown.append(band)
+            ax.fill_between(fractions, band[0], band[1], color=colour, alpha=0.2, linewidth=0)
             ax.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3, color=colour,
                     label=f"{label}: AUC {figures[auc]:.3f} {_interval(figures[auc + '_ci'])}")
+        low, high = np.nanmin(shown), np.nanmax(shown)
+        if np.isfinite(low) and np.isfinite(high):
+            margin = max(0.05 * (high - low), 0.01)
+            ax.set_ylim(max(low - margin, 0.0), min(high + margin, 1.0))
         ax.set_xlabel(f"fraction of pixels {'removed' if name == 'deletion' else 'put back'}, most salient first")
         ax.set_ylabel("mean probability of the explained class")
-        ax.set_ylim(0, 1)
         gain = f"{name}_gain"
-        ax.set_title(f"{name.capitalize()} ({better} AUC = more faithful)\ngain over random "
+        ax.set_title(f"{name.capitalize()} ({better} AUC = more faithful)\ngain over the random maps "
                      f"{figures[gain]:.3f} {_interval(figures[gain + '_ci'])}", fontsize=11)
-        ax.legend(title="mean over the images, shaded: its 95% interval\n(the gain is paired per image: its "
-                        "interval is narrower)", fontsize=9, title_fontsize=8,
-                  loc="upper right" if name == "deletion" else "lower right")  # where the curves are not
+        ax.legend(title="mean over the images, shaded: its 95% interval (the gain is paired per image)",
+                  fontsize=9, title_fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     verdict = figures["trust_verdict"]
     fig.suptitle(f"{method} on {figures['trust_images']} images: {verdict}\n", fontsize=13,
                  color=_verdict_colour(verdict))
-    fig.text(0.5, 0.935, f"a gain counts when its 95% interval is above {SMALLEST_GAIN}; randomization rank corr "
-             f"{figures['sanity_rank_corr']:.2f} {_interval(figures['sanity_rank_corr_ci'])} passes below {SURVIVES}",
-             ha="center", va="top", fontsize=10)
+    fig.text(0.5, 0.935, f"a gain counts when its 95% interval is above {SMALLEST_GAIN}; randomization "
+             f"{figures['sanity_result']} at {figures['sanity_stage']}: rank corr {figures['sanity_rank_corr']:.2f} "
+             f"{_interval(figures['sanity_rank_corr_ci'])} (every stage below {SURVIVES} passes); {COVERAGE}",
+             ha="center", va="top", fontsize=9)
     return fig
 
 
 def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list[str], rank_corr: np.ndarray,
                   figures: dict[str, Any]) -> Figure:
     """Per image (rows): the image, its CAM, and the CAM after each cascade stage of the randomization test, with a
-    legend of the colour threshold and each stage's mean rank correlation with its interval over all the images.
+    legend of the colour threshold, each stage's mean rank correlation with its interval over all the images, and
+    which stage decided the check.
 
     Args:
         pictures: uint8 ``[k, h, w, 3]`` images (display size).
         overlays: One uint8 ``[k, h, w, 3]`` array per column: the original CAM, then one per stage.
         stages: Stage names, top first.
         rank_corr: ``[stages, k]`` Spearman rank correlation of each shown image's map with its original.
-        figures: :func:`explain.trust.trust_figures`' figures (per-stage means and intervals, verdict).
+        figures: :func:`explain.trust.trust_figures`' figures (per-stage means and intervals, the check's result).
     """
-    from explain.trust import SURVIVES
+    from explain.trust import COVERAGE, SURVIVES
 
     cells: list[Cell] = []
     for i in range(len(pictures)):
@@ -236,14 +244,16 @@ def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list
         stages, figures["sanity_rank_corr_per_stage"], figures["sanity_rank_corr_ci_per_stage"], strict=True))
     notes = [(f"green: rank corr below {SURVIVES}, the map changed as the model was destroyed (as it should); red: "
               f"{SURVIVES} or more, it survived, so it shows the image more than the model", "black"),
-             (f"mean rank corr over all {figures['trust_images']} images after each stage, 95% interval:", "black"),
+             (f"mean rank corr over all {figures['trust_images']} images after each stage, 95% interval "
+              f"({COVERAGE}):", "black"),
              (means, "black")]
-    low, high = figures["sanity_rank_corr_ci"]
-    outcome = ("passes: the whole interval is below" if high < SURVIVES else
-               "fails: the whole interval is above" if low > SURVIVES else "undecided: the interval straddles")
-    notes.append((f"after the last stage {_interval(figures['sanity_rank_corr_ci'])}: the check {outcome} "
-                  f"{SURVIVES}", RIGHT if high < SURVIVES else WRONG if low > SURVIVES else "tab:orange"))
-    title = "Randomization test: the CAM as the model is re-initialized from the top (it should change)"
+    result, stage = figures["sanity_result"], figures["sanity_stage"]
+    why = {"passes": f"every stage's interval is below {SURVIVES}, from the head on; closest at {stage}",
+           "fails": f"the interval at {stage} lies above {SURVIVES}: the maps survive randomizing down to it",
+           }.get(result, f"the interval at {stage} straddles {SURVIVES}: more images are needed")
+    notes.append((f"the check {result}: {why} {_interval(figures['sanity_rank_corr_ci'])}",
+                  RIGHT if result == "passes" else WRONG if result == "fails" else "tab:orange"))
+    title = "Randomization test: the CAM as the model is re-initialized from the top (it should change at once)"
     return tile_figure(cells, len(stages) + 2, title, notes=notes)
 
 
@@ -268,17 +278,19 @@ def probes_figure(rows: list[list[tuple[np.ndarray, int, str, float, bool]]], pi
     return tile_figure(cells, 1 + max((len(row) for row in rows), default=0), title, colorbar=COLORMAP)
 
 
-def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray], headings: list[tuple[str, str]],
-                       captions: list[str], images: int) -> Figure:
-    """The same images (rows) under each CAM method (columns), each column headed by its rank (``=`` marks a tie)
-    and its trust verdict (``headings``: ``(rank and method, verdict)`` per method)."""
+def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray],
+                       headings: list[tuple[str, str, str]], captions: list[str], images: int) -> Figure:
+    """The same images (rows) under each CAM method (columns), each column headed by the method, the methods its
+    paired differences place it above, and its trust verdict (``headings``: ``(method, above, verdict)``)."""
     cells: list[Cell] = []
     for i in range(len(pictures)):
-        cells.append((pictures[i], [(captions[i], "black"), ("", "black")]))
-        cells += [(maps[i], [(heading, "black"), (verdict, _verdict_colour(verdict))])
-                  for (heading, verdict), maps in zip(headings, overlays.values(), strict=True)]
-    notes = [(f"ranked by the 95% intervals of their gains over a random pixel order on {images} images:", "black"),
-             ("a method is above another only where an interval separates them; '=' marks a tie", "black")]
+        cells.append((pictures[i], [(captions[i], "black"), ("", "black"), ("", "black")]))
+        cells += [(maps[i], [(method, "black"), (above, "black"), (verdict, _verdict_colour(verdict))])
+                  for (method, above, verdict), maps in zip(headings, overlays.values(), strict=True)]
+    notes = [(f"{len(pictures)} of the {images} images compared; a method is above another only where a paired "
+              f"per-image difference (deletion or insertion AUC,", "black"),
+             ("95% studentized bootstrap, Holm-corrected over all pairs) separates them and none favours the other; "
+              "a method failing the randomization check is never above one passing it", "black")]
     return tile_figure(cells, len(overlays) + 1, "CAM methods on the same images", notes=notes, colorbar=COLORMAP)
 
 
@@ -297,7 +309,8 @@ def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np
                        group=3)
 
 
-def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int, warning: str | None = None) -> Figure:
+def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int, warning: str | None = None, *,
+                        in_sample: bool = False) -> Figure:
     """The likeliest label errors in a grid: each image under its given class (black), the class the model suggests
     with its probability (red) and cleanlab's label quality (low = likely mislabelled).
 
@@ -307,10 +320,17 @@ def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int, 
         flagged: How many images were flagged in all.
         checked: How many images were checked.
         warning: A line in red under the title (why the flags may not be label errors), or None.
+        in_sample: The model trained on these images: the title starts with "in-sample, not to be trusted:" and a
+            red line says why.
     """
     cells: list[Cell] = [(upscale(row["image"]), [(f"#{row['index']} given: {row['given']}", "black"),
                                                   (f"→ {row['suggested']} {row['p_suggested']:.2f}", WRONG),
                                                   (f"quality {row['quality']:.3f}", "black")]) for row in rows]
-    title = (f"{len(rows)} {'most suspect labels' if warning else 'likeliest label errors'} (of {flagged:,} flagged "
-             f"in {checked:,} images)" if rows else f"no label issues found in {checked:,} images")
-    return tile_figure(cells, min(8, len(rows)), title, notes=[(warning, WRONG)] if warning else ())
+    title = (f"{len(rows)} {'most suspect labels' if warning or in_sample else 'likeliest label errors'} (of "
+             f"{flagged:,} flagged in {checked:,} images)" if rows else f"no label issues found in {checked:,} images")
+    notes = [(warning, WRONG)] if warning else []
+    if in_sample:  # the title says it, the red line why (the empty figure is narrow: a line of its own there)
+        title = "in-sample, not to be trusted:" + (" " if rows else "\n") + title
+        notes.insert(0, ("in-sample: the model trained on these labels, so its probabilities have fit them, errors "
+                         "included; check images it never saw (--split test, or a held-out part)", WRONG))
+    return tile_figure(cells, min(8, len(rows)), title, notes=notes)

@@ -58,7 +58,7 @@ from explain.report_trust import compare_cam_methods, default_trust_images, meas
 from explain.trust import TRUST_KEYS
 from train.checkpoint import unwrap
 from train.data import Dataset, Images
-from train.engine import predict
+from train.engine import predict, use_channels_last
 from train.files import write_json
 from train.loader import DeviceLoader
 from train.tracking import Tracker
@@ -71,6 +71,7 @@ __all__ = [
     "confusion_matrix",
     "explain_images",
     "explain_model",
+    "explain_summary",
     "find_mistakes",
     "write_probes",
 ]
@@ -161,12 +162,14 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
                   device: torch.device | str = "cpu", amp: torch.dtype | None = None, batch_size: int = 1024,
                   indices: Tensor | None = None, epoch: int | None = None, trust: bool = True,
                   trust_images: int | None = None, compare: Sequence[str] = (),
-                  commit: bool = True, label_issues: bool = True, tta: bool = False, seed: int = 0) -> dict[str, Any]:
+                  commit: bool = True, label_issues: bool = True, tta: bool = False, seed: int = 0,
+                  in_sample: bool = False) -> dict[str, Any]:
     """Explain the model's mistakes on ``test_set``: one W&B row (see the module docstring) and PNG files.
 
     Predictions are single-pass (no test-time augmentation), so the table shows what the network itself does.
-    The model is left in eval mode. ``samples=0`` still logs the confusion matrix and its companions with an empty
-    table; a training run skips explain altogether at ``explain_samples=0``.
+    The model is left in eval mode. ``samples=0`` leaves out the mistakes (no ``misclassified.png``, CAM grid or
+    ``explain/misclassified`` table, as a training run at ``explain_samples=0``, which skips explain altogether) and
+    still makes the confusion matrix, the trust figures and the label issues.
 
     Args:
         model: The classifier, on ``device`` (DDP or ``torch.compile`` wrappers are looked through).
@@ -192,15 +195,18 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
         label_issues: Find the images whose label is likely wrong (:mod:`explain.labels`, cleanlab):
             ``label_issues.json``/``.png``, the Table ``explain/label_issues`` and the ``label_quality`` and
             ``likely_label_error`` columns (None without it, or when the images hold a single class).
+        in_sample: The model trained on ``test_set`` (``explain/run.py --split train`` on its training folder):
+            every label issues output says its flags are not to be trusted (``label_issues_in_sample``).
         tta: Find label issues on the flip-TTA probabilities (image and mirror, as ``val/acc``), and report that
             accuracy beside the single-pass one; the table stays single-pass.
         seed: Seeds the trust sample and its bootstrap intervals.
 
     Returns:
         ``images``, ``acc`` (single pass), ``mistakes`` (count), ``explained`` (table rows), the PNG paths
-        (``*_png``; the CAM grid is ``cam_png``, named after the method), ``acc_tta`` with ``tta``; with ``trust``
+        (``*_png``; the CAM grid is ``cam_png``, named after the method; at ``samples=0`` only the confusion
+        matrix's), ``acc_tta`` with ``tta``; with ``trust``
         the figures of :data:`explain.trust.TRUST_KEYS` and the others of :func:`explain.trust.trust_figures`,
-        ``trust_mistakes`` (wrong predictions in the sample) and the ``trust_line`` to print;
+        ``trust_mistakes`` and ``trust_correct`` (wrong and right predictions in the sample) and the ``trust_line``;
         with ``compare`` the comparison rows under ``cam_methods``; with ``label_issues`` those of
         :func:`explain.report_labels.report_label_issues` (``label_issues``, ``label_issues_checked``, ...).
 
@@ -219,8 +225,10 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     positions = (torch.arange(len(test_set)) if indices is None else indices).cpu()
 
     # ---- predictions: one pass, softmax, mistakes, then CAMs for the predicted and the true class, batched ----
-    logits, flipped, labels = predict(model, DeviceLoader(test_set, batch_size, device, train=False), amp=amp,
-                                      tta=tta)
+    channels_last = use_channels_last(device)  # as the training run evaluates: the same predictions in bf16
+    logits, flipped, labels = predict(model.to(memory_format=torch.channels_last) if channels_last else model,
+                                      DeviceLoader(test_set, batch_size, device, train=False), amp=amp,
+                                      channels_last=channels_last, tta=tta)
     probs, labels = logits.float().softmax(1).cpu(), labels.cpu()
     preds = probs.argmax(1)
     counts = confusion_matrix(labels, preds, len(classes))
@@ -231,7 +239,7 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     # ---- label issues: cleanlab on the same out-of-sample probabilities (flip-TTA with `tta`) ----
     issues: LabelIssues | None = None
     if label_issues and len(torch.unique(labels)) > 1:  # a single class has nothing to be confused with
-        issues = find_label_issues(probabilities(logits, flipped), labels)
+        issues = find_label_issues(probabilities(logits, flipped), labels, in_sample=in_sample)
     rows = _mistake_rows(images, cams_pred, cams_true, probs[chosen], labels[chosen], positions[chosen], classes,
                          mistake_columns(issues, chosen))
 
@@ -244,22 +252,28 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     paths = {f"{name}_png": out_dir / f"{name}.png" for name in ("misclassified", "confusion_matrix")}
     paths["cam_png"] = out_dir / f"{cam_method}.png"  # gradcam.png, layercam.png, ...
     mistakes = len(labels) - correct
-    misclassified_figure(rows, mistakes).savefig(paths["misclassified_png"], dpi=DPI)
-    cam_grid_figure(rows, cam_method, layers).savefig(paths["cam_png"], dpi=DPI)
+    if samples:  # samples=0: no mistakes table or pictures
+        misclassified_figure(rows, mistakes).savefig(paths["misclassified_png"], dpi=DPI)
+        cam_grid_figure(rows, cam_method, layers).savefig(paths["cam_png"], dpi=DPI)
+    else:
+        del paths["misclassified_png"], paths["cam_png"]
     confusion_figure(counts, classes, acc, acc_tta).savefig(paths["confusion_matrix_png"], dpi=DPI)
     result = {"images": len(labels), "acc": acc, **({"acc_tta": acc_tta} if acc_tta is not None else {}),
               "mistakes": mistakes, "explained": len(rows), **{key: str(path) for key, path in paths.items()}}
     logged = tracker is not None and tracker.id is not None  # untracked: skip building the W&B objects
     row = _wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch) if logged else {}
+    if not samples:
+        row.pop("explain/misclassified", None)
 
     # ---- how far the maps can be trusted (and other methods): a stratified sample, right and wrong predictions ----
-    sample = trust_sample(labels, trust_images or default_trust_images(device), seed)
+    sample = trust_sample(labels, trust_images or default_trust_images(device), seed, preds=preds)
     if (trust or compare) and len(sample) >= 2:  # an interval needs two images
         sample_images, sample_preds = test_set.images[sample].to(device), preds[sample]
-        if trust:
-            result.update(measure_trust(model, sample_images, sample_preds, cam_method, layers, out_dir,
-                                        row if logged else None, seed=seed),
-                          trust_mistakes=int((sample_preds != labels[sample]).sum()))
+        if trust:  # the CAM of the predicted class: what the explain step shows
+            figures = measure_trust(model, sample_images, sample_preds, cam_method, layers, out_dir,
+                                    row if logged else None, seed=seed, available=len(labels))
+            mistakes_in_sample = int((sample_preds != labels[sample]).sum())
+            result.update(figures, trust_mistakes=mistakes_in_sample, trust_correct=len(sample) - mistakes_in_sample)
             if logged:
                 tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
         if compare:
@@ -278,6 +292,14 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     return result
 
 
+SUMMARY_LEFT_OUT = ("cam_methods", "rows", "lines", "cams")  # in files of their own (cam_methods.json, images.json)
+
+
+def explain_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``explain`` section of a ``summary.json`` (a training run's and ``explain/run.py``'s alike): what
+    :func:`explain_model` (or :func:`explain_images`) returned — counts, accuracy, every trust figure, interval and
+    verdict, the label-issue counts — less the picture paths and what has a file of its own."""
+    return {k: v for k, v in result.items() if not k.endswith("_png") and k not in SUMMARY_LEFT_OUT}
 
 
 def _mistake_rows(images: Tensor, cams_pred: Tensor, cams_true: Tensor, probs: Tensor, labels: Tensor,
@@ -310,7 +332,8 @@ TRUST_POOL = 4096  # images kept for the trust sample of --images (the first one
 def explain_images(model: nn.Module, images: Images | Iterable[Images], classes: list[str], *, out_dir: Path,
                    tracker: Tracker | None = None, method: str = "gradcam", layers: Sequence[str] = ("layer4",),
                    target_class: int | None = None, trust: bool = True, trust_images: int | None = None,
-                   seed: int = 0, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   seed: int = 0, say: Callable[[str], None] | None = None,
+                   amp: torch.dtype | None = None) -> dict[str, Any]:
     """Predict and explain any images: top-3 classes and the CAM of the top prediction (or of ``target_class``).
 
     ``images`` may be one :class:`train.data.Images` or batches of them (:data:`IMAGES_PER_PASS` at a time from
@@ -318,7 +341,8 @@ def explain_images(model: nn.Module, images: Images | Iterable[Images], classes:
     the W&B Table ``explain/images`` grows batch by batch (an incremental table), ``images.png`` (original
     thumbnail | model input | CAM) shows the first :data:`SHOWN_IMAGES` and says so. With ``trust``, the trust
     figures of these maps, on a seeded sample of ``trust_images`` of the first :data:`TRUST_POOL` images, stratified
-    by the explained class (None = sized to the model's device).
+    by the explained class (None = sized to the model's device). ``amp``: autocast dtype of the prediction pass
+    (None = fp32); the CAMs are always fp32.
 
     Returns:
         ``rows`` (per image: ``file``, ``size``, ``top3`` as ``[class, p]`` pairs, ``cam_class``), ``lines`` (one
@@ -340,7 +364,7 @@ def explain_images(model: nn.Module, images: Images | Iterable[Images], classes:
         if not batch.names:
             continue
         pixels = batch.pixels.to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             probs = model(pixels.float() / 255).float().softmax(1).cpu()
         top = torch.topk(probs, min(3, len(classes)))
         targets = top.indices[:, 0] if target_class is None else torch.full((len(probs),), target_class)
@@ -388,7 +412,7 @@ def explain_images(model: nn.Module, images: Images | Iterable[Images], classes:
     sample = trust_sample(targets, trust_images or default_trust_images(device), seed)
     if trust and len(sample) >= 2:  # an interval needs two images
         result.update(measure_trust(model, torch.cat(pool)[sample].to(device), targets[sample], method, list(layers),
-                                    out_dir, row if logged else None, seed=seed))
+                                    out_dir, row if logged else None, seed=seed, available=len(targets)))
     if logged:
         if row:
             tracker.log(row)

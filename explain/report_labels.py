@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from explain.cam import compute_cams
 from explain.figures import ALPHA, COLORMAP, DPI, SCALE, label_issues_figure
-from explain.labels import PLAUSIBLE_SHARE, LabelIssues, issue_entries
+from explain.labels import CONFUSION_FACTOR, LabelIssues, issue_entries
 from explain.overlay import overlay_cam, to_hwc_uint8
 from train.data import Dataset
 from train.files import write_json
@@ -29,7 +29,9 @@ __all__ = ["LABEL_COLUMNS", "LABEL_KEYS", "PNG_ISSUES", "known_cams", "label_iss
 
 LABEL_COLUMNS = ("index", "file", "image", "given", "suggested", "quality", "p_given", "p_suggested",
                  "gradcam_suggested")
-LABEL_KEYS = ("label_issues", "label_issues_checked")  # also in the W&B summary as explain/<key>
+# also in the W&B summary as explain/<key> (train/run.py and explain.report set them from this tuple)
+LABEL_KEYS = ("label_issues", "label_issues_checked", "label_issues_in_sample", "label_issues_expected_if_clean",
+              "label_issues_mostly_confusions")
 PNG_ISSUES = 32  # label issues drawn in label_issues.png: 4 rows of 8, readable at screen size
 # Rows of the W&B table: each needs the CAM of its suggested class (unless it is an explained mistake's) and two
 # images; with label_issues.png they are the feature's whole cost, ~0.5 s on a 2-core CPU (bench/label_issue_cost.py).
@@ -53,26 +55,33 @@ def known_cams(chosen: Tensor, classes: Tensor, cams: Tensor) -> dict[tuple[int,
 
 
 def label_issues_line(result: dict[str, Any], out_dir: Path) -> str:
-    """The printed line: how many of the checked images look mislabelled, and where the list is."""
+    """The printed line: how many of the checked images look mislabelled, and where the list is (and, on images the
+    model trained on, that the flags are in-sample)."""
+    in_sample = (" (in-sample: the model trained on these labels, so the flags are not to be trusted)"
+                 if result.get("label_issues_in_sample") else "")
     return (f"label issues: {result['label_issues']:,} of {result['label_issues_checked']:,} checked images look "
-            f"mislabelled (cleanlab); likeliest first in {out_dir / 'label_issues.json'} and label_issues.png")
+            f"mislabelled (cleanlab){in_sample}; likeliest first in {out_dir / 'label_issues.json'} and "
+            f"label_issues.png")
 
 
 def picture_warning(issues: LabelIssues) -> str | None:
-    """The red line under ``label_issues.png``'s title when more are flagged than labels are plausibly wrong."""
-    if not issues.implausible:
+    """The red line under ``label_issues.png``'s title when the flags are mostly the model's own confusions
+    (:attr:`~explain.labels.LabelIssues.mostly_confusions`), with the numbers."""
+    if not issues.mostly_confusions:
         return None
-    return (f"{issues.share:.0%} flagged, more than any widely used test set holds wrong labels (~"
-            f"{PLAUSIBLE_SHARE:.0%}): mostly this model's own confusions (it agrees with {issues.accuracy:.0%} of the "
-            f"labels)")
+    return (f"{len(issues.ranked):,} flagged, at most {CONFUSION_FACTOR}× the ~{issues.expected_if_clean:,.0f} this "
+            f"model would flag on clean labels: mostly its own confusions (it agrees with {issues.accuracy:.0%} of "
+            f"the labels)")
 
 
 def report_label_issues(model: nn.Module, split: Dataset, issues: LabelIssues, positions: Tensor, *, out_dir: Path,
                         row: dict[str, Any] | None, cam_method: str, layers: Sequence[str],
                         device: torch.device, limit: int,
                         known: dict[tuple[int, int], Tensor] | None = None) -> dict[str, Any]:
-    """Write ``label_issues.json`` (every flagged image) and ``label_issues.png`` (the first :data:`PNG_ISSUES`),
-    and put the first ``limit`` into the W&B ``row`` (when given) as the Table ``explain/label_issues``.
+    """Write ``label_issues.json`` (``method``, ``checked``, ``in_sample``, ``expected_if_clean``,
+    ``mostly_confusions`` and every flagged image under ``issues``) and ``label_issues.png`` (the first
+    :data:`PNG_ISSUES`), and put the first ``limit`` into the W&B ``row`` (when given) as the Table
+    ``explain/label_issues``.
 
     Args:
         model: The classifier (unwrapped), for the CAMs of the suggested classes.
@@ -87,19 +96,28 @@ def report_label_issues(model: nn.Module, split: Dataset, issues: LabelIssues, p
         known: CAMs already computed, by (position in ``split``, class) (:func:`known_cams`).
 
     Returns:
-        ``label_issues`` (flagged count), ``label_issues_checked``, ``label_issues_method``, ``label_issues_png``,
+        ``label_issues`` (flagged count), ``label_issues_checked``, ``label_issues_in_sample`` (the model trained on
+        these images: the flags are not to be trusted), ``label_issues_expected_if_clean`` (the flags this model would
+        give if the labels were clean), ``label_issues_mostly_confusions`` (at most
+        :data:`~explain.labels.CONFUSION_FACTOR` × that), ``label_issues_method``, ``label_issues_png``,
         ``label_issues_notes`` (the :class:`~explain.labels.LabelIssues` notes, for ``warning:`` lines) and
         ``label_issues_line`` (:func:`label_issues_line`).
     """
     limit = min(limit, TABLE_ISSUES)
     entries = issue_entries(issues, split.classes, positions, split.files)
-    write_json(out_dir / "label_issues.json", {"method": issues.method, "checked": issues.checked, "issues": entries})
+    expected = round(issues.expected_if_clean, 1)  # a mean of CLEAN_DRAWS counts: tenths say all it holds
+    write_json(out_dir / "label_issues.json", {"method": issues.method, "checked": issues.checked,
+                                               "in_sample": issues.in_sample, "expected_if_clean": expected,
+                                               "mostly_confusions": issues.mostly_confusions, "issues": entries})
     top = issues.ranked[:max(limit, PNG_ISSUES) if row is not None else PNG_ISSUES]
     pixels = to_hwc_uint8(split.images[torch.as_tensor(top, dtype=torch.long)])
     shown = [{**entry, "image": pixels[i]} for i, entry in enumerate(entries[:PNG_ISSUES])]
     png = out_dir / "label_issues.png"
-    label_issues_figure(shown, len(entries), issues.checked, picture_warning(issues)).savefig(png, dpi=DPI)
+    label_issues_figure(shown, len(entries), issues.checked, picture_warning(issues),
+                        in_sample=issues.in_sample).savefig(png, dpi=DPI)
     result = {"label_issues": len(entries), "label_issues_checked": issues.checked,
+              "label_issues_in_sample": issues.in_sample, "label_issues_expected_if_clean": expected,
+              "label_issues_mostly_confusions": issues.mostly_confusions,
               "label_issues_method": issues.method, "label_issues_png": str(png),
               "label_issues_notes": list(issues.notes)}
     result["label_issues_line"] = label_issues_line(result, out_dir)

@@ -1,9 +1,10 @@
 """The trust step's outputs: how far the explain step's CAMs can be trusted, with 95 % intervals and a verdict.
 
-:func:`measure_trust` runs :mod:`explain.trust` on a seeded, class-stratified sample of the evaluated images (right
-and wrong predictions alike: a user reads the CAMs of both), writes ``faithfulness.png`` and ``sanity.png`` and puts
-the curves and the per-stage table into the W&B row; :func:`compare_cam_methods` ranks CAM methods on the same sample
-only as far as their intervals separate them (``cam_methods.json``, ``cam_methods.png``, ``explain/cam_methods``).
+:func:`measure_trust` runs :mod:`explain.trust` on a seeded sample of the evaluated images stratified by class and by
+right/wrong prediction (:func:`trust_sample`: the mistakes the explain step exists for are always in it), on the CAM
+of the predicted class, writes ``faithfulness.png`` and ``sanity.png`` and puts the curves and the per-stage table
+into the W&B row; :func:`compare_cam_methods` orders CAM methods on the same sample only as far as their paired
+per-image differences separate them (``cam_methods.json``, ``cam_methods.png``, ``explain/cam_methods``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from explain.cam import compute_cams
 from explain.figures import ALPHA, COLORMAP, DPI, SCALE, cam_methods_figure, faithfulness_figure, sanity_figure
 from explain.overlay import overlay_cam, to_hwc_uint8
 from explain.trust import (
+    CONFIDENCE,
     TRUST_KEYS,
     bootstrap_interval,
+    cam_resolution,
     compare_methods,
     deletion_insertion,
     randomization_test,
@@ -35,10 +38,10 @@ __all__ = ["CPU_TRUST_IMAGES", "GPU_TRUST_IMAGES", "TRUST_STEPS", "compare_cam_m
            "measure_trust", "trust_sample"]
 
 # Images the trust figures use by default. Each costs 2 + 4 × (TRUST_STEPS - 1) forwards and a CAM per randomization
-# stage (7 for resnet18_cifar), against the explain step's 128 CAMs (64 mistakes × 2 classes): 12 images at 6 steps
-# take about 3× that CAM time on a 2-core CPU (bench/trust_speed.py: 16 images at 8 steps took 5×), which leaves many
-# verdicts of a weak model inconclusive there (and says so); a GPU does 256 in seconds, intervals 4.6× narrower.
-CPU_TRUST_IMAGES = 12
+# stage (7 for resnet18_cifar). On the CPU 32: the studentized intervals need at least MIN_IMAGES (12) to hold their
+# 95 % (bench/trust_coverage.py) and a verdict needs them narrow enough to clear the thresholds; with bf16 and
+# channels-last 32 images cost about as much as 12 did in fp32 (bench/trust_speed.py). A GPU does 256 in seconds.
+CPU_TRUST_IMAGES = 32
 GPU_TRUST_IMAGES = 256
 TRUST_STEPS = 6  # 7 points per curve: the step resolution matters less than the number of images
 SANITY_IMAGES = 4  # images shown in sanity.png
@@ -50,10 +53,25 @@ def default_trust_images(device: torch.device | str) -> int:
     return CPU_TRUST_IMAGES if torch.device(device).type == "cpu" else GPU_TRUST_IMAGES
 
 
-def trust_sample(labels: Tensor, count: int, seed: int) -> Tensor:
-    """``count`` of the evaluated images, seeded and class-stratified (:func:`train.data.balanced_subset`): every
-    class equally, right and wrong predictions in the proportions the model makes them; all when fewer."""
-    return balanced_subset(labels.cpu(), count, seed)
+def trust_sample(labels: Tensor, count: int, seed: int, preds: Tensor | None = None) -> Tensor:
+    """``count`` of the evaluated images, seeded, stratified by class (:func:`train.data.balanced_subset`) and, with
+    ``preds``, by right/wrong prediction: half of the sample are mistakes when the model made that many (all of them
+    when fewer, so mistakes are always present when there are any), the rest right predictions; all when fewer.
+
+    Returns:
+        Sorted int64 indices into ``labels``.
+    """
+    labels = labels.cpu()
+    if preds is None or count <= 0 or count >= len(labels):
+        return balanced_subset(labels, count, seed)
+    wrong = torch.nonzero(preds.cpu() != labels).flatten()
+    right = torch.nonzero(preds.cpu() == labels).flatten()
+    n_wrong = min(len(wrong), (count + 1) // 2)
+    n_right = min(len(right), count - n_wrong)
+    n_wrong = min(len(wrong), count - n_right)  # too few right predictions: more mistakes
+    parts = [group[balanced_subset(labels[group], n, seed)] if n < len(group) else group
+             for group, n in ((wrong, n_wrong), (right, n_right)) if n > 0]
+    return torch.sort(torch.cat(parts)).values if parts else torch.zeros(0, dtype=torch.long)
 
 
 def _stage_table(figures: dict[str, Any]) -> list[list[Any]]:
@@ -63,19 +81,27 @@ def _stage_table(figures: dict[str, Any]) -> list[list[Any]]:
 
 
 def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, method: str, layers: list[str],
-                  out_dir: Path, row: dict[str, Any] | None, *, seed: int = 0) -> dict[str, Any]:
+                  out_dir: Path, row: dict[str, Any] | None, *, seed: int = 0,
+                  available: int | None = None) -> dict[str, Any]:
     """The trust figures of ``method``'s maps of ``images`` for ``class_idx`` (:func:`explain.trust.trust_figures`),
     ``faithfulness.png`` and ``sanity.png``; with a W&B ``row``, the mean curves (``explain/faithfulness_curves``)
     and the per-stage rank correlations with their intervals (``explain/sanity``) join it.
+
+    Args:
+        available: How many images the sample was drawn from (the line advises a larger --trust_images only when
+            there are more).
 
     Returns:
         :data:`explain.trust.TRUST_KEYS` and the other figures of :func:`explain.trust.trust_figures`, plus
         ``trust_line`` (the line to print).
     """
     cams = compute_cams(model, images, class_idx, method=method, layer=layers)
-    faithful = deletion_insertion(model, images, class_idx, cams, steps=TRUST_STEPS, seed=seed)
+    faithful = deletion_insertion(model, images, class_idx, cams, steps=TRUST_STEPS, seed=seed,
+                                  null_resolution=cam_resolution(model, layers, images.shape[-2:]))
     sanity = randomization_test(model, images, class_idx, method, layers, seed=seed, original=cams)
     figures = trust_figures(faithful, sanity, seed=seed)
+    if available is not None:  # how many images a larger --trust_images could use (the advice is empty without more)
+        figures["trust_available"] = available
     figures["trust_line"] = verdict_line(figures, method)
     bands = {name: bootstrap_interval(faithful[name], seed=seed) for name in
              ("deletion", "deletion_random", "insertion", "insertion_random")}
@@ -93,9 +119,9 @@ def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, method: s
                                                               "insertion_random")]
         row["explain/faithfulness_curves"] = wandb.plot.line_series(
             xs=faithful["fractions"], ys=curves, xname="fraction of pixels changed",
-            keys=[f"deletion ({method})", "deletion (random order)", f"insertion ({method})",
-                  "insertion (random order)"],
-            title=f"Deletion and insertion: {method} vs a random pixel order ({figures['trust_verdict']})")
+            keys=[f"deletion ({method})", "deletion (smooth random maps)", f"insertion ({method})",
+                  "insertion (smooth random maps)"],
+            title=f"Deletion and insertion: {method} vs smooth random maps ({figures['trust_verdict']})")
         row["explain/sanity"] = wandb.Table(columns=["stage", "rank_corr", "ci_low", "ci_high"],
                                             data=_stage_table(figures))
     return figures
@@ -103,29 +129,39 @@ def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, method: s
 
 def compare_cam_methods(model: nn.Module, images: Tensor, class_idx: Tensor, methods: Sequence[str],
                         layers: list[str], out_dir: Path, row: dict[str, Any] | None, *,
-                        seed: int = 0) -> list[dict[str, Any]]:
-    """:func:`explain.trust.compare_methods`, written as ``cam_methods.json`` (each method's figures with their
-    intervals, ``rank`` and ``tied``) and ``cam_methods.png`` (the same images, one column per method) and, in the
-    W&B ``row``, as the Table ``explain/cam_methods``."""
-    compared = compare_methods(model, images, class_idx, methods, layers, steps=TRUST_STEPS, seed=seed)
-    keys = ["method", "rank", "tied", *TRUST_KEYS, "seconds_per_image"]
+                        seed: int = 0) -> dict[str, Any]:
+    """:func:`explain.trust.compare_methods`, written as ``cam_methods.json`` (``methods``: each method's figures with
+    their intervals, ``rank``, ``above`` and ``below``; ``pairs``: every pair's paired difference per metric with its
+    Holm-level interval and p-values), ``cam_methods.png`` (the same images, one column per method) and, in the W&B
+    ``row``, the Tables ``explain/cam_methods`` and ``explain/cam_method_pairs``."""
+    compared, pairs = compare_methods(model, images, class_idx, methods, layers, steps=TRUST_STEPS, seed=seed)
+    keys = ["method", "rank", "above", "below", *TRUST_KEYS, "seconds_per_image"]
     table = [{key: entry[key] for key in keys} for entry in compared]
-    write_json(out_dir / "cam_methods.json", table)
+    result = {"images": len(images), "confidence": CONFIDENCE, "correction": "holm", "methods": table,
+              "pairs": pairs}
+    write_json(out_dir / "cam_methods.json", result)
     shown = images[:COMPARE_IMAGES].cpu()
     overlays = {entry["method"]: overlay_cam(shown, entry["cams"][:COMPARE_IMAGES], alpha=ALPHA, colormap=COLORMAP,
                                              scale=SCALE) for entry in compared}
-    headings = [(f"{'=' if e['tied'] else ''}{e['rank']}. {e['method']}", e["trust_verdict"]) for e in compared]
+    headings = [(e["method"], f"above {', '.join(e['above'])}" if e["above"] else "above none", e["trust_verdict"])
+                for e in compared]
     cam_methods_figure(_upscale(to_hwc_uint8(shown)), overlays, headings,
                        [f"image {i + 1}" for i in range(len(shown))], len(images)).savefig(
         out_dir / "cam_methods.png", dpi=DPI)
     if row is not None:
         import wandb
 
-        plain, intervals = [k for k in keys if not k.endswith("_ci")], [k for k in keys if k.endswith("_ci")]
-        columns = plain + [f"{k}_{end}" for k in intervals for end in ("low", "high")]  # W&B cells are scalars
-        data = [[e[k] for k in plain] + [e[k][i] for k in intervals for i in (0, 1)] for e in table]
+        plain = [k for k in keys if not k.endswith("_ci") and k not in ("above", "below")]
+        intervals = [k for k in keys if k.endswith("_ci")]
+        columns = plain + ["above", "below"] + [f"{k}_{end}" for k in intervals for end in ("low", "high")]
+        data = [[e[k] for k in plain] + [", ".join(e["above"]), ", ".join(e["below"])]
+                + [e[k][i] for k in intervals for i in (0, 1)] for e in table]  # W&B cells are scalars
         row["explain/cam_methods"] = wandb.Table(columns=columns, data=data)
-    return table
+        row["explain/cam_method_pairs"] = wandb.Table(
+            columns=["a", "b", "metric", "difference", "ci_low", "ci_high", "confidence", "p", "p_holm", "favours"],
+            data=[[p["a"], p["b"], p["metric"], p["difference"], *p["ci"], p["confidence"], p["p"], p["p_holm"],
+                   p["favours"] or ""] for p in pairs])
+    return result
 
 
 def _upscale(pictures: np.ndarray) -> np.ndarray:

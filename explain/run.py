@@ -7,12 +7,14 @@
 
 On the test set (or ``--split train``): the ``explain/*`` tables and plots of :mod:`explain.report`,
 ``misclassified.png``, the CAM grid named after the method (``gradcam.png``, ...), ``confusion_matrix.png``, the trust
-figures (``faithfulness.png``, ``sanity.png``) and the label issues; ``--compare`` ranks CAM methods on the trust
-sample. With ``--images``: one line per image, ``images.png`` and ``images.json``. Everything goes into a new
+figures (``faithfulness.png``, ``sanity.png``) and the label issues; ``--compare`` ranks CAM methods from paired
+per-image differences on the trust sample. With ``--images``: one line per image, ``images.png`` and ``images.json``.
+Either way a ``summary.json`` says what was explained (checkpoint, split, data, images, precision, seconds, the
+accuracy measured) and holds the same ``explain`` section as a training run's. Everything goes into a new
 ``explain-<time>/`` folder beside the checkpoint (or ``--out_dir``, new or empty): a run's outputs are never
 overwritten.
-The data, the test subset and the CAM settings default to the checkpoint's config; flags override them. Bad input
-exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop cleanly with a ``stopped:`` line.
+The data, the test subset, the precision and the CAM settings default to the checkpoint's config; flags override
+them. Bad input exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop cleanly with a ``stopped:`` line.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ import timm
 import torch
 
 from explain.cam import CAM_METHODS
-from explain.report import IMAGES_PER_PASS, SHOWN_IMAGES, check_cam_settings, explain_images, explain_model
+from explain.report import (
+    IMAGES_PER_PASS,
+    SHOWN_IMAGES,
+    check_cam_settings,
+    explain_images,
+    explain_model,
+    explain_summary,
+)
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from train.config import (
     Config,
@@ -71,6 +80,7 @@ from train.data import (
     special_note,
 )
 from train.engine import amp_dtype, resolve_device
+from train.files import write_json
 from train.model import check_model_name
 from train.stops import Stopped, exit_status, stops_ignored, stops_raise
 from train.tracking import Tracker, check_wandb_environment, finish_active_run
@@ -98,20 +108,25 @@ class ExplainOptions:
     """With --images: skip the files of a folder that are not readable images, listing them, instead of stopping;
     False also refuses special files (FIFOs, sockets, devices), which are otherwise skipped with a warning."""
     compare: str = ""
-    """Comma-separated CAM methods to compare on the explained mistakes, most faithful first (e.g. gradcam,layercam)."""
+    """Comma-separated CAM methods to compare (e.g. gradcam,layercam,scorecam), each on the same images: the trust
+    sample (--trust_images of the explained split, seeded, stratified by class and by right/wrong prediction). They
+    are ranked from paired per-image differences: for each pair, intervals of the difference in deletion and in
+    insertion AUC on the same images, Holm-corrected. The result is a partial order: a method is above another only
+    where its paired difference says so (others tie), and a method failing the randomization check is never above
+    one that passes. Not with --images."""
     split: str = "test"
     """The split of --data_dir explained, test or train (--test_subset picks from it); label issues are only found
     reliably on images the model did not train on."""
 
 
 # ---- flags ---------------------------------------------------------------------------------------------------------
-# The training flags that apply here, with their Config docstrings as help. The data, subset, seed and CAM settings
-# come from the checkpoint's config unless given; these start afresh (the machine that explains is not the one that
-# trained, and a run trained with --explain_samples 0 still gets explained here):
-FRESH = ("explain_samples", "device", "precision", "eval_batch_size", "wandb_mode", "out_dir", "run_name",
-         "trust_images")
-FROM_CHECKPOINT = ("data_dir", "test_subset", "cam_method", "cam_layer", "trust", "label_issues", "wandb_project",
-                   "wandb_entity")
+# The training flags that apply here, with their Config docstrings as help. The data, subset, seed, precision (so the
+# accuracy measured is the one training measured) and CAM settings come from the checkpoint's config unless given;
+# these start afresh (the machine that explains is not the one that trained, and a run trained with
+# --explain_samples 0 still gets explained here):
+FRESH = ("explain_samples", "device", "eval_batch_size", "wandb_mode", "out_dir", "run_name", "trust_images")
+FROM_CHECKPOINT = ("data_dir", "test_subset", "precision", "cam_method", "cam_layer", "trust", "label_issues",
+                   "wandb_project", "wandb_entity")
 DEFAULTS_SHOWN = {**{name: "the checkpoint's" for name in FROM_CHECKPOINT},
                   "out_dir": "a new explain-<time>/ folder beside the checkpoint",
                   "run_name": "the training run's name + '-explain'"}
@@ -120,8 +135,12 @@ HELPS = {
     "data_dir": "Image-folder root or CIFAR-10 python batches holding the images to explain; only the --split "
                 "folder is needed (test/<class>/...), its classes any of the checkpoint's; never downloaded.",
     "test_subset": "Class-balanced, seeded subset of the explained split (0 = all of it).",
-    "explain_samples": "Most confident mistakes shown with their CAMs in the table and pictures (0 = none; the "
-                       "confusion matrix, trust figures and label issues are still made).",
+    "explain_samples": "Most confident mistakes shown with their CAMs in the table and pictures (0 = none: no "
+                       "misclassified.png, CAM grid or mistakes table, as in training; the confusion matrix, trust "
+                       "figures and label issues are still made).",
+    "precision": "auto (bf16 autocast on CUDA and on a CPU that runs bf16 natively, fp32 elsewhere), fp32 or bf16: "
+                 "the autocast of the prediction pass (the CAMs are fp32); the checkpoint's, so the accuracy is the "
+                 "one training measured.",
     "eval_batch_size": "Images per prediction forward pass.",
     "out_dir": "Folder the pictures and JSON files go to: new or empty (the outputs of a run are never overwritten).",
     "run_name": "W&B run name of this explain run.",
@@ -154,10 +173,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ExplainOptions, dict[
     own = {f.name: coerce(f.name, given.pop(f.name), ExplainOptions) for f in fields(ExplainOptions)
            if f.name in given}
     options = ExplainOptions(**own)
-    for method in filter(None, (m.strip() for m in options.compare.split(","))):
+    methods = compared(options)
+    for method in methods:
         if method not in CAM_METHODS:
             raise ConfigError(f"--compare: unknown CAM method {method!r}{closest(method, CAM_METHODS, prefix='')}; "
                               f"valid methods: {', '.join(CAM_METHODS)}")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"--compare {options.compare!r}: {', '.join(repeated)} given more than once; name each "
+                          f"method once")
+    if options.images and methods:
+        raise ConfigError("--compare applies to the checkpoint's data (the trust sample of --split), not to --images")
     if not options.images and (options.target_class or options.skip_bad is not None):
         raise ConfigError("--target_class and --skip_bad apply to --images")
     if options.split not in SPLITS:
@@ -166,6 +192,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ExplainOptions, dict[
     if options.images and options.split != "test":
         raise ConfigError("--split applies to the checkpoint's data, not to --images")
     return options, given
+
+
+def compared(options: ExplainOptions) -> list[str]:
+    """The methods of ``--compare``, in the order given."""
+    return [m.strip() for m in options.compare.split(",") if m.strip()]
 
 
 @dataclass
@@ -178,6 +209,13 @@ class Loaded:
     device: torch.device
     layers: list[str]
     classes: list[str]
+    amp: torch.dtype | None  # the autocast dtype of the prediction pass (None = fp32)
+    precision_from: str  # where config.precision came from: "given" (--precision), "checkpoint" or "default"
+
+    @property
+    def precision(self) -> str:
+        """What the predictions compute in: ``bf16`` or ``fp32``."""
+        return "bf16" if self.amp is not None else "fp32"
 
 
 def load(options: ExplainOptions, given: dict[str, Any]) -> Loaded:
@@ -185,6 +223,7 @@ def load(options: ExplainOptions, given: dict[str, Any]) -> Loaded:
     state = load_checkpoint(options.checkpoint)
     stored = state["config"]
     config = config_from_dict({**stored, **{name: getattr(Config, name) for name in FRESH}, **given})
+    precision_from = "given" if "precision" in given else "checkpoint" if "precision" in stored else "default"
     config.run_name = given.get("run_name") or f"{stored.get('run_name') or Path(options.checkpoint).parent.name}" \
                                                f"-explain"
     device = resolve_device(config.device)
@@ -198,7 +237,18 @@ def load(options: ExplainOptions, given: dict[str, Any]) -> Loaded:
     except ValueError as exc:
         flag = "--cam_method" if config.cam_method not in CAM_METHODS else "--cam_layer"
         raise ConfigError(f"{flag} {getattr(config, flag[2:])!r}: {exc}") from None
-    return Loaded(config, state, model, device, layers, classes)
+    return Loaded(config, state, model, device, layers, classes, amp_dtype(config.precision, device), precision_from)
+
+
+def start_line(loaded: Loaded, options: ExplainOptions, what: str, out_dir: Path) -> str:
+    """What is explained, on what, in which precision (and where that came from) and where it goes."""
+    config = loaded.config
+    autocast = "bf16 autocast" if loaded.amp is not None else "fp32"
+    source = {"given": f"--precision {config.precision} given",
+              "checkpoint": f"the checkpoint's --precision {config.precision}",
+              "default": f"--precision {config.precision}: the checkpoint records none"}[loaded.precision_from]
+    return (f"explaining {options.checkpoint} (epoch {loaded.state['epoch']}, {config.model}) on {loaded.device} in "
+            f"{autocast} ({source}); {what}; out_dir {out_dir}")
 
 
 def out_folder(loaded: Loaded, options: ExplainOptions) -> Path:
@@ -236,7 +286,9 @@ def tracker_for(loaded: Loaded, options: ExplainOptions) -> Tracker:
 
 def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[str, Any]:
     """Explain the mistakes (and label issues) of the checkpoint on ``--split`` of its data (and compare methods);
-    returns :func:`explain_model`'s dict and ``notes`` (``warning:`` lines)."""
+    returns :func:`explain_model`'s dict, ``notes`` (``warning:`` lines), ``out_dir`` and ``samples``; writes
+    ``summary.json``."""
+    started = time.perf_counter()
     loaded = load(options, given)
     config = loaded.config
     # the checkpoint's test subset of the split, never downloaded (a typo must not fetch 170 MB); a folder of new
@@ -251,27 +303,49 @@ def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[s
                         f"False)")
     trained_on = loaded.state["config"].get("data_dir")
     notes = list(data.notes)
-    if options.split == "train" and config.label_issues and same_folder(config.data_dir, trained_on):
+    # the checkpoint's own training images: its probabilities on them are in-sample
+    in_sample = options.split == "train" and same_folder(config.data_dir, trained_on)
+    if in_sample and config.label_issues:
         notes.append(f"warning: --split train: the checkpoint was trained on the train split of {trained_on!r}; on "
                      f"images a model trained on, its probabilities are in-sample (it has fit their labels, errors "
                      f"included), so label issues are understated; find them on images it never saw (--split "
                      f"test, or another --data_dir), or train on part of the data and explain the held-out part")
     indices = balanced_subset(data.labels, config.test_subset, config.seed)
     out_dir = out_folder(loaded, options)
+    print(one_line(start_line(loaded, options, f"{len(indices):,} {options.split} images of {config.data_dir}",
+                              out_dir)), flush=True)
     tracker = tracker_for(loaded, options)
     with writing(out_dir):
         result = explain_model(loaded.model, data.subset(indices), out_dir=out_dir, tracker=tracker,
                                samples=config.explain_samples, cam_method=config.cam_method,
-                               cam_layer=loaded.layers, device=loaded.device,
-                               amp=amp_dtype(config.precision, loaded.device), batch_size=config.eval_batch_size,
-                               indices=indices, epoch=loaded.state["epoch"], trust=config.trust,
-                               compare=[m.strip() for m in options.compare.split(",") if m.strip()],
-                               label_issues=config.label_issues, tta=config.tta, trust_images=config.trust_images,
-                               seed=config.seed)
-    tracker.summary({"test_acc_no_tta": result["acc"], "mistakes": result["mistakes"],
+                               cam_layer=loaded.layers, device=loaded.device, amp=loaded.amp,
+                               batch_size=config.eval_batch_size, indices=indices, epoch=loaded.state["epoch"],
+                               trust=config.trust, compare=compared(options), label_issues=config.label_issues,
+                               tta=config.tta, trust_images=config.trust_images, seed=config.seed,
+                               in_sample=in_sample)
+    split = options.split
+    accuracy = {f"{split}_acc": result.get("acc_tta", result["acc"]), f"{split}_acc_no_tta": result["acc"]}
+    tracker.summary({f"{split}_acc_no_tta": result["acc"], "in_sample": in_sample, "mistakes": result["mistakes"],
                      "explained": result["explained"], "checkpoint_epoch": loaded.state["epoch"]})
+    summary = {**what_was_explained(loaded, options, tracker), "split": split, "data_dir": config.data_dir,
+               "test_subset": config.test_subset, "images": result["images"], "in_sample": in_sample,
+               **accuracy, "tta": config.tta, "explain_samples": config.explain_samples,
+               "compare": compared(options), "seconds": round(time.perf_counter() - started, 3),
+               "explain": explain_summary(result)}
+    with writing(out_dir):
+        write_json(out_dir / "summary.json", summary)
     tracker.finish()
-    return {**result, "notes": notes}
+    return {**result, "notes": notes, "out_dir": str(out_dir), "samples": config.explain_samples}
+
+
+def what_was_explained(loaded: Loaded, options: ExplainOptions, tracker: Tracker) -> dict[str, Any]:
+    """summary.json's first keys, shared by both modes: the checkpoint, how the predictions were computed, the CAM
+    method and the W&B run."""
+    return {"checkpoint": str(Path(options.checkpoint).resolve()), "checkpoint_epoch": loaded.state["epoch"],
+            "model": loaded.config.model, "classes": len(loaded.classes), "device": str(loaded.device),
+            "precision": loaded.precision, "precision_setting": loaded.config.precision,
+            "precision_from": loaded.precision_from, "cam_method": loaded.config.cam_method,
+            "cam_layer": ",".join(loaded.layers), "wandb_run_id": tracker.id, "wandb_run_dir": tracker.dir}
 
 
 def same_folder(a: str | None, b: str | None) -> bool:
@@ -285,7 +359,9 @@ def same_folder(a: str | None, b: str | None) -> bool:
 
 
 def explain_files(options: ExplainOptions, given: dict[str, Any]) -> dict[str, Any]:
-    """Explain the images of ``--images``; returns :func:`explain.report.explain_images`' dict and what was read."""
+    """Explain the images of ``--images``; returns :func:`explain.report.explain_images`' dict and what was read;
+    writes ``summary.json`` (no accuracy: the images have no labels)."""
+    started = time.perf_counter()
     loaded = load(options, given)
     target = None
     if options.target_class:
@@ -313,13 +389,18 @@ def explain_files(options: ExplainOptions, given: dict[str, Any]) -> dict[str, A
     for line in special_note(special):
         print(one_line(line), file=sys.stderr, flush=True)
     out_dir = out_folder(loaded, options)
+    print(one_line(start_line(loaded, options, f"the images of {' '.join(options.images)}", out_dir)), flush=True)
     tracker = tracker_for(loaded, options)
     with writing(out_dir):
         result = explain_images(loaded.model, itertools.chain([first], stream), loaded.classes, out_dir=out_dir,
                                 tracker=tracker, method=loaded.config.cam_method, layers=loaded.layers,
                                 target_class=target, trust=loaded.config.trust,
                                 trust_images=loaded.config.trust_images, seed=loaded.config.seed,
-                                say=lambda line: print(one_line(line), flush=True))
+                                say=lambda line: print(one_line(line), flush=True), amp=loaded.amp)
+        write_json(out_dir / "summary.json", {
+            **what_was_explained(loaded, options, tracker), "inputs": options.images, "images": result["images"],
+            "skipped": len(skipped) + len(special), "target_class": options.target_class or None,
+            "seconds": round(time.perf_counter() - started, 3), "explain": explain_summary(result)})
     tracker.finish()
     return {**result, "notes": resize_note(sizes), "skipped": skipped, "out_dir": str(out_dir)}
 
@@ -349,18 +430,21 @@ def report(options: ExplainOptions, result: dict[str, Any]) -> None:
             say(line)
         shown = min(result["images"], SHOWN_IMAGES)
         say(f"explained {result['images']:,} images; wrote {result['out_dir']}/images.png ("
-            + (f"the first {shown}" if shown < result["images"] else "all") + ") and images.json (all)")
+            + (f"the first {shown}" if shown < result["images"] else "all") + "), images.json (all) and summary.json")
     else:
-        pictures = ["misclassified", Path(result["cam_png"]).stem, "confusion_matrix"] + (
-            ["faithfulness", "sanity"] if "trust_verdict" in result else []) + (
-            ["cam_methods"] if "cam_methods" in result else [])
+        pictures = ([Path(result[key]).stem for key in ("misclassified_png", "cam_png") if key in result]
+                    + ["confusion_matrix"] + (["faithfulness", "sanity"] if "trust_verdict" in result else [])
+                    + (["cam_methods"] if "cam_methods" in result else []))
         for line in result["notes"]:
             say(line)
-        say(f"explained {result['explained']} of {result['mistakes']} mistakes on {result['images']:,} "
-            f"{options.split} images (accuracy {result['acc']:.4f} single pass"
+        what = (f"explained {result['explained']} of {result['mistakes']} mistakes on {result['images']:,} "
+                f"{options.split} images" if result["samples"] else
+                f"explained {result['images']:,} {options.split} images, {result['mistakes']} mistakes not shown "
+                f"(--explain_samples 0: no mistakes table, misclassified.png or CAM grid)")
+        say(f"{what} (accuracy {result['acc']:.4f} single pass"
             + (f", {result['acc_tta']:.4f} with flip TTA" if "acc_tta" in result else "") + "); wrote "
-            f"{Path(result['misclassified_png']).parent}/{{{','.join(pictures)}}}.png")
-        for row in compare_table(result.get("cam_methods", [])):
+            f"{result['out_dir']}/{{{','.join(pictures)}}}.png and summary.json")
+        for row in compare_table(result.get("cam_methods", {})):
             say(row)
         if "label_issues_line" in result:
             say(result["label_issues_line"])
@@ -370,24 +454,30 @@ def report(options: ExplainOptions, result: dict[str, Any]) -> None:
         say(result["trust_line"])
 
 
-def compare_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The CAM method comparison as aligned text lines, by rank (``=`` marks methods the intervals do not
-    separate), each figure with its 95 % interval."""
+def compare_table(compared: dict[str, Any]) -> list[str]:
+    """The CAM method comparison (``cam_methods.json``'s content) as aligned text lines: each method's figures with
+    their 95 % intervals, the methods its paired differences place it above, and every separated pair."""
+    rows = compared.get("methods", []) if compared else []
     if not rows:
         return []
+    from explain.trust import COVERAGE
 
     def ci(row: dict[str, Any], key: str, digits: int = 3) -> str:
         low, high = row[f"{key}_ci"]
         return f"{row[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
-    header = ["rank", "method", "deletion gain", "insertion gain", "sanity rank corr", "verdict", "s/image"]
-    lines = [header] + [[f"{'=' if r['tied'] else ''}{r['rank']}", r["method"], ci(r, "deletion_gain"),
-                         ci(r, "insertion_gain"), ci(r, "sanity_rank_corr", 2), r["trust_verdict"],
+    header = ["method", "above", "deletion gain", "insertion gain", "randomization", "verdict", "s/image"]
+    lines = [header] + [[r["method"], ",".join(r["above"]) or "-", ci(r, "deletion_gain"), ci(r, "insertion_gain"),
+                         f"{r['sanity_result']} at {r['sanity_stage']}", r["trust_verdict"],
                          f"{r['seconds_per_image']:.3f}"] for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    return table + [f"(gains over a random pixel order with 95% intervals, {rows[0]['trust_images']} images; a method "
-                    f"ranks above another only where an interval separates them)"]
+    separated = [p for p in compared["pairs"] if p["favours"]]
+    pairs = "; ".join(f"{p['favours']} over {p['b'] if p['favours'] == p['a'] else p['a']} at {p['metric']} by "
+                      f"{abs(p['difference']):.3f}" for p in separated) or "none"
+    return table + [f"(gains over smooth random maps with 95% intervals, {COVERAGE}, on {rows[0]['trust_images']} "
+                    f"images; a method is above another only where a paired per-image difference separates them, "
+                    f"Holm-corrected over {len(compared['pairs'])} tests: {pairs})"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ input is one ``error:`` line and exit status 2."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -18,11 +19,14 @@ from PIL import Image
 import train  # noqa: F401  (registers resnet18_cifar)
 from explain import run as explain_run
 from explain.report import COLUMNS
+from explain.report_labels import LABEL_KEYS
+from explain.trust import TRUST_KEYS
 from tests.conftest import CLASSES, history, run_cli, wandb_records, wandb_summary
 from tests.test_report import explain_row, image_cell, logged_table
 from train.checkpoint import save_checkpoint
 from train.config import Config
 from train.data import load_data
+from train.engine import amp_dtype, resolve_device
 
 PICTURES = ("misclassified.png", "gradcam.png", "confusion_matrix.png")
 
@@ -55,11 +59,87 @@ def test_explain_writes_a_new_folder_beside_the_checkpoint_and_overwrites_nothin
     # the training run's own pictures and files are untouched
     assert {p.name: p.stat().st_mtime_ns for p in explained["folder"].iterdir() if p != out} == explained["before"]
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("explained ") and "200 test images" in lines[0] and f"wrote {out}/{{" in lines[0]
+    assert lines[0].startswith(f"explaining {explained['checkpoint']} (epoch ") and lines[0].endswith(f"out_dir {out}")
+    done = explained_line(result.stdout)
+    assert "200 test images" in done and f"wrote {out}/{{" in done and done.endswith("and summary.json")
     assert "Traceback" not in result.stderr
     for name in PICTURES:
         with Image.open(out / name) as picture:
             assert picture.format == "PNG" and min(picture.size) > 300
+
+
+def explained_line(stdout: str) -> str:
+    """The line that says what was explained (after the start line)."""
+    return next(line for line in stdout.splitlines() if line.startswith("explained "))
+
+
+def printed_accuracy(stdout: str) -> float:
+    return float(re.search(r"\(accuracy (\d\.\d{4}) single pass", explained_line(stdout)).group(1))
+
+
+def numbers(value) -> list[float]:
+    """Every number in a JSON value, nested lists and dicts included."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers(v)]
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+@pytest.mark.slow
+def test_explain_writes_a_summary_with_the_explain_section_of_a_training_run(explained, trained, cifar_subset):
+    """summary.json in the explain folder: the same ``explain`` keys as the training run's summary.json (every trust
+    figure, interval and verdict, the label-issue counts), and what was explained: checkpoint, split, data, images,
+    the accuracy (the one printed and the one W&B holds), the precision, seconds."""
+    summary = json.loads((explained["out"] / "summary.json").read_text())
+    section, training = summary["explain"], trained["summary"]["explain"]
+    assert set(section) == set(training)
+    assert set(TRUST_KEYS) | set(LABEL_KEYS) <= set(section)  # not equal by both being empty
+    assert all(math.isfinite(x) for x in numbers(section)), section
+    assert section["images"] == summary["images"] == 200 and section["explained"] == min(64, section["mistakes"])
+    best = torch.load(explained["checkpoint"], weights_only=True)
+    assert summary["checkpoint"] == str(explained["checkpoint"].resolve())
+    assert summary["checkpoint_epoch"] == best["epoch"] and summary["model"] == "resnet18_cifar"
+    assert summary["split"] == "test" and summary["data_dir"] == str(cifar_subset) and summary["test_subset"] == 200
+    assert summary["in_sample"] is False and summary["compare"] == [] and summary["explain_samples"] == 64
+    # the accuracy: what the terminal line printed, what W&B holds, the section's
+    acc = summary["test_acc_no_tta"]
+    assert acc == section["acc"] and round(acc, 4) == printed_accuracy(explained["result"].stdout)
+    assert wandb_summary(explained["run_dir"])["summary"]["test_acc_no_tta"] == pytest.approx(acc)
+    assert summary["test_acc"] == section.get("acc_tta", acc) and summary["tta"] == best["config"]["tta"]
+    # the precision: the checkpoint's
+    assert summary["precision_setting"] == best["config"]["precision"] and summary["precision_from"] == "checkpoint"
+    device = torch.device(summary["device"])
+    assert summary["precision"] == ("bf16" if amp_dtype(best["config"]["precision"], device) else "fp32")
+    assert 0 < summary["seconds"] < 3600
+    assert summary["wandb_run_dir"] == str(explained["run_dir"])
+    assert summary["wandb_run_id"] and summary["wandb_run_id"] in explained["run_dir"].name
+
+
+@pytest.mark.slow
+def test_explain_measures_the_accuracy_training_measured_in_the_checkpoints_precision(trained, tmp_path):
+    """On last.pt (the final weights), in the checkpoint's precision unless --precision is given: the accuracy printed
+    is the training run's final val acc_no_tta, and the start line says which precision and why."""
+    checkpoint = trained["out"] / "last.pt"
+    stored = torch.load(checkpoint, weights_only=True)["config"]["precision"]
+    fast = ["--trust=False", "--label_issues=False", "--explain_samples=0", "--wandb_mode=disabled"]
+    result = run_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "a"), *fast,
+                     script="explain/run.py", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    autocast = "bf16 autocast" if amp_dtype(stored, resolve_device("auto")) else "fp32"
+    assert f"in {autocast} (the checkpoint's --precision {stored})" in result.stdout.splitlines()[0]
+    assert printed_accuracy(result.stdout) == round(trained["summary"]["test_acc_no_tta"], 4)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["test_acc_no_tta"] == trained["summary"]["test_acc_no_tta"]
+    # --precision wins over the checkpoint's
+    other = "fp32" if autocast != "fp32" else "bf16"
+    given = run_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "b"), f"--precision={other}", *fast,
+                    script="explain/run.py", timeout=600)
+    assert given.returncode == 0, given.stderr[-3000:]
+    assert f"in {'fp32' if other == 'fp32' else 'bf16 autocast'} (--precision {other} given)" in \
+        given.stdout.splitlines()[0]
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["precision"] == other and summary["precision_from"] == "given"
 
 
 @pytest.mark.slow
@@ -76,6 +156,12 @@ def test_explain_help_is_its_own():
                     "checkpoints, metrics.jsonl", "out_dir's default name"):
         assert wording not in " ".join(text.split()), wording
     assert "never downloaded" in text and "explain-<time>" in text and "--trust_images" in text
+    # --compare says how it ranks: paired per-image differences on the trust sample, a partial order
+    words = " ".join(text.split())
+    assert "most faithful first" not in words and "on the explained mistakes" not in words
+    for wording in ("paired per-image differences", "Holm-corrected", "stratified by class and by right/wrong "
+                    "prediction", "partial order", "failing the randomization check is never above one that passes"):
+        assert wording in words, wording
 
 
 @pytest.mark.slow
@@ -127,10 +213,11 @@ def test_module_form_with_dash_flags_fused_layers_and_no_wandb(trained, tmp_path
                      "--cam_method", "gradcampp", "--cam-layer=layer3,layer4", "--out-dir", str(out),
                      "--wandb_mode=disabled", "--trust=False", script="-m", env={"WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("explained 4 of ")
+    assert explained_line(result.stdout).startswith("explained 4 of ")
     # --trust=False: no faithfulness/sanity PNGs; the CAM grid is named after its method
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["misclassified.png", "gradcampp.png", "confusion_matrix.png", "label_issues.json", "label_issues.png"])
+        ["misclassified.png", "gradcampp.png", "confusion_matrix.png", "label_issues.json", "label_issues.png",
+         "summary.json"])
     assert "trust:" not in result.stdout + result.stderr
     assert not list(tmp_path.glob("wandb/*run-*"))
 
@@ -183,6 +270,10 @@ BAD_INPUT = {
                                                                 r"you mean resnet18_cifar\?\)"),
     "wandb-project": (["--checkpoint", "@ckpt", "--wandb_project=a/b"], "--wandb_project 'a/b' is not a name W&B "
                                                                         "accepts"),
+    "compare-repeated": (["--checkpoint", "@ckpt", "--compare=gradcam,layercam, gradcam"],
+                         "--compare 'gradcam,layercam, gradcam': gradcam given more than once"),
+    "compare-images": (["--checkpoint", "@ckpt", "--images", "@ckpt", "--compare=layercam"],
+                       "--compare applies to the checkpoint's data .*, not to --images"),
 }
 
 
@@ -196,6 +287,25 @@ def test_bad_input_is_one_error_line(args, message, checkpoint, tmp_path, capsys
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("args", [["--compare", "gradcam,gradcam"], ["--images", "x.png", "--compare", "layercam"]],
+                         ids=["repeated", "with-images"])
+def test_compare_is_refused_before_any_work(args, checkpoint, tmp_path, capsys):
+    """A repeated --compare method (a ValueError traceback after a partial folder, before) and --compare with
+    --images (silently ignored, before): one error line, exit status 2, nothing written, no W&B run."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "best.pt")
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_DIR", str(tmp_path / "w"))
+        patch.chdir(tmp_path)
+        assert explain_run.main(["--checkpoint", str(folder / "best.pt"), *args, "--wandb_mode=offline"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("error: ")
+    assert "--compare" in captured.err
+    assert [p.name for p in folder.iterdir()] == ["best.pt"] and not (tmp_path / "w").exists()
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(checkpoint, tmp_path):
@@ -243,7 +353,15 @@ def test_many_images_are_explained_in_batches_and_the_picture_stays_bounded(chec
     captured = capsys.readouterr()
     printed = [line for line in captured.out.splitlines() if line.startswith(str(folder))]
     assert len(printed) == 600 and printed[0].startswith(f"{folder / '0000.png'}: ")
-    assert f"explained 600 images; wrote {out}/images.png (the first 48) and images.json (all)" in captured.out
+    assert captured.out.startswith(f"explaining {checkpoint} (epoch 1, resnet18_cifar) on ")
+    assert f"explained 600 images; wrote {out}/images.png (the first 48), images.json (all) and summary.json" in \
+        captured.out
+    summary = json.loads((out / "summary.json").read_text())  # what applies: no accuracy, the images have no labels
+    assert summary["checkpoint"] == str(checkpoint.resolve()) and summary["inputs"] == [str(folder)]
+    assert summary["images"] == 600 and summary["skipped"] == 0 and summary["target_class"] is None
+    assert summary["explain"] == {"images": 600}  # --trust=False: nothing else measured
+    assert summary["precision_from"] == "checkpoint" and summary["precision"] in ("bf16", "fp32")
+    assert summary["seconds"] > 0 and not [key for key in summary if "acc" in key or key in ("split", "in_sample")]
     assert "resized 600 images from 40×40 to 32×32 (bilinear)" in captured.out
     rows = json.loads((out / "images.json").read_text())
     assert [Path(r["file"]).name for r in rows] == [f"{i:04d}.png" for i in range(600)]
@@ -278,15 +396,77 @@ def test_special_files_are_skipped_with_a_warning_or_refused(checkpoint, tmp_pat
     assert bare.returncode == 0, bare.stderr[-2000:]
 
 
-def test_a_write_that_fails_says_what_was_written(small_folder, tmp_path):
+@pytest.fixture(scope="module")
+def small_checkpoint(small_folder, tmp_path_factory):
+    """An untrained model's checkpoint whose config names the small real folder (12 train, 4 test images a class):
+    explained in seconds, with plenty of mistakes."""
+    checkpoint = tmp_path_factory.mktemp("small-ckpt") / "cifar.pt"
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, {"model": timm.create_model("resnet18_cifar", num_classes=10).state_dict(),
+                                 "config": Config(data_dir=str(small_folder)).to_dict(), "epoch": 1, "metrics": {},
+                                 "classes": CLASSES})
+    return checkpoint
+
+
+def test_explain_samples_0_leaves_out_the_mistakes_and_says_so(small_checkpoint, tmp_path):
+    """--explain_samples 0 means what it means in training: no mistakes table, misclassified.png or CAM grid (the
+    CAM grid used to say "no misclassified images to explain" with 36 mistakes); the rest is made, and the line says
+    the mistakes were left out."""
+    out = tmp_path / "out"
+    result = run_cli("--checkpoint", str(small_checkpoint), "--out_dir", str(out), "--explain_samples=0",
+                     "--trust=False", "--wandb_mode=offline", script="explain/run.py", timeout=600,
+                     env={"WANDB_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "label_issues.json", "label_issues.png",
+                                                    "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    mistakes = summary["explain"]["mistakes"]
+    assert summary["explain"]["explained"] == 0 < mistakes and summary["explain_samples"] == 0
+    line = explained_line(result.stdout)
+    assert line.startswith(f"explained 40 test images, {mistakes} mistakes not shown (--explain_samples 0: no "
+                           f"mistakes table, misclassified.png or CAM grid)")
+    assert line.endswith(f"wrote {out}/{{confusion_matrix}}.png and summary.json")
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    row = explain_row(wandb_records(run_dir))
+    assert "explain/misclassified._type" not in row and row["explain/confusion_matrix_table._type"] == "table-file"
+    assert "explain/label_issues._type" in row
+
+
+def test_split_train_names_the_accuracy_after_the_split_and_says_in_sample(small_checkpoint, small_folder, tmp_path):
+    """--split train on the checkpoint's own training folder: the accuracy is train_acc_no_tta (not test_acc_no_tta,
+    which it used to be called) and in_sample is true, in W&B's summary and summary.json; on the test split
+    test_acc_no_tta and in_sample false."""
+    common = ["--checkpoint", str(small_checkpoint), "--explain_samples=2", "--trust=False", "--wandb_mode=offline"]
+    found = {}
+    for split in ("train", "test"):
+        wandb_dir, out = tmp_path / f"w-{split}", tmp_path / split
+        result = run_cli(*common, f"--split={split}", "--out_dir", str(out), script="explain/run.py", timeout=600,
+                         env={"WANDB_DIR": str(wandb_dir)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run_dir,) = (wandb_dir / "wandb").glob("offline-run-*")
+        found[split] = (json.loads((out / "summary.json").read_text()), wandb_summary(run_dir)["summary"], result)
+    summary, logged, result = found["train"]
+    assert summary["split"] == "train" and summary["images"] == 120 and summary["data_dir"] == str(small_folder)
+    assert summary["in_sample"] is True and logged["in_sample"] is True
+    assert "test_acc_no_tta" not in summary and "test_acc_no_tta" not in logged
+    assert logged["train_acc_no_tta"] == summary["train_acc_no_tta"] == summary["explain"]["acc"]
+    assert round(summary["train_acc_no_tta"], 4) == printed_accuracy(result.stdout)
+    assert "warning: --split train: the checkpoint was trained on the train split" in result.stderr
+    assert summary["explain"]["label_issues_in_sample"] is True  # handed to the label issues
+    summary, logged, _ = found["test"]
+    assert summary["split"] == "test" and summary["images"] == 40 and summary["in_sample"] is False
+    assert logged["in_sample"] is False and "train_acc_no_tta" not in logged
+    assert logged["test_acc_no_tta"] == summary["test_acc_no_tta"] == summary["explain"]["acc"]
+    assert summary["explain"]["label_issues_in_sample"] is False
+
+
+def test_a_write_that_fails_says_what_was_written(small_checkpoint, small_folder, tmp_path):
     """A full disk or an unwritable file mid-way: one error line naming what was and was not written; the
     checkpoint untouched. (A folder squatting on the CAM grid's name makes its write fail, as a full disk would.)"""
     out = tmp_path / "out"
     (out / "gradcam.png").mkdir(parents=True)
     checkpoint = tmp_path / "cifar.pt"
-    save_checkpoint(checkpoint, {"model": timm.create_model("resnet18_cifar", num_classes=10).state_dict(),
-                                 "config": Config(data_dir=str(small_folder)).to_dict(), "epoch": 1, "metrics": {},
-                                 "classes": CLASSES})
+    shutil.copy(small_checkpoint, checkpoint)
     before = checkpoint.read_bytes()
     result = run_cli("--checkpoint", str(checkpoint), "--data_dir", str(small_folder), "--out_dir", str(out),
                      "--wandb_mode=disabled", "--trust=False", script="explain/run.py", timeout=300)
