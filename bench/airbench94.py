@@ -13,65 +13,61 @@ airbench needs CUDA (its network is built in fp16 with ``.cuda()``): without it 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # `python bench/airbench94.py`: import the repo's packages
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench import common
+
+HINT = " (python bench/cifar_sets.py makes them)"
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="the folder holding cifar10/train.pt and cifar10/test.pt")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
-    parser.add_argument("--json", required=True)
-    args = parser.parse_args(argv)
-    try:
-        seeds = [int(seed) for seed in args.seeds.split(",")]
-    except ValueError:
-        parser.exit(2, f"error: --seeds {args.seeds!r} is not a comma-separated list of integers\n")
-    data, out = Path(args.data).resolve(), Path(args.json).resolve()
-    missing = [name for name in ("train.pt", "test.pt") if not (data / "cifar10" / name).is_file()]
-    if missing:  # airbench would try to download CIFAR-10 into it instead
-        parser.exit(2, f"error: --data {args.data!r} has no cifar10/{' or cifar10/'.join(missing)} "
-                       f"(python bench/cifar_sets.py makes them)\n")
+    parser = common.Parser(__doc__)
+    parser.add_argument("--data", required=True, type=common.folder("cifar10/train.pt", "cifar10/test.pt", hint=HINT),
+                        help="the folder holding cifar10/train.pt and cifar10/test.pt")
+    parser.add_argument("--seeds", type=common.ints(minimum=0), default="0", help="comma-separated seeds, one run each")
+    parser.add_json(None)
+    args = parser.parse(argv)
+    data, out = args.data.resolve(), args.json.resolve()  # airbench is run inside --data: paths first
     import torch
 
     if not torch.cuda.is_available():
-        parser.exit(2, "error: airbench.train94 needs CUDA, and this machine has none\n")
+        common.fail("airbench.train94 needs CUDA, and this machine has none")
     try:
         import airbench
     except ImportError:
-        parser.exit(2, "error: airbench is not installed (pip install airbench==0.1.8)\n")
+        common.fail("airbench is not installed (pip install airbench==0.1.8)")
+    results = common.Results(out, common.machine("cuda"))
 
     os.chdir(data)  # airbench reads cifar10/ relative to the working directory
     test_loader = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
     airbench.warmup94(verbose=True)  # one step: cuDNN autotuning, not timed (as airbench's own benchmark)
-    runs = []
-    for seed in seeds:
-        torch.manual_seed(seed)
+
+    def one_seed(seed: int) -> dict:
         torch.cuda.synchronize()
         start = time.perf_counter()
         model = airbench.train94(verbose=False)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         acc = airbench.evaluate(model, test_loader, tta_level=2)
-        runs.append({"seed": seed, "acc": acc, "acc_no_tta": airbench.evaluate(model, test_loader, tta_level=0),
-                     "seconds": seconds})
         print(f"  airbench94 seed {seed}: {acc:.4f} (tta_level=2) in {seconds:.2f}s", flush=True)
+        return {"seed": seed, "acc": acc, "acc_no_tta": airbench.evaluate(model, test_loader, tta_level=0),
+                "seconds": seconds}
+
+    runs = common.per_seed(args.seeds, one_seed)
     result = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "airbench": getattr(airbench, "__version__", "0.1.8"), "train_images": len(torch.load(
-            data / "cifar10" / "train.pt", weights_only=True)["labels"]), "test_images": len(test_loader.labels),
-        "seeds": seeds, "acc": [run["acc"] for run in runs], "acc_no_tta": [run["acc_no_tta"] for run in runs],
-        "seconds": [run["seconds"] for run in runs], "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/airbench94.py", *(sys.argv[1:] if argv is None else argv)]),
+        **common.machine("cuda"), "airbench": getattr(airbench, "__version__", "0.1.8"),
+        "train_images": len(torch.load(data / "cifar10" / "train.pt", weights_only=True)["labels"]),
+        "test_images": len(test_loader.labels), "seeds": args.seeds, "acc": [run["acc"] for run in runs],
+        "acc_no_tta": [run["acc_no_tta"] for run in runs], "seconds": [run["seconds"] for run in runs],
+        **common.stamp("bench/airbench94.py", argv),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
-    return 0
+    return results.finish(result, measured=bool(runs))
 
 
 if __name__ == "__main__":

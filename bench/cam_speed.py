@@ -14,9 +14,6 @@ batched ones. Prints both timings and their ratio; writes ``bench/out/cam_speed.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import tarfile
 import time
@@ -29,10 +26,10 @@ import timm
 import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
-from explain.cam import compute_cams
+from bench import common
+from explain.cam import CAM_METHODS, compute_cams
 from explain.report import cams_for_pred_and_true
 from train.data import balanced_subset, load_data
-from train.engine import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
@@ -61,26 +58,31 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000, help="images explained by the batched path")
-    parser.add_argument("--loop_images", type=int, default=100, help="images timed in the per-image loop")
-    parser.add_argument("--batch_sizes", default="256,64", help="CAM batch sizes of the batched path (256 = default)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the fastest one counts")
-    parser.add_argument("--method", default="gradcam")
+def main(argv: list[str] | None = None) -> int:
+    parser = common.Parser(__doc__)
+    parser.add_argument("--images", type=common.count(1), default=1000, help="images explained by the batched path")
+    parser.add_argument("--loop_images", type=common.count(1), default=100, help="images timed in the per-image loop")
+    parser.add_argument("--batch_sizes", type=common.ints(minimum=1), default="256,64",
+                        help="CAM batch sizes of the batched path (256 = default)")
+    parser.add_argument("--repeats", type=common.count(1), default=2,
+                        help="interleaved repetitions; the fastest one counts")
+    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS))
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, auto)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "out" / "cam_speed.json"))
-    args = parser.parse_args()
+    parser.add_json(REPO / "bench" / "out" / "cam_speed.json", "--out")
+    args = parser.parse(argv)
+    device = common.device(args.device)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18_cifar", num_classes=10).to(device).eval()
+    if args.layer not in dict(model.named_modules()):
+        common.fail(f"--layer {args.layer!r} is not a module of resnet18_cifar (layer1 ... layer4, say)")
+    results = common.Results(args.out, common.machine(device))
 
     images, labels, source = test_images(args.images)
-    torch.manual_seed(0)
-    device = resolve_device(args.device)
-    model = timm.create_model("resnet18_cifar", num_classes=10).to(device).eval()
     with torch.no_grad():
         preds = torch.cat([model(chunk.to(device).float() / 255).argmax(1).cpu() for chunk in images.split(256)])
     n = min(args.loop_images, len(images))
-    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    sizes = args.batch_sizes
     maps = {}
 
     def batched(size: int) -> None:
@@ -110,22 +112,19 @@ def main() -> None:
     print(f"{args.method} on {args.layer} ({device}), pred + true class of {len(images)} {source}, "
           f"{torch.get_num_threads()} threads, best of {args.repeats}")
     result = {"images": len(images), "classes_per_image": 2, "method": args.method, "layer": args.layer,
-              "source": source, "device": str(device), "max_abs_diff_loop_vs_batched": max_diff,
+              "source": source, **common.machine(device), "max_abs_diff_loop_vs_batched": max_diff,
               "loop_images_timed": n, "loop_seconds": min(times["loop"]),
               "loop_seconds_for_all": loop_all, "loop_extrapolated": n < len(images), "batched": {},
-              "all_times": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine()}
+              "all_times": times, **common.stamp("bench/cam_speed.py", argv)}
     for size in sizes:
         seconds = min(times[f"batched_{size}"])
-        result["batched"][size] = {"seconds": seconds, "images_per_second": len(images) / seconds,
+        result["batched"][str(size)] = {"seconds": seconds, "images_per_second": len(images) / seconds,
                                    "speedup_vs_loop": loop_all / seconds}
         print(f"  batched, {size:3d} per pass: {seconds:7.2f} s  ({len(images) / seconds:6.1f} images/s)  "
               f"{loop_all / seconds:5.2f}x the loop")
     print(f"  per-image loop:      {loop_all:7.2f} s  ({len(images) / loop_all:6.1f} images/s){scaled}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    return results.finish(result, measured=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,9 +15,7 @@ decoding of the JPEG copy (what a user's first ``python train/run.py`` waits for
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import shutil
 import sys
 import tarfile
@@ -29,6 +27,7 @@ if __package__ in (None, ""):  # `python bench/cifar_sets.py`: import the repo's
 
 import torch
 
+from bench import common
 from train.data import DataError, load_data
 from train.files import atomic_write
 
@@ -128,21 +127,19 @@ def timed(fn, *args, **kwargs) -> tuple[object, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archives", required=True, help=f"the folder of {JPEG_ARCHIVE} and {PNG_ARCHIVE}")
-    parser.add_argument("--work", required=True, help="where the sets are made (reused when already there)")
-    parser.add_argument("--per_class", default="", help="TRAIN,TEST: keep the first images of each class (small runs)")
-    parser.add_argument("--json", required=True, help="where the sets and the timings are written")
-    args = parser.parse_args(argv)
-    archives, work = Path(args.archives), Path(args.work)
-    try:
-        per_class = dict(zip(SPLITS, map(int, args.per_class.split(",")), strict=True)) if args.per_class else None
-    except ValueError:
-        parser.exit(2, f"error: --per_class {args.per_class!r} is not TRAIN,TEST (two integers)\n")
-    for name in (JPEG_ARCHIVE, PNG_ARCHIVE):
-        if not (archives / name).is_file():
-            parser.exit(2, f"error: --archives {str(archives)!r} has no {name}\n")
-    work.mkdir(parents=True, exist_ok=True)
+    parser = common.Parser(__doc__)
+    parser.add_argument("--archives", required=True, type=common.folder(JPEG_ARCHIVE, PNG_ARCHIVE),
+                        help=f"the folder of {JPEG_ARCHIVE} and {PNG_ARCHIVE}")
+    parser.add_argument("--work", required=True, type=common.out_folder,
+                        help="where the sets are made (reused when already there)")
+    parser.add_argument("--per_class", type=common.ints(minimum=1, length=2, what="TRAIN,TEST"),
+                        help="TRAIN,TEST: keep the first images of each class (small runs)")
+    parser.add_json(None, help="where the sets and the timings are written")
+    args = parser.parse(argv)
+    archives, work = args.archives, args.work
+    per_class = dict(zip(SPLITS, args.per_class, strict=True)) if args.per_class else None
+    results = common.Results(args.json, common.machine())
+    work.mkdir(exist_ok=True)
     try:
         png, unpack_png = timed(unpack, archives / PNG_ARCHIVE, work, per_class)
         originals = {p.relative_to(png).with_suffix("").as_posix() for p in png.glob("*/*/*.png")}
@@ -155,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = {name: [len(d) for d in load_data(root, download=False)]
                   for name, root in (("jpeg", jpeg), ("png", png), ("jpeg_twins", twins))}
     except (DataError, OSError, tarfile.TarError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        common.fail(str(exc))
     result = {
         "jpeg": str(jpeg), "png": str(png), "jpeg_twins": str(twins), "airbench": str(airbench),
         "images": {name: {"train": n[0], "test": n[1]} for name, n in counts.items()},
@@ -164,12 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                     "airbench_format": airbench_seconds,
                     # the JPEG copy's decoding: the first time (None when a cache from an earlier call was there)
                     "data_decoding_first_run": None if cached_before else first, "data_decoding_cached": cached},
+        **common.machine(), **common.stamp("bench/cifar_sets.py", argv),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"data sets in {work}: " + ", ".join(f"{k} {v['train']:,}/{v['test']:,}" for k, v in result["images"].items())
           + f"; decoding the JPEG copy {first:.1f}s first, {cached:.2f}s cached")
-    return 0
+    return results.finish(result, measured=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The headline figures in one command: what the JPEG copy costs, airbench94 beside our default on the same images,
 recipe variants, a real run's outputs and phases, and throughput.
 
-Made for a GPU lent for a few minutes: each step runs the benchmark that owns it in its own process, under what is
-left of ``--budget_s``, and the results file (``--json``) is rewritten as soon as a step ends, so a run cut short
-keeps every finished step. First the data sets are made from the two archives of ``--archives``
+Made for a GPU lent for a few minutes: every flag is checked before any work (a bad one: one ``error:`` line, exit
+status 2), then each step runs the benchmark that owns it in its own process, under what is left of ``--budget_s``,
+and the results file (``--json``) is rewritten as soon as a step ends, so a run cut short keeps every finished step.
+The file is never replaced with less: this run's steps are merged into the one already there (a step measured now
+replaces that step, the others keep their figures, listed under ``kept_from_earlier``), and a run that measured no
+step leaves it as it was and exits 1. First the data sets are made from the two archives of ``--archives``
 (``bench/cifar_sets.py``: the JPEG copy, the lossless subset and its JPEG twins, airbench's ``.pt`` format), then:
 
 1. ``jpeg_cost`` — ``bench/jpeg_cost.py``: the recipe trained on the 8,068 lossless originals and on their JPEG
@@ -14,9 +17,10 @@ keeps every finished step. First the data sets are made from the two archives of
 3. ``default`` — ``bench/time_to_acc.py --full``: our default recipe on the full JPEG copy, one process per seed.
 4. ``recipe`` — each flag set of ``--variants`` trained like ``default`` (all seeds in one process, ``--parallel``
    processes at a time), started while the time left exceeds ``--reserve_s`` (kept for the last two steps) plus
-   what ``default`` took, stopped when only ``--reserve_s`` is left. A flag ``train/run.py`` does not know is
-   recorded as skipped, not run. Nothing is adopted: each variant's mean, spread and difference to ``default``;
-   ``winners`` are those ahead by at least 0.3 points.
+   what ``default`` took, stopped when only ``--reserve_s`` is left. Each flag set is checked by ``train/run.py``'s
+   own parser before any work (a flag it does not know is refused). Nothing is adopted: each variant's mean, spread
+   and difference to ``default`` (this run's, else the results file's); ``winners`` are those ahead by at least 0.3
+   points.
 5. ``real_run`` — ``bench/run_phases.py``: ``train/run.py``'s default recipe on the full JPEG copy, W&B offline,
    explain (64), trust, probes (20), every output; its small outputs copied to ``--real_run_out``; the run's wall
    time by phase (``wall_seconds``) and the time inside each W&B call (``wandb_fixed_seconds``).
@@ -34,7 +38,6 @@ Everything after ``--`` goes to every training step (e.g. a tiny run on a CPU). 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -46,12 +49,13 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # `python bench/headline.py`: import the repo's packages
     sys.path[0] = str(REPO)
 
-from train.config import ConfigError, parse_flags, train_parser  # noqa: E402  (after the path set-up)
-from train.files import write_json  # noqa: E402
+from bench import common  # noqa: E402  (after the path set-up)
+from bench.cifar_sets import JPEG_ARCHIVE, PNG_ARCHIVE  # noqa: E402
+from bench.jpeg_cost import CELLS  # noqa: E402
 
 STEPS = ("jpeg_cost", "airbench94", "default", "recipe", "real_run", "speed")
 NEEDS_DATA = set(STEPS)
-# The recipe step's flag sets, in order of interest; a flag train/run.py does not know (yet) is skipped, not run.
+# The recipe step's flag sets, in order of interest (each checked by train/run.py's parser before any work).
 RECIPE_VARIANTS = ("--ema=0.999", "--label_smoothing=0.2", "--batch_size=1024", "--warmup_epochs=1",
                    "--warmup_epochs=6")
 WIN_MARGIN = 0.003  # a variant "wins" when its mean beats the default's by at least 0.3 points
@@ -59,11 +63,11 @@ MIN_STEP_SECONDS = 20  # a step is not started with less than this left of the b
 REAL_RUN_FLAGS = ["--wandb_mode=offline", "--explain_samples=64", "--trust=True", "--probe_images=20"]
 
 
-def spread(values: list[float]) -> dict | None:
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+# What every results file holds, whatever ran: the issue's keys, empty until a step fills them.
+BASE = {"device": None, "date": None, "torch": None, "default": {"acc": [], "acc_no_tta": [], "train_seconds": []},
+        "airbench94": {"acc": [], "seconds": []}, "jpeg_cost": {cell: [] for cell in CELLS}, "throughput": {},
+        "wandb_fixed_seconds": {}, "wall_seconds": {}, "command": None, "steps": {}, "skipped": {}, "notes": []}
+spread = common.spread
 
 
 def last_line(text: str) -> str:
@@ -71,25 +75,37 @@ def last_line(text: str) -> str:
 
 
 class Headline:
-    """The results file, rewritten (atomically) after every step, and the time budget the steps share."""
+    """This run's results, merged into the results file (atomically) after every step once a step has measured
+    something, and the time budget the steps share."""
 
-    def __init__(self, path: Path, budget_s: float, command: str, torch_version: str):
-        self.path, self.deadline = path, time.monotonic() + budget_s
-        self.result: dict = {
-            "device": None, "date": time.strftime("%Y-%m-%d"), "torch": torch_version,
-            "default": {"acc": [], "acc_no_tta": [], "train_seconds": []},
-            "airbench94": {"acc": [], "seconds": []},
-            "jpeg_cost": {"png_png": [], "png_jpeg": [], "jpeg_png": [], "jpeg_jpeg": []},
-            "throughput": {}, "wandb_fixed_seconds": {}, "wall_seconds": {},
-            "command": command, "steps": {}, "skipped": {}, "notes": [],
-        }
-        self.save()
+    def __init__(self, results: common.Results, budget_s: float, machine: dict, command: dict):
+        self.results, self.deadline = results, time.monotonic() + budget_s
+        self.result: dict = {**machine, **command, "steps": {}, "skipped": {}}  # this run's: measured keys only
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.result["steps"]) or "recipe" in self.result
+
+    def merged(self) -> dict:
+        """The results file as it will be: the earlier file with this run's steps replacing theirs; a step measured
+        now is no longer listed as skipped by an earlier run; the Markdown tables of it all."""
+        merged = self.results.merged({**self.result, "markdown": None})  # the tables are made below
+        now = {*self.result["steps"], *(["recipe"] if "recipe" in self.result else [])}
+        merged["skipped"] = {name: why for name, why in merged["skipped"].items()
+                             if name in self.result["skipped"] or name.split()[0] not in now}
+        kept = [key for key in merged.pop(common.KEPT, [])
+                if not key.startswith("skipped.") or key[len("skipped."):] in merged["skipped"]]
+        if kept:
+            merged[common.KEPT] = kept
+        merged["markdown"] = markdown(merged)
+        return merged
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
     def save(self) -> None:
-        write_json(self.path, self.result)
+        if self.measured:  # until then the file stays as it was
+            self.results.save(self.merged())
 
     def run(self, name: str, argv: list[str], json_path: Path, *, cwd: Path = REPO) -> dict | None:
         """Run one benchmark under the time left; its JSON, or None (and why, in ``skipped``) when it did not end."""
@@ -160,8 +176,6 @@ class Headline:
 
     def record(self, name: str, value: dict) -> None:
         self.result["steps"][name] = value
-        if value.get("device") and not self.result["device"]:
-            self.result["device"] = value["device"]
         self.save()
 
 
@@ -174,7 +188,7 @@ def step_jpeg_cost(head: Headline, args, recipe: list[str]) -> None:
     data = head.run("jpeg_cost", ["bench/jpeg_cost.py", "--png_dir", args.sets["png"], "--jpeg_dir",
                                   args.sets["jpeg_twins"], f"--seeds={args.seeds_text}", f"--json={out}", *recipe], out)
     if data is not None:
-        head.result["jpeg_cost"] = {cell: data[cell] for cell in head.result["jpeg_cost"]}
+        head.result["jpeg_cost"] = {cell: data[cell] for cell in CELLS}
         head.record("jpeg_cost", data)
 
 
@@ -210,27 +224,16 @@ def step_default(head: Headline, args, recipe: list[str]) -> None:
         })
 
 
-def unknown_flag(flags: list[str]) -> str | None:
-    """Why ``train/run.py`` would refuse ``flags`` (an unknown flag), else None."""
-    try:
-        parse_flags(train_parser(), flags)
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
 def step_recipe(head: Headline, args, recipe: list[str]) -> None:
-    default = head.result["default"]["acc"]
+    known = head.merged()  # the default of this run, or of the earlier one in the results file
+    default = known["default"]["acc"]
     base = statistics.fmean(default) if default else None
-    estimate = head.result["steps"].get("default", {}).get("seconds", 0.0)  # what one variant's seeds should take
+    estimate = known["steps"].get("default", {}).get("seconds", 0.0)  # what one variant's seeds should take
     variants, jobs = [], []
     for text in args.variants:
         flags = text.split()
         entry = {"flags": flags}
         variants.append(entry)
-        if why := unknown_flag([*recipe, *flags]):
-            entry["status"] = f"skipped: unknown flag ({why})"
-            continue
         slug = "_".join(f.lstrip("-").replace("=", "-") for f in flags)
         out = args.work_json / f"recipe-{slug}.json"
         entry["json"] = out
@@ -254,7 +257,9 @@ def step_recipe(head: Headline, args, recipe: list[str]) -> None:
                      diff_to_default=statistics.fmean(acc) - base if base is not None else None)
     winners = [" ".join(v["flags"]) for v in variants
                if v.get("diff_to_default") is not None and v["diff_to_default"] >= WIN_MARGIN]
-    airbench = head.result["airbench94"]["acc"]
+    if not any(v["status"] == "ran" for v in variants):  # none ran: an earlier run's recipe table stays
+        return
+    airbench = known["airbench94"]["acc"]
     head.result["recipe"] = {"default_mean": base, "airbench94_mean": statistics.fmean(airbench) if airbench else None,
                              "win_margin": WIN_MARGIN, "variants": variants, "winners": winners,
                              "parallel": args.parallel}
@@ -264,31 +269,28 @@ def step_recipe(head: Headline, args, recipe: list[str]) -> None:
 def step_real_run(head: Headline, args, recipe: list[str]) -> None:
     out = args.work_json / "real_run.json"
     dest = Path(args.real_run_out)
-    if dest.exists() and any(dest.iterdir()):
-        head.skip("real_run", f"--real_run_out {args.real_run_out!r} is not empty (a run never overwrites another)")
-        return
+    dest.parent.mkdir(parents=True, exist_ok=True)  # the default's bench/out/, say
     work = Path(args.work) / f"real-run-{time.strftime('%Y%m%d-%H%M%S')}"
     data = head.run("real_run", ["bench/run_phases.py", f"--work={work}", f"--copy_to={dest}", f"--json={out}", "--",
                                  "--data_dir", args.sets["jpeg"], *REAL_RUN_FLAGS, *recipe], out)
     if data is None:
         return
-    head.result["wall_seconds"].update(data["wall_seconds"])
+    head.result["wall_seconds"] = dict(data["wall_seconds"])
     first = head.result["data"]["seconds"].get("data_decoding_first_run")
     if first is not None:  # measured when the data sets were made (the first decoding of the JPEG copy)
         head.result["wall_seconds"]["data_decoding_first_run"] = first
     head.result["wandb_fixed_seconds"] = {**data["wandb_seconds"], "exit_hooks": data["wall_seconds"]["exit_hooks"]}
-    head.result["notes"].append("wandb_fixed_seconds.exit_hooks is the time the real run's process spent in its "
-                                "atexit hooks after main() returned (W&B's service shutdown among them)")
+    head.result["notes"] = ["wandb_fixed_seconds.exit_hooks is the time the real run's process spent in its atexit "
+                            "hooks after main() returned (W&B's service shutdown among them)"]
     head.record("real_run", data)
 
 
 def step_speed(head: Headline, args, recipe: list[str]) -> None:
     out = args.work_json / "speed.json"
-    device = args.flags.get("device", "auto")
     data = head.run("speed", ["bench/speed.py", "--data_dir", args.sets["jpeg"], f"--images={args.speed_images}",
-                              f"--epochs={args.speed_epochs}", f"--device={device}",
-                              f"--batch_sizes={args.speed_batch_sizes}", f"--compile_modes={args.compile_modes}",
-                              "--no_baseline", f"--json={out}"], out)
+                              f"--epochs={args.speed_epochs}", f"--device={args.config.device}",
+                              f"--batch_sizes={','.join(map(str, args.speed_batch_sizes))}",
+                              f"--compile_modes={','.join(args.compile_modes)}", "--no_baseline", f"--json={out}"], out)
     if data is not None:
         head.result["throughput"] = data["throughput"]
         head.record("speed", data)
@@ -345,70 +347,81 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    own, recipe = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archives", default=str(REPO.parent / "shared" / "data"),
-                        help="the folder of cifar10-jpeg.tar.xz and cifar10-png-lossless-subset.tar.xz")
-    parser.add_argument("--work", default=str(REPO / ".bench-data" / "headline"),
+    parser = common.Parser(__doc__)
+    parser.add_argument("--archives", type=common.folder(JPEG_ARCHIVE, PNG_ARCHIVE),
+                        default=str(REPO.parent / "shared" / "data"), help=f"the folder of {JPEG_ARCHIVE} and "
+                        f"{PNG_ARCHIVE}")
+    parser.add_argument("--work", type=common.out_folder, default=REPO / ".bench-data" / "headline",
                         help="where the data sets are made (reused) and the real run trains")
-    parser.add_argument("--per_class", default="", help="TRAIN,TEST: only the first images of each class (tests)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of every accuracy")
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"which of {', '.join(STEPS)} to run, in order")
-    parser.add_argument("--budget_s", type=float, default=430, help="seconds for all steps; later ones are skipped")
+    parser.add_argument("--per_class", type=common.ints(minimum=1, length=2, what="TRAIN,TEST"),
+                        help="TRAIN,TEST: only the first images of each class (tests)")
+    parser.add_argument("--seeds", type=common.ints(minimum=0), default="0,1,2", help="comma-separated seeds of "
+                        "every accuracy")
+    parser.add_argument("--steps", type=common.choices(STEPS), default=",".join(STEPS),
+                        help=f"which of {', '.join(STEPS)} to run, in order")
+    parser.add_argument("--budget_s", type=common.number(minimum=MIN_STEP_SECONDS), default=430,
+                        help="seconds for all steps; later ones are skipped")
     parser.add_argument("--variants", default=";".join(RECIPE_VARIANTS),
                         help="the recipe step's flag sets, separated by ';' (flags within one by spaces)")
-    parser.add_argument("--parallel", type=int, default=1, help="recipe variants trained at the same time")
-    parser.add_argument("--reserve_s", type=float, default=150,
+    parser.add_argument("--parallel", type=common.count(1), default=1, help="recipe variants trained at the same time")
+    parser.add_argument("--reserve_s", type=common.number(minimum=0), default=150,
                         help="seconds of the budget the recipe step leaves to real_run and speed")
-    parser.add_argument("--real_run_out", default=str(REPO / "bench" / "out" / "real-run"),
+    parser.add_argument("--real_run_out", type=common.out_folder, default=REPO / "bench" / "out" / "real-run",
                         help="a new folder: the real run's small outputs (for docs/real-run/)")
-    parser.add_argument("--speed_images", type=int, default=25000, help="training images per epoch of `speed`")
-    parser.add_argument("--speed_epochs", type=int, default=1, help="timed epochs of `speed` (after a warm-up)")
-    parser.add_argument("--speed_batch_sizes", default="512,1024", help="batch sizes of `speed`")
+    parser.add_argument("--speed_images", type=common.count(1), default=25000,
+                        help="training images per epoch of `speed`")
+    parser.add_argument("--speed_epochs", type=common.count(1), default=1,
+                        help="timed epochs of `speed` (after a warm-up)")
+    parser.add_argument("--speed_batch_sizes", type=common.ints(minimum=1), default="512,1024",
+                        help="batch sizes of `speed`")
     parser.add_argument("--compile_modes", default="default,reduce-overhead", help="torch.compile modes of `speed`")
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "headline.json"))
-    parser.add_argument("--steps_dir", help="where each step writes its own JSON (default: beside --json)")
-    args = parser.parse_args(own)
-    try:
-        args.seeds = [int(seed) for seed in args.seeds.split(",")]
-    except ValueError:
-        parser.exit(2, f"error: --seeds {args.seeds!r} is not a comma-separated list of integers\n")
-    args.seeds_text = ",".join(map(str, args.seeds))
+    parser.add_json(REPO / "bench" / "out" / "headline.json")
+    parser.add_argument("--steps_dir", type=common.out_folder,
+                        help="where each step writes its own JSON (default: beside --json)")
+    args = parser.parse(argv, rest="--")
+    recipe, steps = args.rest, args.steps
+    # The training flags, checked by train/run.py's own parser, alone and with each recipe variant.
+    args.config = common.recipe_config(recipe, seeds=True)
     args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
-    steps = [step for step in args.steps.split(",") if step]
-    if unknown := [step for step in steps if step not in STEPS]:
-        parser.exit(2, f"error: --steps: unknown step(s) {', '.join(unknown)} (choose from {', '.join(STEPS)})\n")
-    if args.parallel < 1:
-        parser.exit(2, f"error: --parallel {args.parallel} must be at least 1\n")
-    try:  # the training flags, read by train/run.py's own parser: the steps look up --device
-        args.flags = parse_flags(train_parser(), recipe)
-    except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    json_path = Path(args.json).resolve()
-    steps_dir = Path(args.steps_dir) if args.steps_dir else json_path.with_name(f"{json_path.stem}-steps")
-    args.work_json = steps_dir.resolve()
-    args.work_json.mkdir(parents=True, exist_ok=True)  # each step's own JSON; all of it lands in --json too
+    for text in args.variants:
+        common.recipe_config([*recipe, *text.split()], what=f"--variants {text!r}", seeds=True)
+    if "recipe" in steps and not args.variants:
+        parser.error("--variants names no flag set, and --steps includes recipe")
+    if "real_run" in steps and args.real_run_out.is_dir() and any(args.real_run_out.iterdir()):
+        parser.error(f"--real_run_out {str(args.real_run_out)!r} is not empty (a run never overwrites another)")
+    if "speed" in steps and args.speed_images < max(args.speed_batch_sizes):
+        parser.error(f"--speed_images {args.speed_images} is fewer than a batch of --speed_batch_sizes")
     import torch
 
-    head = Headline(json_path, args.budget_s, " ".join(["python", "bench/headline.py", *argv]), torch.__version__)
+    args.compile_modes = [m for m in args.compile_modes.split(",") if m]
+    if unknown := [m for m in args.compile_modes if m != "default" and m not in torch._inductor.list_mode_options()]:
+        parser.error(f"--compile_modes has unknown mode(s) {', '.join(unknown)}")
+    machine = common.machine(common.device(args.config.device))
+    results = common.Results(args.json, machine, base=BASE)
+    args.seeds_text = ",".join(map(str, args.seeds))
+    json_path = args.json.resolve()
+    steps_dir = args.steps_dir or json_path.with_name(f"{json_path.stem}-steps")
+    args.work_json = steps_dir.resolve()
+    args.work_json.mkdir(parents=True, exist_ok=True)  # each step's own JSON; all of it lands in --json too
+
+    head = Headline(results, args.budget_s, machine, common.stamp("bench/headline.py", argv))
     if NEEDS_DATA & set(steps):
         out = args.work_json / "data.json"
-        sets = head.run("data", ["bench/cifar_sets.py", "--archives", args.archives, "--work", args.work,
-                                 f"--per_class={args.per_class}", f"--json={out}"], out)
+        per_class = [f"--per_class={','.join(map(str, args.per_class))}"] if args.per_class else []
+        sets = head.run("data", ["bench/cifar_sets.py", "--archives", str(args.archives), "--work", str(args.work),
+                                 *per_class, f"--json={out}"], out)
         if sets is None:
             for step in steps:
                 head.skip(step, f"no data sets: {head.result['skipped']['data']}")
             steps = []
         else:
             args.sets, head.result["data"] = sets, sets
-            head.save()
     for step in steps:
         RUNNERS[step](head, args, recipe)
-    table = markdown(head.result)
-    head.result["markdown"] = table
+    if not head.measured:
+        return results.finish(head.result, measured=False, why="every step was skipped (see above)")
     head.save()
-    print(table)
+    print(head.merged()["markdown"])
     print(f"wrote {args.json}")
     return 0
 

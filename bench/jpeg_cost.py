@@ -14,11 +14,9 @@ without, under ``no_tta``). Imports only the config, data, model and engine modu
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/jpeg_cost.py`: import the repo's packages
@@ -28,10 +26,9 @@ import timm.utils
 import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
-from train.config import ConfigError, parse_args
+from bench import common
 from train.data import DataError, load_data
-from train.engine import build_recipe, resolve_device
-from train.files import write_json
+from train.engine import build_recipe
 from train.loader import DeviceLoader
 
 SOURCES = ("png", "jpeg")
@@ -71,51 +68,43 @@ def run_seed(config, sets: dict, device: torch.device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
-    parser.add_argument("--png_dir", required=True, help="the lossless originals (train/ and test/ class folders)")
-    parser.add_argument("--jpeg_dir", required=True, help="the same images from the JPEG copy")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, one pair of runs each")
-    parser.add_argument("--json", required=True)
-    own, rest = parser.parse_known_args(argv)
+    parser = common.Parser(__doc__, add_help=False)
+    parser.add_argument("--png_dir", required=True, type=common.folder("train", "test"),
+                        help="the lossless originals (train/ and test/ class folders)")
+    parser.add_argument("--jpeg_dir", required=True, type=common.folder("train", "test"),
+                        help="the same images from the JPEG copy")
+    parser.add_argument("--seeds", type=common.ints(minimum=0), default="0", help="comma-separated seeds, one pair "
+                        "of runs each")
+    parser.add_json(None)
+    own = parser.parse(argv, rest="unknown")  # the rest: train/run.py's flags, checked by its own parser
+    config = common.recipe_config(["--data_dir", str(own.jpeg_dir), *own.rest], seeds=True)
+    device = common.device(config.device)
+    results = common.Results(own.json, common.machine(device))
     try:
-        try:
-            seeds = [int(seed) for seed in own.seeds.split(",")]
-        except ValueError:
-            raise ConfigError(f"--seeds {own.seeds!r} is not a comma-separated list of integers") from None
-        config, _ = parse_args(["--data_dir", own.jpeg_dir, *rest])
-        device = resolve_device(config.device)
         sets = {}
         for source, folder in zip(SOURCES, (own.png_dir, own.jpeg_dir), strict=True):
             train_set, test_set = load_data(folder, download=False)
             sets[source] = {"train": train_set, "test": test_set}
         check_twins(sets)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    except DataError as exc:
+        common.fail(str(exc))
+    name = common.machine(device)["device"]
     print(f"JPEG cost on {name}: {len(sets['png']['train']):,} train / {len(sets['png']['test']):,} test images, "
-          f"{config.epochs} epochs, batch {config.batch_size}, seeds {own.seeds}", flush=True)
-    runs = []
-    for seed in seeds:
-        config.seed = seed
-        runs.append(run_seed(config, sets, device))
+          f"{config.epochs} epochs, batch {config.batch_size}, seeds {','.join(map(str, own.seeds))}", flush=True)
+    runs = common.per_seed(own.seeds, lambda seed: run_seed(dataclasses.replace(config, seed=seed), sets, device))
     result = {
-        "device": name, "torch": torch.__version__, "config": config.to_dict(), "seeds": seeds,
+        **common.machine(device), "config": config.to_dict(), "seeds": own.seeds,
         "train_images": len(sets["png"]["train"]), "test_images": len(sets["png"]["test"]),
         **{cell: [run["acc"][cell] for run in runs] for cell in CELLS},
         "no_tta": {cell: [run["acc_no_tta"][cell] for run in runs] for cell in CELLS},
         "train_seconds": {source: [run["train_seconds"][source] for run in runs] for source in SOURCES},
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/jpeg_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+        **common.stamp("bench/jpeg_cost.py", argv),
     }
     for cell in CELLS:
         values = result[cell]
         print(f"{cell}: {statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1
                                                            else "") + f" (n={len(values)})")
-    Path(own.json).parent.mkdir(parents=True, exist_ok=True)
-    write_json(own.json, result)
-    print(f"wrote {own.json}")
-    return 0
+    return results.finish(result, measured=bool(runs))
 
 
 if __name__ == "__main__":

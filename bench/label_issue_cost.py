@@ -22,9 +22,7 @@ forward of every image, part of the step either way) and cleanlab. Writes ``benc
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import statistics
 import sys
@@ -43,12 +41,12 @@ import torch
 
 import explain.report
 import train  # noqa: F401  (registers resnet18_cifar)
+from bench import common
 from explain.labels import find_label_issues, probabilities
 from explain.report import explain_model
-from train.checkpoint import load_checkpoint, load_model_state
-from train.config import coerce
-from train.data import balanced_subset, load_data
-from train.engine import predict, resolve_device
+from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from train.data import DataError, balanced_subset, load_data
+from train.engine import predict
 from train.loader import DeviceLoader
 from train.tracking import Tracker
 
@@ -95,35 +93,29 @@ def verdict(fractions: list[float], bound: float = BOUND) -> str:
     return "inconclusive"
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default=str(REPO / ".bench-data" / "cifar10-jpeg"),
+    parser = common.Parser(__doc__)
+    parser.add_argument("--data_dir", type=common.folder(), default=str(REPO / ".bench-data" / "cifar10-jpeg"),
                         help="CIFAR-10 class folders (test/<class>/*.jpg) or the torchvision batches")
-    parser.add_argument("--checkpoint", default="", help="a best.pt; default: a seeded untrained resnet18_cifar")
-    parser.add_argument("--test_subset", type=int, default=1000, help="test images, class-balanced (0: all)")
-    parser.add_argument("--explain_samples", type=int, default=64)
-    parser.add_argument("--tta", default="True")
+    parser.add_argument("--checkpoint", type=common.file, help="a best.pt; default: a seeded untrained resnet18_cifar")
+    parser.add_argument("--test_subset", type=common.count(0), default=1000,
+                        help="test images, class-balanced (0: all)")
+    parser.add_argument("--explain_samples", type=common.count(0), default=64)
+    parser.add_argument("--tta", type=common.boolean, default="True")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3, help="pairs of steps (off, on) after the warm-up")
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "label_issue_cost.json"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--repeats", type=common.count(1), default=3, help="pairs of steps (off, on) after the warm-up")
+    parser.add_json(REPO / "bench" / "out" / "label_issue_cost.json")
+    args = parser.parse(argv)
+    tta, device = args.tta, common.device(args.device)
+    results = common.Results(args.json, common.machine(device))
     try:
-        if args.repeats < 1 or args.test_subset < 0 or args.explain_samples < 0:
-            raise ValueError("--repeats must be >= 1, --test_subset and --explain_samples >= 0")
-        tta = coerce("tta", args.tta)
-        device = resolve_device(args.device)
         _, test = load_data(args.data_dir, download=False)
         torch.manual_seed(0)
         model = timm.create_model("resnet18_cifar", num_classes=len(test.classes))
         if args.checkpoint:
-            load_model_state(model, load_checkpoint(args.checkpoint), args.checkpoint)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
+            load_model_state(model, load_checkpoint(args.checkpoint), str(args.checkpoint))
+    except (DataError, CheckpointError) as exc:
+        common.fail(str(exc))
     indices = balanced_subset(test.labels, args.test_subset, 0) if args.test_subset else torch.arange(len(test))
     images = test.subset(indices)
     model.to(device).eval()
@@ -162,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     cleanlab_seconds = time.perf_counter() - start
     off_seconds = statistics.median(p["off"]["seconds"] for p in pairs)
     inside = [p["inside_fraction"] for p in pairs]
+    spread = common.spread
     result = {
-        "device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"), "images": len(images), "explain_samples": args.explain_samples, "tta": tta,
-        "checkpoint": args.checkpoint or None, "label_issues_found": len(issues.ranked), "repeats": args.repeats,
+        **common.machine(device), "torch_threads": torch.get_num_threads(),
+        "images": len(images), "explain_samples": args.explain_samples, "tta": tta,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None, "label_issues_found": len(issues.ranked),
+        "repeats": args.repeats,
         "bound": BOUND, "verdict": verdict(inside),
         "cost_fraction": spread(inside), "cost_seconds": spread([p["inside_seconds"] for p in pairs]),
         "whole_step_fraction": spread([p["whole_fraction"] for p in pairs]),
@@ -173,11 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "explain_seconds_on": spread([p["on"]["seconds"] for p in pairs]),
         "flip_pass_seconds": max(both - single, 0.0), "flip_pass_fraction": max(both - single, 0.0) / off_seconds,
         "cleanlab_seconds": cleanlab_seconds, "cleanlab_fraction": cleanlab_seconds / off_seconds,
-        "pairs": pairs,
-        "command": " ".join(["python", "bench/label_issue_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+        "pairs": pairs, **common.stamp("bench/label_issue_cost.py", argv),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    status = results.finish(result, measured=bool(pairs))
     cost, whole = result["cost_fraction"], result["whole_step_fraction"]
     print(f"label issues cost {100 * cost['median']:.2f}% of the explain step (timed inside it; "
           f"{100 * cost['min']:.2f}-{100 * cost['max']:.2f}% over {len(pairs)} pairs): {result['verdict']}\n"
@@ -185,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * whole['max']:+.1f}%; off {off_seconds:.2f}s, the step's own noise)\n"
           f"flip pass {100 * result['flip_pass_fraction']:.1f}% of the step, cleanlab "
           f"{100 * result['cleanlab_fraction']:.2f}%; {len(issues.ranked):,} of {len(images):,} images flagged, "
-          f"{device}; wrote {args.json}")
-    return 0
+          f"{device}")
+    return status
 
 
 if __name__ == "__main__":

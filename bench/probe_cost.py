@@ -13,8 +13,6 @@ measured training speed (the probes' cost does not grow with the data). Writes `
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,29 +23,36 @@ if __package__ in (None, ""):  # `python bench/probe_cost.py`: import the repo's
 import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
+from bench import common
 from explain.probes import Probes, choose_probes
-from train.config import parse_args
-from train.data import balanced_subset, load_data
-from train.engine import build_recipe, resolve_device
+from train.config import MAX_PROBES
+from train.data import DataError, balanced_subset, load_data
+from train.engine import build_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_EPOCH = 50_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default=str(REPO / ".bench-data" / "cifar10-jpeg"))
-    parser.add_argument("--train_subset", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=100)
-    parser.add_argument("--probe_images", type=int, default=20)
+    parser = common.Parser(__doc__)
+    parser.add_argument("--data_dir", type=common.folder(), default=str(REPO / ".bench-data" / "cifar10-jpeg"))
+    parser.add_argument("--train_subset", type=common.count(1), default=1000)
+    parser.add_argument("--batch_size", type=common.count(1), default=100)
+    parser.add_argument("--probe_images", type=common.count(1, MAX_PROBES), default=20)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "probe_cost.json"))
-    args = parser.parse_args(argv)
-    config, _ = parse_args([f"--data_dir={args.data_dir}", f"--train_subset={args.train_subset}",
-                            f"--batch_size={args.batch_size}", f"--device={args.device}", "--epochs=2"])
-    device = resolve_device(config.device)
-    train_set, test_set = load_data(config.data_dir, download=False)
+    parser.add_argument("--repeats", type=common.count(1), default=5)
+    parser.add_json(REPO / "bench" / "out" / "probe_cost.json")
+    args = parser.parse(argv)
+    if args.batch_size > args.train_subset:
+        parser.error(f"--batch_size {args.batch_size} is more than --train_subset {args.train_subset}")
+    config = common.recipe_config([f"--data_dir={args.data_dir}", f"--train_subset={args.train_subset}",
+                                   f"--batch_size={args.batch_size}", f"--device={args.device}", "--epochs=2"])
+    device = common.device(config.device)
+    results = common.Results(args.json, common.machine(device))
+    try:
+        train_set, test_set = load_data(config.data_dir, download=False)
+    except DataError as exc:
+        common.fail(str(exc))
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, 0))
     recipe = build_recipe(config, train_set, test_set, device)
     indices = choose_probes(test_set.labels, args.probe_images, seed=0)
@@ -68,20 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     probe_seconds = min(times)
     per_image = epoch["seconds"] / epoch["images"]
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "probe_images": len(indices), "probe_seconds": probe_seconds,
+        **common.machine(device), "probe_images": len(indices), "probe_seconds": probe_seconds,
         "epoch_images": epoch["images"], "epoch_seconds": epoch["seconds"],
         "fraction_of_this_epoch": probe_seconds / epoch["seconds"],
         "fraction_of_a_full_epoch": probe_seconds / (per_image * FULL_EPOCH),
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/probe_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+        **common.stamp("bench/probe_cost.py", argv),
     }
     print(f"{len(indices)} probes: {probe_seconds * 1000:.0f} ms per epoch (best of {args.repeats}); training epoch "
           f"of {epoch['images']:,} images: {epoch['seconds']:.1f} s -> {100 * result['fraction_of_this_epoch']:.2f} %"
           f" of it, {100 * result['fraction_of_a_full_epoch']:.3f} % of a {FULL_EPOCH:,}-image epoch at this speed")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return results.finish(result, measured=bool(times))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ import time
 
 STARTED = time.time()  # before any other import: the start of the measured process
 
-import argparse  # noqa: E402  (after the clock)
-import atexit  # noqa: E402
+import atexit  # noqa: E402  (after the clock)
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -44,6 +43,11 @@ from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # `python bench/run_phases.py`: import the repo's packages
+    sys.path[0] = str(REPO)
+
+from bench import common  # noqa: E402  (after the path set-up)
+
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".png")
 WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
 
@@ -188,17 +192,21 @@ def copy_outputs(out_dir: Path, dest: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    own, run_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    if own[:1] == ["--child"]:
-        return child(Path(own[1]), run_args)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work", required=True, help="a new folder: the run's out_dir and W&B folders go there")
-    parser.add_argument("--copy_to", help="copy the run's small outputs (.json, .jsonl, .png) into this folder")
-    parser.add_argument("--json", required=True)
-    args = parser.parse_args(own)
-    work = Path(args.work).resolve()
+    if argv[:1] == ["--child"]:
+        return child(Path(argv[1]), argv[argv.index("--") + 1:])
+    parser = common.Parser(__doc__)
+    parser.add_argument("--work", required=True, type=common.out_folder,
+                        help="a new folder: the run's out_dir and W&B folders go there")
+    parser.add_argument("--copy_to", type=common.out_folder,
+                        help="copy the run's small outputs (.json, .jsonl, .png) into this folder")
+    parser.add_json(None)
+    args = parser.parse(argv, rest="--")
+    run_args = args.rest
+    work = args.work.resolve()
     if work.exists() and any(work.iterdir()):
-        parser.exit(2, f"error: --work {args.work!r} is not empty (a run never overwrites another)\n")
+        parser.error(f"--work {str(args.work)!r} is not empty (a run never overwrites another)")
+    common.recipe_config(run_args)  # train/run.py's flags, checked by its own parser before the run
+    results = common.Results(args.json, common.machine())
     out_dir = work / "run"
     report = work / "child.json"
     work.mkdir(parents=True, exist_ok=True)
@@ -218,14 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     copied = copy_outputs(out_dir, Path(args.copy_to)) if args.copy_to else []
     summary = json.loads((out_dir / "summary.json").read_text())
     result = {"run_args": run_args, "wall_seconds": wall, "wandb_seconds": wandb, "summary": summary,
-              "copied": copied, "copy_to": args.copy_to, "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(["python", "bench/run_phases.py", *argv])}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+              "copied": copied, "copy_to": str(args.copy_to) if args.copy_to else None,
+              **common.machine(summary.get("device", "cpu")), **common.stamp("bench/run_phases.py", argv)}
     print("wall seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in wall.items()))
     print("W&B seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in wandb.items()))
-    print(f"wrote {args.json}")
-    return 0
+    return results.finish(result, measured=True)
 
 
 if __name__ == "__main__":

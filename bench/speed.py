@@ -3,8 +3,9 @@
 Both train the same model (``resnet18_cifar``) on the same images in one process on one device, side by side:
 
 * **ours** — :class:`train.loader.DeviceLoader` (uint8 on the device, batched crop/flip there), the fused SGD of
-  :func:`train.engine.make_optimizer` and :func:`train.engine.train_one_epoch` with bf16 autocast and
-  channels-last on CUDA (fp32 on the CPU);
+  :func:`train.engine.make_optimizer` and :func:`train.engine.train_one_epoch` with the precision and layout
+  ``train/run.py`` picks (bf16 autocast on CUDA and on a CPU that runs bf16 natively, channels-last on both;
+  ``bench/cpu.py`` times each combination on the CPU);
 * **baseline** — ``torchvision.datasets.ImageFolder`` + PIL ``RandomCrop(32, 4)``, ``RandomHorizontalFlip``,
   ``ToTensor`` in a ``DataLoader`` with worker processes, fp32, the way most CIFAR tutorials train.
 
@@ -22,7 +23,6 @@ With several batch sizes and compile modes each combination is timed (``throughp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tarfile
 import time
@@ -37,8 +37,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import train  # noqa: F401  (registers resnet18_cifar)
-from train.data import balanced_subset, load_data
-from train.engine import amp_dtype, make_optimizer, resolve_device, train_one_epoch
+from bench import common
+from train.data import DataError, balanced_subset, load_data
+from train.engine import amp_dtype, make_optimizer, train_one_epoch, use_channels_last
 from train.loader import DeviceLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def flops_per_image(model: nn.Module, device: torch.device) -> float:
 def bench_ours(model, dataset, args, device, *, compile: bool = False, mode: str | None = None) -> dict:
     loader = DeviceLoader(dataset, args.batch_size, device, train=True, seed=0)
     optimizer = make_optimizer(model, lr=0.01, weight_decay=5e-4, momentum=0.9, device=device)  # fused
-    amp, channels_last = amp_dtype("auto", device), device.type == "cuda"
+    amp, channels_last = amp_dtype("auto", device), use_channels_last(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model, mode=mode) if compile else model
@@ -138,14 +139,17 @@ def bench_variant(model: nn.Module, dataset, args, device, batch_size: int, mode
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", help="JPEG CIFAR-10 folder (default: unpack ../shared/data's archive)")
-    parser.add_argument("--images", type=int, default=50000, help="training images per epoch (class-balanced)")
-    parser.add_argument("--epochs", type=int, default=1, help="timed epochs after one warm-up epoch")
-    parser.add_argument("--batch_size", "--batch_sizes", dest="batch_sizes", default="512",
-                        help="comma-separated batch sizes, each timed (the first one is the baseline's)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the baseline")
+def main(argv: list[str] | None = None) -> int:
+    parser = common.Parser(__doc__)
+    parser.add_argument("--data_dir", type=common.folder("train"),
+                        help="JPEG CIFAR-10 folder (default: unpack ../shared/data's archive)")
+    parser.add_argument("--images", type=common.count(1), default=50000,
+                        help="training images per epoch (class-balanced)")
+    parser.add_argument("--epochs", type=common.count(1), default=1, help="timed epochs after one warm-up epoch")
+    parser.add_argument("--batch_size", "--batch_sizes", dest="batch_sizes", type=common.ints(minimum=1),
+                        default="512", help="comma-separated batch sizes, each timed (the first one is the baseline's)")
+    parser.add_argument("--workers", type=common.count(0), default=2,
+                        help="DataLoader worker processes of the baseline")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", dest="compile_modes", action="store_const", const="default",
                         help="also time ours under torch.compile (= --compile_modes default)")
@@ -153,25 +157,30 @@ def main() -> None:
                         help="comma-separated torch.compile modes to time (default, reduce-overhead, max-autotune)")
     parser.add_argument("--no_baseline", dest="baseline", action="store_false",
                         help="skip the torchvision DataLoader baseline")
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "speed.json"))
-    args = parser.parse_args()
-    try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    except ValueError:
-        parser.exit(2, f"error: --batch_sizes {args.batch_sizes!r} is not a comma-separated list of integers\n")
+    parser.add_json(REPO / "bench" / "out" / "speed.json")
+    args = parser.parse(argv)
+    batch_sizes = args.batch_sizes
     modes = [m for m in args.compile_modes.split(",") if m]
     if unknown := [m for m in modes if m != "default" and m not in torch._inductor.list_mode_options()]:
-        parser.exit(2, f"error: --compile_modes: unknown mode(s) {', '.join(unknown)}\n")
+        parser.error(f"--compile_modes has unknown mode(s) {', '.join(unknown)}")
+    if args.images < max(batch_sizes):
+        parser.error(f"--images {args.images} is fewer than a batch of --batch_sizes {max(batch_sizes)}")
+    if args.data_dir is None and not (REPO / ".bench-data" / "cifar10-jpeg").is_dir() and not ARCHIVE.is_file():
+        parser.error(f"no --data_dir given, and {ARCHIVE} is not there to unpack")
+    device = common.device(args.device)
+    results = common.Results(args.json, common.machine(device))
 
-    device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # as train/run.py
     root = jpeg_root(args.data_dir)
-    train_set, _ = load_data(root)
+    try:
+        train_set, _ = load_data(root)
+    except DataError as exc:
+        common.fail(str(exc))
     indices = balanced_subset(train_set.labels, args.images, seed=0)
     torch.manual_seed(0)
     model = timm.create_model("resnet18_cifar", num_classes=10).to(device)
     flops = flops_per_image(model, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = common.machine(device)["device"]
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     runs = {}
     for batch_size in batch_sizes:
@@ -187,12 +196,14 @@ def main() -> None:
                   + (f"; {run['compile_counters']}" if mode else ""), flush=True)
     first = batch_sizes[0]
     ours = runs[f"eager_bs{first}"]
+    if "error" in ours:
+        return results.finish({}, measured=False, why=f"eager training at batch {first} failed ({ours['error']})")
     compiled = runs.get(f"compile-{modes[0]}_bs{first}") if modes else None
     compiled = compiled if compiled and "error" not in compiled else None
     args.batch_size = first
     baseline = bench_baseline(model, root, indices, args, device) if args.baseline else None
     result = {
-        "device": name, "torch": torch.__version__, "images": len(indices), "timed_epochs": args.epochs,
+        **common.machine(device), "images": len(indices), "timed_epochs": args.epochs,
         "batch_size": first, "batch_sizes": batch_sizes, "compile_modes": modes,
         "throughput": {key: run["images_per_second"] for key, run in runs.items() if "error" not in run},
         "runs": runs,
@@ -202,10 +213,8 @@ def main() -> None:
         "peak_tflops": peak,
         "mfu": ours["mfu"],
         "mfu_compiled": compiled["mfu"] if compiled else None,
-        "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+        **common.stamp("bench/speed.py", argv),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"device {name}: ours {ours['images_per_second']:.1f} img/s ({ours['precision']})"
           + (f", baseline {baseline['images_per_second']:.1f} img/s (fp32, DataLoader x{args.workers} workers): "
              f"ratio {result['ratio']:.2f}x" if baseline else "")
@@ -216,8 +225,8 @@ def main() -> None:
               f"({compiled['images_per_second'] / ours['images_per_second']:.2f}x eager; first epoch "
               f"{compiled['first_epoch_seconds']:.1f}s incl. compilation)"
               + (f"; MFU {result['mfu_compiled']:.1%}" if peak else ""))
-    print(f"wrote {args.json}")
+    return results.finish(result, measured=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

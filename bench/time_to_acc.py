@@ -16,9 +16,7 @@ training time minus the median of the others, and ``train_seconds_excl_compile``
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -31,9 +29,10 @@ import timm.utils
 import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
-from train.config import Config, ConfigError, parse_args
+from bench import common
+from train.config import Config
 from train.data import DataError, balanced_subset, load_data
-from train.engine import build_recipe, compile_overhead, resolve_device
+from train.engine import build_recipe, compile_overhead
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,69 +74,56 @@ def run_seed(config: Config, train_set, test_set, target: float, device: torch.d
     }
 
 
-def spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
-    parser.add_argument("--target", type=float, default=0.94, help="val/acc to reach (a fraction)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
+    parser = common.Parser(__doc__, add_help=False)
+    parser.add_argument("--target", type=common.number(0, 1), default=0.94, help="val/acc to reach (a fraction)")
+    parser.add_argument("--seeds", type=common.ints(minimum=0), default="0", help="comma-separated seeds, one run each")
     parser.add_argument("--full", action="store_true",
                         help="train every epoch of the schedule instead of stopping at the target")
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "time_to_acc.json"))
-    own, rest = parser.parse_known_args(argv)
+    parser.add_json(REPO / "bench" / "out" / "time_to_acc.json")
+    own = parser.parse(argv, rest="unknown")  # the rest: train/run.py's flags, checked by its own parser
+    config = common.recipe_config(own.rest, seeds=True)
+    device = common.device(config.device)
+    results = common.Results(own.json, common.machine(device))
     try:
-        if not 0 <= own.target <= 1:
-            raise ConfigError(f"--target {own.target} is not a fraction in [0, 1]")
-        try:
-            seeds = [int(seed) for seed in own.seeds.split(",")]
-        except ValueError:
-            raise ConfigError(f"--seeds {own.seeds!r} is not a comma-separated list of integers") from None
-        config, _ = parse_args(rest)
-        device = resolve_device(config.device)
         train_set, test_set = load_data(config.data_dir)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except DataError as exc:
+        common.fail(str(exc))
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
     test_set = test_set.subset(balanced_subset(test_set.labels, config.test_subset, config.seed))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = common.machine(device)["device"]
     print(f"{config.model} on {name}: {len(train_set):,} train / {len(test_set):,} test images, target "
           f"{own.target:.4f}, {config.epochs} epochs max, batch {config.batch_size}, lr {config.lr}", flush=True)
 
-    runs = []
-    for seed in seeds:
-        config.seed = seed
-        run = run_seed(config, train_set, test_set, own.target, device, full=own.full)
-        runs.append(run)
+    def one_seed(seed: int) -> dict:
+        run = run_seed(dataclasses.replace(config, seed=seed), train_set, test_set, own.target, device,
+                       full=own.full)
         where = (f"reached {own.target:.4f} at epoch {run['reached_epoch']} after {run['seconds_to_target']:.1f}s "
                  f"of training" if run["reached_epoch"] else f"did not reach {own.target:.4f}")
         print(f"seed {seed}: {where}; final acc {run['final_acc']:.4f}"
               + (f", compile ~{run['compile_seconds']:.1f}s" if config.compile else ""), flush=True)
+        return run
+
+    runs = common.per_seed(own.seeds, one_seed)
     hits = [run for run in runs if run["reached_epoch"]]
+    spread = common.spread
     result = {
-        "device": name, "torch": torch.__version__, "target": own.target, "config": config.to_dict(),
+        **common.machine(device), "target": own.target, "config": {**config.to_dict(), "seed": own.seeds[-1]},
         "train_images": len(train_set), "test_images": len(test_set), "runs": runs,
         "reached": f"{len(hits)}/{len(runs)}",
         "final_acc": spread([run["final_acc"] for run in runs]),
         "final_acc_no_tta": spread([run["final_acc_no_tta"] for run in runs]),
         "images_per_second": spread([run["images_per_second"] for run in runs]),
-        "seconds_to_target": spread([run["seconds_to_target"] for run in hits]) if hits else None,
-        "epoch_to_target": spread([run["reached_epoch"] for run in hits]) if hits else None,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/time_to_acc.py", *(sys.argv[1:] if argv is None else argv)]),
+        "seconds_to_target": spread([run["seconds_to_target"] for run in hits]),
+        "epoch_to_target": spread([run["reached_epoch"] for run in hits]),
+        **common.stamp("bench/time_to_acc.py", argv),
     }
     acc = result["final_acc"]
     print(f"{len(hits)}/{len(runs)} seeds reached {own.target:.4f}; final acc {acc['mean']:.4f} ± {acc['std']:.4f} "
           f"(min {acc['min']:.4f}, max {acc['max']:.4f})"
           + (f"; time to target {result['seconds_to_target']['mean']:.1f}s ± {result['seconds_to_target']['std']:.1f}s"
              if hits else ""))
-    Path(own.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(own.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {own.json}")
-    return 0
+    return results.finish(result, measured=bool(runs))
 
 
 if __name__ == "__main__":

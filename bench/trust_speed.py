@@ -14,9 +14,6 @@ counts. Writes ``bench/out/trust_speed.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -29,27 +26,38 @@ import timm
 import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
+from bench import common
 from bench.cam_speed import test_images
 from explain.report import cams_for_pred_and_true, find_mistakes
 from explain.report_trust import CPU_TRUST_IMAGES, TRUST_STEPS, measure_trust, trust_sample
-from train.checkpoint import load_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from train.config import MAX_TRUST_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", help="a best.pt to explain (default: a randomly initialised resnet18_cifar)")
-    parser.add_argument("--images", type=int, default=1000, help="test images predicted")
-    parser.add_argument("--samples", type=int, default=64, help="mistakes explained (train/run.py's default)")
-    parser.add_argument("--trust_images", type=int, default=CPU_TRUST_IMAGES, help="images the trust step uses")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "trust_speed.json"))
-    args = parser.parse_args(argv)
+    parser = common.Parser(__doc__)
+    parser.add_argument("--checkpoint", type=common.file,
+                        help="a best.pt to explain (default: a randomly initialised resnet18_cifar)")
+    parser.add_argument("--images", type=common.count(1), default=1000, help="test images predicted")
+    parser.add_argument("--samples", type=common.count(1), default=64,
+                        help="mistakes explained (train/run.py's default)")
+    parser.add_argument("--trust_images", type=common.count(2, MAX_TRUST_IMAGES), default=CPU_TRUST_IMAGES,
+                        help="images the trust step uses")
+    parser.add_argument("--repeats", type=common.count(1), default=2)
+    parser.add_json(REPO / "bench" / "out" / "trust_speed.json")
+    args = parser.parse(argv)
+    if args.trust_images > args.images:
+        parser.error(f"--trust_images {args.trust_images} is more than --images {args.images}")
+    results = common.Results(args.json, common.machine("cpu"))
     torch.manual_seed(0)
     model = timm.create_model("resnet18_cifar", num_classes=10)
     if args.checkpoint:
-        model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+        try:
+            load_model_state(model, load_checkpoint(args.checkpoint), str(args.checkpoint))
+        except CheckpointError as exc:
+            common.fail(str(exc))
     model.eval()
     images, labels, source = test_images(args.images)
     with torch.inference_mode():
@@ -69,19 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     best = {part: min(values) for part, values in times.items()}
     trust, k = best["trust"], len(sample)
     result = {
-        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor(),
-        "images": source, "mistakes_explained": len(chosen), "trust_images": k, "steps": TRUST_STEPS,
-        "seconds": best,
-        "trust_over_cams": trust / best["cams"], "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/trust_speed.py", *(sys.argv[1:] if argv is None else argv)]),
+        **common.machine("cpu"), "images": source, "mistakes_explained": len(chosen), "trust_images": k,
+        "steps": TRUST_STEPS, "seconds": best, "trust_over_cams": trust / best["cams"],
+        **common.stamp("bench/trust_speed.py", argv),
     }
     print(f"explain step CAMs ({len(chosen)} mistakes x 2 classes): {best['cams']:.2f} s\n"
           f"trust step on {k} class-stratified images (CAMs, deletion/insertion, randomization, intervals, "
           f"pictures): {trust:.2f} s\n"
           f"trust / CAMs = {result['trust_over_cams']:.2f}x  (best of {args.repeats}, {source})")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return results.finish(result, measured=True)
 
 
 if __name__ == "__main__":

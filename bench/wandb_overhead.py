@@ -16,7 +16,6 @@ once at the end). Writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # `python bench/wandb_overhead.py`: import the repo's packages
+    sys.path[0] = str(REPO)
+
+from bench import common  # noqa: E402  (after the path set-up)
+
 DEFAULT_RUN = ["--train_subset=1000", "--test_subset=500", "--epochs=2", "--batch_size=100", "--explain_samples=0"]
 
 
@@ -50,16 +54,13 @@ def one_run(mode: str, run_args: list[str], work: Path, index: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    own, run_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
-    parser.add_argument("--json", default=str(REPO / "bench" / "out" / "wandb_overhead.json"))
-    args = parser.parse_args(own)
-    if args.repeats < 1:
-        print(f"error: --repeats {args.repeats} must be at least 1", file=sys.stderr)
-        return 2
-    run_args = run_args or DEFAULT_RUN
+    parser = common.Parser(__doc__)
+    parser.add_argument("--repeats", type=common.count(1), default=3, help="runs per mode, interleaved")
+    parser.add_json(REPO / "bench" / "out" / "wandb_overhead.json")
+    args = parser.parse(argv, rest="--")
+    run_args = args.rest or DEFAULT_RUN
+    common.recipe_config(run_args)  # train/run.py's flags, checked by its own parser before the first run
+    results = common.Results(args.json, common.machine())
     runs = []
     with tempfile.TemporaryDirectory(prefix="wandb-overhead-") as tmp:
         for index in range(args.repeats):
@@ -72,16 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                      for key in ("wall_seconds", "loop_seconds")} for mode in ("offline", "disabled")}
     overhead = {key: median["offline"][key] / median["disabled"][key] - 1 for key in ("wall_seconds", "loop_seconds")}
     result = {"run_args": run_args, "repeats": args.repeats, "runs": runs, "median": median,
-              "overhead": overhead, "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(["python", "bench/wandb_overhead.py", *argv])}
+              "overhead": overhead, **common.machine(), **common.stamp("bench/wandb_overhead.py", argv)}
     print(f"offline W&B vs disabled (medians of {args.repeats}): wall {median['offline']['wall_seconds']:.2f}s vs "
           f"{median['disabled']['wall_seconds']:.2f}s ({overhead['wall_seconds']:+.1%}), epochs "
           f"{median['offline']['loop_seconds']:.2f}s vs {median['disabled']['loop_seconds']:.2f}s "
           f"({overhead['loop_seconds']:+.1%})")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    return results.finish(result, measured=bool(runs))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The benchmarks run end to end on a few real images (speed and time-to-accuracy without wandb or torchcam).
+"""The benchmarks run end to end on a few real images (speed and time-to-accuracy without wandb or torchcam), refuse
+bad flags before any work, and never replace a results file with less (bench/common.py).
 
 Their figures belong in BENCHMARKS.md (measured side by side, or on the GPU); here only their shape and logic.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli, wandb_summary
+from tests.conftest import REPO, built_once, run_cli, wandb_summary
 from train.tracking import Tracker
 
 pytestmark = pytest.mark.slow
@@ -61,9 +62,10 @@ def test_time_to_acc_stops_at_the_target_per_seed_and_writes_the_curve(cifar_sub
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--target=94"], "error: --target 94.0 is not a fraction in [0, 1]"),
-    (["--seeds=0,x"], "error: --seeds '0,x' is not a comma-separated list of integers"),
+    (["--target=94"], "error: --target must be a number >= 0 and <= 1, got '94'"),
+    (["--seeds=0,x"], "error: --seeds must be a comma-separated list of integers >= 0, got '0,x'"),
     (["--epochs=zero"], "error: --epochs"),
+    (["--seed=3"], "error: --seed is not used here: give --seeds (one run per seed)"),  # not an abbreviated --seeds
 ])
 def test_time_to_acc_bad_flags(args, message, tmp_path):
     done = run_cli(*args, f"--json={tmp_path / 't.json'}", script="bench/time_to_acc.py", timeout=120)
@@ -83,9 +85,16 @@ def test_wandb_overhead_runs_both_modes_interleaved(cifar_subset, tmp_path):
         assert (r["wandb_run_dir"] is not None) == (r["mode"] == "offline") and r["wall_seconds"] > r["loop_seconds"]
     assert result["run_args"] == run and "offline W&B vs disabled (medians of 1)" in done.stdout
 
+    before = out.read_bytes()
     bad = run_cli("--repeats=1", f"--json={out}", "--", "--lr=fast", script="bench/wandb_overhead.py", timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: train/run.py failed in offline mode (exit 2)")
-    assert "--lr" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --lr expects float, got 'fast'"  # before any run
+    assert bad.stdout == "" and out.read_bytes() == before
+    (tmp_path / "a-file").write_text("not a data folder")
+    failed = run_cli("--repeats=1", f"--json={out}", "--", f"--data_dir={tmp_path / 'a-file'}", "--device=cpu",
+                     script="bench/wandb_overhead.py", timeout=300)  # a flag train/run.py refuses only when it runs
+    assert failed.returncode == 2
+    assert failed.stderr.strip().startswith("error: train/run.py failed in offline mode (exit 2): error: --data_dir")
+    assert len(failed.stderr.strip().splitlines()) == 1 and out.read_bytes() == before
 
 
 DATA = REPO.parent / "shared" / "data"
@@ -185,7 +194,7 @@ def test_airbench94_refuses_without_its_files_or_cuda(tmp_path, cifar_subset):
 def test_headline_runs_every_step_in_a_device_image_and_writes_the_issue_keys(tmp_path):
     out, real = tmp_path / "h.json", tmp_path / "real-run"
     done = run_cli("--archives", str(DATA), "--work", str(tmp_path / "work"), "--per_class=10,5", "--seeds=0",
-                   "--variants=--not_a_flag=1;--label_smoothing=0.2", "--reserve_s=0", "--speed_images=100",
+                   "--variants=--label_smoothing=0.2", "--reserve_s=0", "--speed_images=100",
                    "--speed_batch_sizes=50", "--compile_modes=", f"--real_run_out={real}", f"--json={out}", "--",
                    "--epochs=1", "--batch_size=50", "--device=cpu", "--trust_images=8",
                    script="bench/headline.py", timeout=1500, env=device_image(tmp_path))
@@ -201,8 +210,7 @@ def test_headline_runs_every_step_in_a_device_image_and_writes_the_issue_keys(tm
     default = result["default"]
     assert len(default["acc"]) == len(default["acc_no_tta"]) == len(default["train_seconds"]) == 1
     assert default["acc"][0] == result["steps"]["default"]["runs"][0]["final_acc"]
-    unknown, smoothing = result["recipe"]["variants"]
-    assert unknown["flags"] == ["--not_a_flag=1"] and unknown["status"].startswith("skipped: unknown flag")
+    (smoothing,) = result["recipe"]["variants"]
     assert smoothing["status"] == "ran" and smoothing["config"]["label_smoothing"] == 0.2
     assert smoothing["diff_to_default"] == pytest.approx(smoothing["acc"][0] - default["acc"][0])
     wall, wandb = result["wall_seconds"], result["wandb_fixed_seconds"]
@@ -222,31 +230,112 @@ def test_headline_runs_every_step_in_a_device_image_and_writes_the_issue_keys(tm
     assert table in done.stdout and "| airbench94 | exit 2: error: airbench.train94 needs CUDA" in table
     assert f"| `--label_smoothing=0.2` | {smoothing['acc'][0] * 100:.2f} %" in table
 
-    late = run_cli("--archives", str(DATA), "--work", str(tmp_path / "work"), "--budget_s=0", f"--json={out}",
-                   script="bench/headline.py", timeout=120)  # no time left: every step says why it was skipped
-    assert late.returncode == 0, late.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["steps"] == {} and HEADLINE_KEYS <= set(result)
-    assert set(result["skipped"]) == {"data", *("jpeg_cost", "airbench94", "default", "recipe", "real_run", "speed")}
-    assert all("out of time" in why for why in result["skipped"].values())
+    assert "kept_from_earlier" not in result  # a new file: every figure is this run's
+
+
+def fake_archives(folder: Path) -> Path:
+    """A folder with the two archives' names (empty files): enough for the flags to pass, nothing to unpack."""
+    folder.mkdir()
+    for archive in ARCHIVES:
+        (folder / archive.name).touch()
+    return folder
+
+
+EARLIER = {"device": "cpu", "default": {"acc": [0.9], "acc_no_tta": [0.89], "train_seconds": [20.0]},
+           "steps": {"default": {"seeds": [0]}}, "throughput": {"eager_bs512": 1000.0},
+           "skipped": {"speed": "out of time (3s of the budget left)", "airbench94": "exit 2: no CUDA"}}
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps=default,fast"], "error: --steps: unknown step(s) fast"),
-    (["--seeds=0,x"], "error: --seeds '0,x' is not a comma-separated list of integers"),
-    (["--parallel=0"], "error: --parallel 0 must be at least 1"),
+    # issue 28: each of these skipped every step, replaced the results file with an empty skeleton and exited 0
+    (["--archives=/no/such/folder"], "error: --archives '/no/such/folder' is not a folder"),
+    (["--archives={tmp}"],
+     "error: --archives '{tmp}' has no cifar10-jpeg.tar.xz or cifar10-png-lossless-subset.tar.xz"),
+    (["--per_class=-5"], "error: --per_class must be TRAIN,TEST: 2 integers >= 1, got '-5'"),
+    (["--budget_s=-1"], "error: --budget_s must be a number >= 20, got '-1'"),
+    (["--variants=nosuch", "--steps=recipe"],
+     "error: --variants 'nosuch': unexpected argument 'nosuch' (flags look like --key=value)"),
+    (["--variants=--ema=0.999;--lr=fast"], "error: --variants '--lr=fast': --lr expects float, got 'fast'"),
+    (["--variants=;", "--steps=recipe"], "error: --variants names no flag set, and --steps includes recipe"),
+    (["--real_run_out={tmp}"], "error: --real_run_out '{tmp}' is not empty (a run never overwrites another)"),
+    (["--steps=default,fast"], "error: --steps has unknown 'fast' (choose from jpeg_cost, airbench94, default, "),
+    (["--seeds=0,x"], "error: --seeds must be a comma-separated list of integers >= 0, got '0,x'"),
+    (["--parallel=0"], "error: --parallel must be an integer >= 1, got '0'"),
+    (["--speed_images=10", "--speed_batch_sizes=50"], "error: --speed_images 10 is fewer than a batch of"),
+    (["--compile_modes=fast"], "error: --compile_modes has unknown mode(s) fast"),
+    (["--budget=100"], "error: unknown flag --budget (did you mean --budget_s?)"),
     (["--", "--epoch=2"], "error: unknown flag --epoch (did you mean --epochs?)"),  # train/run.py's own parser
+    (["--", "--seed=2"], "error: --seed is not used here: give --seeds (one run per seed)"),
 ])
-def test_headline_bad_flags(args, message, tmp_path):
-    done = run_cli(f"--json={tmp_path / 'h.json'}", *args, script="bench/headline.py", timeout=120)
-    assert done.returncode == 2 and done.stderr.strip().startswith(message) and "Traceback" not in done.stderr
-    assert not (tmp_path / "h.json").exists()
+def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path):
+    """Every flag is checked first: one `error:` line, exit status 2, no step started, nothing made, and the results
+    file already there untouched."""
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "a-file").touch()
+    out, work = tmp_path / "h.json", tmp_path / "work"
+    out.write_text(json.dumps(EARLIER))
+    before = out.read_bytes()
+    args = [arg.replace("{tmp}", str(tmp_path / "tmp")) for arg in args]
+    own = [f"--archives={fake_archives(tmp_path / 'archives')}", f"--work={work}", f"--json={out}"]
+    done = run_cli(*own, *args, script="bench/headline.py", timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp")))
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+    assert out.read_bytes() == before and not work.exists() and not (tmp_path / "h-steps").exists()
+
+
+@pytest.fixture(scope="session")
+def headline_work(tmp_path_factory) -> Path:
+    """The headline's data sets made once (10 training and 5 test images per class of both archives), shared by the
+    headline runs below: their data step finds them made and only checks them."""
+    if not all(archive.is_file() for archive in ARCHIVES):
+        pytest.skip(f"the two CIFAR-10 archives are not in {DATA} (../shared/data)")
+    with built_once(tmp_path_factory, "headline-work") as (root, fresh):
+        if fresh:
+            done = run_cli("--archives", str(DATA), "--work", str(root), "--per_class=10,5",
+                           f"--json={root / 'sets.json'}", script="bench/cifar_sets.py", timeout=900)
+            assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="airbench94 would run on CUDA")
+def test_headline_that_measures_nothing_exits_1_and_leaves_the_results_file(headline_work, tmp_path):
+    out = tmp_path / "h.json"
+    out.write_text(json.dumps(EARLIER))
+    before = out.read_bytes()
+    done = run_cli("--archives", str(DATA), "--work", str(headline_work), "--per_class=10,5", "--steps=airbench94",
+                   f"--json={out}", script="bench/headline.py", timeout=600)  # airbench94 needs CUDA: skipped
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "[headline] airbench94 skipped: exit 2: error: airbench.train94 needs CUDA" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: nothing was measured: every step was skipped (see above); {out} is left as it was")
+    assert out.read_bytes() == before
+
+
+def test_headline_merges_the_steps_it_ran_into_the_results_file(headline_work, tmp_path):
+    out = tmp_path / "h.json"
+    out.write_text(json.dumps(EARLIER))
+    done = run_cli("--archives", str(DATA), "--work", str(headline_work), "--per_class=10,5", "--steps=speed",
+                   "--speed_images=100", "--speed_batch_sizes=50", "--compile_modes=", f"--json={out}", "--",
+                   "--device=cpu", script="bench/headline.py", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert HEADLINE_KEYS <= set(result) and result["device"] == "cpu" and result["torch"] == torch.__version__
+    assert result["default"] == EARLIER["default"] and result["steps"]["default"] == EARLIER["steps"]["default"]
+    assert result["steps"]["speed"]["throughput"]["eager_bs50"] > 0  # this run's step, beside the earlier one's
+    assert result["throughput"] == {"eager_bs512": 1000.0, "eager_bs50": result["steps"]["speed"]["throughput"][
+        "eager_bs50"]}
+    assert result["skipped"] == {"airbench94": "exit 2: no CUDA"}  # speed ran now: no longer listed as skipped
+    assert {"default", "steps.default", "throughput.eager_bs512", "skipped.airbench94"} <= set(
+        result["kept_from_earlier"]) and "steps.speed" not in result["kept_from_earlier"]
+    assert "| ours, default (flip TTA) | 90.00 % ± 0.00 (n=1) |" in result["markdown"]  # the tables show both runs
+    assert "| eager_bs50 |" in result["markdown"] and result["markdown"] in done.stdout
 
 
 def test_speed_refuses_an_unknown_compile_mode(tmp_path):
     done = run_cli("--compile_modes=default,fast", f"--json={tmp_path / 's.json'}", script="bench/speed.py",
                    timeout=120)
-    assert done.returncode == 2 and done.stderr.strip() == "error: --compile_modes: unknown mode(s) fast"
+    assert done.returncode == 2 and done.stderr.strip() == "error: --compile_modes has unknown mode(s) fast"
 
 
 def test_label_issue_cost_times_the_feature_inside_paired_steps(cifar_subset, tmp_path):
@@ -280,14 +369,17 @@ def test_label_issue_cost_verdict_needs_every_pair_on_one_side():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--repeats=0"], "error: --repeats must be >= 1"),
-    (["--tta=maybe"], "error: --tta expects bool, got 'maybe'"),
-    (["--data_dir=/nonexistent"], "error: --data_dir '/nonexistent' has no train/ and test/ folders"),
+    (["--repeats=0"], "error: --repeats must be an integer >= 1, got '0'"),
+    (["--tta=maybe"], "error: --tta expects True or False, got 'maybe'"),
+    (["--data_dir=/nonexistent"], "error: --data_dir '/nonexistent' is not a folder"),
+    (["--data_dir=/"], "error: --data_dir '/' has no train/ and test/ folders"),  # train.data's own check
 ])
 def test_label_issue_cost_bad_flags(args, message, tmp_path, capsys):
     from bench.label_issue_cost import main
 
-    assert main([*args, f"--json={tmp_path / 'l.json'}"]) == 2
+    with pytest.raises(SystemExit) as exit:
+        main([*args, f"--json={tmp_path / 'l.json'}", "--device=cpu"])
+    assert exit.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.strip().startswith(message) and len(captured.err.strip().splitlines()) == 1
     assert not (tmp_path / "l.json").exists()
@@ -306,3 +398,173 @@ def test_label_issue_cost_times_only_inside_its_context():
         assert SPENT["labels"] > 0 and SPENT["wandb"] == 0  # timed, and still did its work
         assert issues.checked == 3 and explain.report.find_label_issues.__wrapped__ is find_label_issues
     assert (explain.report.find_label_issues, Tracker.log) == before  # restored on the way out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench/common.py: every script's flags checked before any work, results files never replaced with less
+
+SCRIPTS = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "common.py")
+OUT_FLAG = {"cam_speed.py": "--out"}  # where a script writes its results; --json elsewhere
+BAD_FLAG = {  # a bad value of one of each script's own flags, and the start of its one-line refusal
+    "airbench94.py": (["--data=/no/such/folder"], "error: --data '/no/such/folder' is not a folder"),
+    "cam_speed.py": (["--batch_sizes=256,0"], "error: --batch_sizes must be a comma-separated list of integers >= 1"),
+    "cifar_sets.py": (["--archives={tmp}", "--work={tmp}"], "error: --archives '{tmp}' has no cifar10-jpeg.tar.xz"),
+    "cpu.py": (["--steps=-1"], "error: --steps must be an integer >= 1, got '-1'"),
+    "headline.py": (["--budget_s=-1"], "error: --budget_s must be a number >= 20, got '-1'"),
+    "jpeg_cost.py": (["--png_dir={tmp}", "--jpeg_dir={tmp}"], "error: --png_dir '{tmp}' has no train or test"),
+    "label_issue_cost.py": (["--test_subset=-1"], "error: --test_subset must be an integer >= 0, got '-1'"),
+    "probe_cost.py": (["--probe_images=0"], "error: --probe_images must be an integer in [1, 100], got '0'"),
+    "run_phases.py": (["--work={tmp}/a-file"], "error: --work '{tmp}/a-file' is a file, not a folder"),
+    "speed.py": (["--workers=-1"], "error: --workers must be an integer >= 0, got '-1'"),
+    "time_to_acc.py": (["--target=2"], "error: --target must be a number >= 0 and <= 1, got '2'"),
+    "trust_coverage.py": (["--sizes=1,8"], "error: --sizes must be a comma-separated list of integers >= 2, got '1,8'"),
+    "trust_speed.py": (["--checkpoint={tmp}"], "error: --checkpoint '{tmp}' is not a file"),
+    "wandb_overhead.py": (["--repeats=0"], "error: --repeats must be an integer >= 1, got '0'"),
+}
+
+
+def refused(script: str, args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, bytes, Path]:
+    """Run ``bench/<script>`` with ``args`` ({tmp}: a folder holding one file) and an earlier results file; the
+    process, the file's bytes before, and the file."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "a-file").touch()
+    out = tmp_path / "results.json"
+    out.write_text('{"earlier": "figures"}\n')
+    before = out.read_bytes()
+    args = [arg.replace("{tmp}", str(tmp)) for arg in args]
+    return run_cli(*args, f"{OUT_FLAG.get(script, '--json')}={out}", script=f"bench/{script}", timeout=120), before, out
+
+
+def test_every_bench_script_has_a_bad_flag_case():
+    assert set(BAD_FLAG) == set(SCRIPTS)  # a new benchmark gets its case here
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_script_refuses_a_bad_flag_before_any_work(script, tmp_path):
+    args, message = BAD_FLAG[script]
+    done, before, out = refused(script, args, tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp"))), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert done.stdout == "" and out.read_bytes() == before  # nothing done, nothing written
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_script_refuses_a_results_file_in_a_missing_folder(script, tmp_path):
+    flag = OUT_FLAG.get(script, "--json")
+    done = run_cli(f"{flag}={tmp_path / 'missing' / 'r.json'}", script=f"bench/{script}", timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip() == (f"error: {flag} '{tmp_path / 'missing' / 'r.json'}' is in a folder that does not "
+                                   f"exist ('{tmp_path / 'missing'}')")
+    assert done.stdout == "" and not (tmp_path / "missing").exists()
+
+
+def test_parser_refuses_in_one_line(capsys):
+    from bench import common
+
+    parser = common.Parser("A benchmark.\n\nMore.")
+    parser.add_argument("--seeds", type=common.ints(minimum=0), default="0")
+    parser.add_argument("--repeats", type=common.count(1), default=2)
+    parser.add_argument("--steps", type=common.choices(["a", "b"]), default="a,b")
+    args = parser.parse(["--seeds=1,2"])
+    assert args.seeds == [1, 2] and args.repeats == 2 and args.steps == ["a", "b"]  # text defaults converted too
+    assert parser.parse(["--repeats=3", "--", "--lr=1"], rest="--").rest == ["--lr=1"]
+    assert parser.parse(["--lr=1", "--repeats=3"], rest="unknown").rest == ["--lr=1"]
+    for argv, message in [
+        (["--seed=1"], "error: unknown flag --seed (did you mean --seeds?)"),  # no abbreviations
+        (["--repeats=1.5"], "error: --repeats must be an integer, got '1.5'"),
+        (["--steps=a,c"], "error: --steps has unknown 'c' (choose from a, b)"),
+        (["stray"], "error: unexpected argument 'stray' (flags look like --key=value)"),
+        (["--repeats"], "error: --repeats expected one argument"),
+    ]:
+        with pytest.raises(SystemExit) as exit:
+            parser.parse(argv)
+        assert exit.value.code == 2 and capsys.readouterr().err == message + "\n"
+
+
+def test_results_merge_by_key_and_list_what_an_earlier_run_measured(tmp_path):
+    from bench.common import Results
+
+    path, me = tmp_path / "r.json", {"device": "cpu", "cpu": "a CPU", "threads": 1, "torch": torch.__version__}
+    base = {"train": {}, "table": []}  # what every file of this benchmark holds
+    Results(path, me, base).write({**me, "train": {"a": 1.0, "b": 2.0}, "note": "first", "rounds": {"a": [1, 2]}})
+    merged = Results(path, me, base).write({**me, "train": {"b": 3.0}, "rounds": {}})
+    assert merged["train"] == {"a": 1.0, "b": 3.0} and merged["note"] == "first" and merged["table"] == []
+    assert merged["rounds"] == {"a": [1, 2]}  # an empty dict measured nothing: the earlier entries stay
+    assert set(merged["kept_from_earlier"]) == {"train.a", "note", "rounds.a"}  # the base's empty table is nobody's
+    assert json.loads(path.read_text()) == merged
+    again = Results(path, me, base).write({**me, "train": {"a": 4.0, "b": 5.0}, "note": "third", "rounds": {"a": [3]}})
+    assert "kept_from_earlier" not in again and again["train"] == {"a": 4.0, "b": 5.0}  # all measured again
+    deep = Results(path, me, base, depth=1).write({**me, "train": {"b": 6.0}})
+    assert deep["train"] == {"b": 6.0} and set(deep["kept_from_earlier"]) == {"note", "rounds"}  # whole below depth
+
+
+def test_results_refuse_another_machines_file_or_an_unreadable_one(tmp_path, capsys):
+    from bench.common import Results
+
+    path = tmp_path / "r.json"
+    for content, message in [
+        ({"device": "cpu", "cpu": "another CPU", "train": {}}, f"error: {path} holds figures measured with cpu "
+         "'another CPU', not this run's 'a CPU'; move it away or write elsewhere"),
+        ({"threads": 2}, f"error: {path} holds figures measured with threads 2, not this run's 1"),
+        ([1, 2], f"error: {path} exists and is not a JSON object; move it away or write elsewhere"),
+        ("{broken", f"error: {path} exists and is not a readable JSON file"),
+    ]:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        before = path.read_bytes()
+        with pytest.raises(SystemExit) as exit:
+            Results(path, {"device": "cpu", "cpu": "a CPU", "threads": 1})
+        assert exit.value.code == 2 and capsys.readouterr().err.startswith(message) and path.read_bytes() == before
+    path.write_text(json.dumps({"device": "cpu", "gpu": None}))  # what neither says, or both say alike: merged
+    assert Results(path, {"device": "cpu", "cpu": "a CPU", "gpu": None}).write({"x": 1})["device"] == "cpu"
+
+
+def test_results_of_a_run_that_measured_nothing_leave_the_file(tmp_path, capsys):
+    from bench.common import Results
+
+    path = tmp_path / "r.json"
+    path.write_text('{"train": {"a": 1.0}}\n')
+    assert Results(path).finish({"train": {}}, measured=False, why="every configuration failed") == 1
+    assert path.read_text() == '{"train": {"a": 1.0}}\n'
+    assert capsys.readouterr().err == (f"error: nothing was measured: every configuration failed; {path} is left as "
+                                       "it was\n")
+    assert Results(tmp_path / "out" / "new.json").finish({"b": 2}, measured=True) == 0  # its folder made
+    assert json.loads((tmp_path / "out" / "new.json").read_text()) == {"b": 2}
+
+
+def test_cpu_times_every_configuration_side_by_side(cifar_subset, tmp_path):
+    """bench/cpu.py for real on a few images: every training, evaluation and CAM configuration and the tutorial get
+    a positive images/s, the ratios are those figures' ratios. torch.compile runs with its `eager` backend here
+    (dynamo's graph capture and guards without inductor's minutes of code generation)."""
+    from bench.common import cpu_model
+    from train.engine import cpu_bf16_native
+
+    out = tmp_path / "results" / "cpu.json"
+    out.parent.mkdir()
+    done = run_cli("--data_dir", str(cifar_subset), "--batch_size=16", "--eval_batch_size=32", "--steps=1",
+                   "--compile_steps=1", "--rounds=1", "--cam_images=8", "--compile_backend=eager",
+                   "--end_to_end_images=1000", f"--json={out}", script="bench/cpu.py", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    pairs = [f"{p}_{layout}" for p in ("fp32", "bf16") for layout in ("nchw", "channels_last")]
+    assert set(result["train"]) == {f"{pair}_{way}" for pair in pairs for way in ("eager", "compiled")}
+    assert set(result["eval"]) == set(result["cam"]) == set(pairs)
+    figures = [*result["train"].values(), *result["eval"].values(), *result["cam"].values()]
+    assert all(0 < ips < 1e5 for ips in figures) and 0 < result["tutorial_images_per_s"] < 1e5
+    assert result["cpu"] == cpu_model() and result["cores"] >= 1 and result["torch"] == torch.__version__
+    assert result["bf16_native"] == cpu_bf16_native() and result["command"].startswith("python bench/cpu.py")
+    assert result["date"] and result["errors"] == {} and result["batch_size"] == 16
+    ratios, base = result["ratios"], result["train"]["fp32_nchw_eager"]
+    for name, ips in result["train"].items():
+        assert ratios["train_vs_tutorial"][name] == pytest.approx(ips / result["tutorial_images_per_s"])
+        assert ratios["train_vs_fp32_nchw_eager"][name] == pytest.approx(ips / base)
+    assert ratios["eval_vs_fp32_nchw"]["fp32_nchw"] == ratios["cam_vs_fp32_nchw"]["fp32_nchw"] == 1
+    assert set(result["compile_seconds"]) == set(result["end_to_end"]) == {f"{pair}_compiled" for pair in pairs}
+    assert all(seconds >= 0 for seconds in result["compile_seconds"].values())
+    for name, run in result["end_to_end"].items():
+        assert run["compiled_seconds"] == pytest.approx(result["compile_seconds"][name] + 1000 / result["train"][name])
+    diff = result["cam_max_abs_diff"]  # the same maps in either layout; bf16 close to fp32, maps in [0, 1]
+    assert diff["fp32_nchw"] == 0 and diff["fp32_channels_last"] < 1e-3 and diff["bf16_channels_last"] < 0.5
+    assert [len(rounds) for rounds in result["all_rounds"]["train"].values()] == [1] * 8
+    assert "tutorial (ImageFolder + DataLoader x2, fp32 NCHW eager)" in done.stdout and f"wrote {out}" in done.stdout

@@ -10,6 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1 WANDB_SILENT=true
 work=${WORK:-/tmp/headline}
 rm -rf "$work/real-run" "$work/steps"
+mkdir -p "$work"  # headline.py refuses an output folder whose parent is missing
 set -o pipefail
 # shellcheck disable=SC2086  # HEADLINE_EXTRA and RECIPE_FLAGS are word lists
 python3 bench/headline.py --archives "$carry/data" --work "$work" --budget_s "${BUDGET_S:-420}" \
