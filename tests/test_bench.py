@@ -413,6 +413,7 @@ BAD_FLAG = {  # a bad value of one of each script's own flags, and the start of 
     "headline.py": (["--budget_s=-1"], "error: --budget_s must be a number >= 20, got '-1'"),
     "jpeg_cost.py": (["--png_dir={tmp}", "--jpeg_dir={tmp}"], "error: --png_dir '{tmp}' has no train or test"),
     "label_issue_cost.py": (["--test_subset=-1"], "error: --test_subset must be an integer >= 0, got '-1'"),
+    "precision.py": (["--seeds=0,-1"], "error: --seeds must be a comma-separated list of integers >= 0, got '0,-1'"),
     "probe_cost.py": (["--probe_images=0"], "error: --probe_images must be an integer in [1, 100], got '0'"),
     "run_phases.py": (["--work={tmp}/a-file"], "error: --work '{tmp}/a-file' is a file, not a folder"),
     "speed.py": (["--workers=-1"], "error: --workers must be an integer >= 0, got '-1'"),
