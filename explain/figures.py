@@ -208,12 +208,12 @@ def faithfulness_figure(result: dict[str, Any], bands: dict[str, np.ndarray], fi
         ax.legend(title="mean over the images, shaded: its 95% interval (the gain is paired per image)",
                   fontsize=9, title_fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     verdict = figures["trust_verdict"]
-    fig.suptitle(f"{method} on {figures['trust_images']} images: {verdict}\n", fontsize=13,
+    fig.suptitle(f"{method} on {figures['trust_images']} images: {verdict}\n\n", fontsize=13,
                  color=_verdict_colour(verdict))
-    fig.text(0.5, 0.935, f"a gain counts when its 95% interval is above {SMALLEST_GAIN}; randomization "
-             f"{figures['sanity_result']} at {figures['sanity_stage']}: rank corr {figures['sanity_rank_corr']:.2f} "
-             f"{_interval(figures['sanity_rank_corr_ci'])} (every stage below {SURVIVES} passes); {COVERAGE}",
-             ha="center", va="top", fontsize=9)
+    fig.text(0.5, 0.94, f"a gain counts when its 95% interval is above {SMALLEST_GAIN} ({COVERAGE})\n"
+             f"randomization {figures['sanity_result']} at {figures['sanity_stage']}: rank corr "
+             f"{figures['sanity_rank_corr']:.2f} {_interval(figures['sanity_rank_corr_ci'])} (every stage below "
+             f"{SURVIVES} passes)", ha="center", va="top", fontsize=9)
     return fig
 
 

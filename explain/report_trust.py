@@ -69,9 +69,29 @@ def trust_sample(labels: Tensor, count: int, seed: int, preds: Tensor | None = N
     n_wrong = min(len(wrong), (count + 1) // 2)
     n_right = min(len(right), count - n_wrong)
     n_wrong = min(len(wrong), count - n_right)  # too few right predictions: more mistakes
-    parts = [group[balanced_subset(labels[group], n, seed)] if n < len(group) else group
-             for group, n in ((wrong, n_wrong), (right, n_right)) if n > 0]
+    parts = [_stratified(labels, group, n, seed) for group, n in ((wrong, n_wrong), (right, n_right)) if n > 0]
     return torch.sort(torch.cat(parts)).values if parts else torch.zeros(0, dtype=torch.long)
+
+
+def _stratified(labels: Tensor, group: Tensor, n: int, seed: int) -> Tensor:
+    """``n`` of the positions ``group``, class-stratified; a class with fewer than its share (a model's mistakes are
+    rarely balanced) leaves room that seeded others of the group fill, so the sample has its size."""
+    if n >= len(group):
+        return group
+    chosen = group[balanced_subset(labels[group], n, seed)]
+    if len(chosen) < n:
+        rest = group[~torch.isin(group, chosen)]
+        extra = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[:n - len(chosen)]]
+        chosen = torch.cat([chosen, extra])
+    return chosen
+
+
+def spread_out(count: int, shown: int) -> Tensor:
+    """``shown`` positions spread evenly over ``count`` (all when fewer): the sample is sorted by image index, and a
+    class-stratified folder lists its classes one after another, so the first few would all be one class."""
+    if count <= shown:
+        return torch.arange(count)
+    return torch.linspace(0, count - 1, shown).round().long()
 
 
 def _stage_table(figures: dict[str, Any]) -> list[list[Any]]:
@@ -106,11 +126,12 @@ def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, method: s
     bands = {name: bootstrap_interval(faithful[name], seed=seed) for name in
              ("deletion", "deletion_random", "insertion", "insertion_random")}
     faithfulness_figure(faithful, bands, figures, method).savefig(out_dir / "faithfulness.png", dpi=DPI)
-    shown = images[:SANITY_IMAGES].cpu()
-    overlays = [overlay_cam(shown, maps[:SANITY_IMAGES], alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
+    pick = spread_out(len(images), SANITY_IMAGES)
+    shown = images[pick].cpu()
+    overlays = [overlay_cam(shown, maps[pick], alpha=ALPHA, colormap=COLORMAP, scale=SCALE)
                 for maps in sanity["maps"]]
     sanity_figure(_upscale(to_hwc_uint8(shown)), overlays, sanity["stages"],
-                  sanity["rank_corr_per_image"][:, :SANITY_IMAGES].numpy(), figures).savefig(
+                  sanity["rank_corr_per_image"][:, pick].numpy(), figures).savefig(
         out_dir / "sanity.png", dpi=DPI)
     if row is not None:
         import wandb
@@ -140,8 +161,9 @@ def compare_cam_methods(model: nn.Module, images: Tensor, class_idx: Tensor, met
     result = {"images": len(images), "confidence": CONFIDENCE, "correction": "holm", "methods": table,
               "pairs": pairs}
     write_json(out_dir / "cam_methods.json", result)
-    shown = images[:COMPARE_IMAGES].cpu()
-    overlays = {entry["method"]: overlay_cam(shown, entry["cams"][:COMPARE_IMAGES], alpha=ALPHA, colormap=COLORMAP,
+    pick = spread_out(len(images), COMPARE_IMAGES)
+    shown = images[pick].cpu()
+    overlays = {entry["method"]: overlay_cam(shown, entry["cams"][pick], alpha=ALPHA, colormap=COLORMAP,
                                              scale=SCALE) for entry in compared}
     headings = [(e["method"], f"above {', '.join(e['above'])}" if e["above"] else "above none", e["trust_verdict"])
                 for e in compared]

@@ -147,10 +147,11 @@ HELPS = {
     "cam_method": "torchcam method of the maps (gradcam, gradcampp, layercam, scorecam, ...); the CAM grid is named "
                   "after it (gradcam.png, layercam.png, ...).",
     "cam_layer": "Module the CAMs are computed on; comma-separated names are fused.",
-    "trust": "Measure how far the CAMs can be trusted (deletion/insertion against a random order with 95% intervals, "
-             "the randomization check) and give a verdict: faithful, not faithful or inconclusive.",
-    "trust_images": "Images the trust figures are measured on: a seeded, class-stratified sample of the explained "
-                    "images; unset = 256 on a GPU, 12 on the CPU (more images, narrower intervals).",
+    "trust": "Measure how far the CAMs can be trusted (deletion/insertion against smooth random maps, the "
+             "randomization check at every stage, 95% intervals) and give a verdict: faithful, not faithful or "
+             "inconclusive.",
+    "trust_images": "Images the trust figures are measured on: a seeded sample of the explained images stratified "
+                    "by class and right/wrong prediction; unset = 256 on a GPU, 32 on the CPU.",
     "label_issues": "Find the explained images whose label is likely wrong (cleanlab): label_issues.json, "
                     "label_issues.png and the W&B table.",
 }

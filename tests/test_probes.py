@@ -108,7 +108,7 @@ def test_images_of_any_size_and_mode_are_explained(trained, mixed_folder, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert "resized 2 images from 64×48 (1), 100×100 (1) to 32×32 (bilinear)" in lines
-    assert lines[-1] == f"explained 7 images; wrote {out}/images.png (all) and images.json (all)"
+    assert lines[-1] == f"explained 7 images; wrote {out}/images.png (all), images.json (all) and summary.json"
     pattern = re.compile(r"^\S+\.(png|jpg|gif): \w+ \d\.\d\d \(\w+ \d\.\d\d, \w+ \d\.\d\d\)$")
     per_image = [line for line in lines if pattern.match(line)]
     assert len(per_image) == 7, lines

@@ -409,7 +409,10 @@ def test_the_trust_sample_always_holds_mistakes_and_every_class():
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(1000) % 10
     preds = torch.where(torch.rand(1000, generator=generator) < 0.9, labels, (labels + 1) % 10)  # 90 % right
+    lopsided = preds.clone()
+    lopsided[(labels == 3) & (preds != labels)] = 3  # no mistakes in class 3: the other classes fill its share
     for seed in range(20):
+        assert len(trust_sample(labels, 40, seed, preds=lopsided)) == 40
         sample = trust_sample(labels, 12, seed, preds=preds)
         wrong = int((preds[sample] != labels[sample]).sum())
         assert len(sample) == 12 and wrong == 6, (seed, wrong)

@@ -123,8 +123,8 @@ class Config:
     label_issues: bool = True
     """Find the test images whose label is likely wrong (cleanlab), listed in label_issues.json and .png and W&B."""
     trust_images: int | None = None
-    """Images the trust figures are measured on: a seeded, class-stratified sample of the explained split, right and
-    wrong predictions alike; unset = 256 on a GPU, 12 on the CPU (more images, narrower intervals)."""
+    """Images the trust figures are measured on: a seeded sample of the explained split stratified by class and by
+    right/wrong prediction (half mistakes when there are that many); unset = 256 on a GPU, 32 on the CPU."""
     probe_images: int = 20
     """Fixed test images whose prediction and CAM are logged before training and after every epoch (0 = off)."""
 
