@@ -308,3 +308,27 @@ def test_failed_starts_leave_no_folder_behind(tmp_path):
                             cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "has no train/ and test/ folders" in result.stderr
     assert list(cwd.iterdir()) == []  # no runs/<timestamp>/
+
+
+def test_a_stop_that_lands_while_the_stop_block_exits_is_not_raised(monkeypatch):
+    """The race CI hit once: a SIGTERM after ``done:`` arrived while ``stops_raise`` was putting the old handlers back,
+    and its ``Stopped`` escaped ``main`` as a traceback (exit 1). Here the signal is sent at exactly that moment."""
+    from train.stops import Stopped, stops_raise
+
+    real_signal, before, sent = signal.signal, signal.getsignal(signal.SIGTERM), []
+    exiting = False
+
+    def put_back(sig, handler):  # the first handler put back after the block: a SIGTERM lands just before it
+        if exiting and not sent:
+            sent.append(sig)
+            signal.raise_signal(signal.SIGTERM)
+        return real_signal(sig, handler)
+
+    monkeypatch.setattr(signal, "signal", put_back)
+    with stops_raise():
+        if signal.getsignal(signal.SIGTERM) is before:
+            pytest.skip("signal handlers are set only in the main thread")
+        exiting = True
+    assert sent and signal.getsignal(signal.SIGTERM) is before  # the stop landed, nothing escaped, handlers restored
+    with pytest.raises(Stopped), stops_raise():  # and inside the block a stop still stops it
+        signal.raise_signal(signal.SIGTERM)

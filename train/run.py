@@ -485,24 +485,25 @@ def cpu_note(run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
     ended = False  # a stop after fit() returned finds the run over (one between fit's return and this flag too)
-    with stops_raise():
-        try:
-            config, given = parse_args(argv)
-            fit(config, given)
-            ended = True
-        except (*USER_ERRORS, TrainingError) as exc:
-            print(f"error: {one_line(str(exc))}", file=sys.stderr)
-            return 2
-        except NothingToResume as exc:
-            print(one_line(str(exc)))
-            return 0
-        except Stopped as stop:
-            ended = ended or RUN_ENDED
-            what = str(stop) or ("after the run ended; nothing was lost" if ended else
-                                 "during start-up; nothing was saved")
-            if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for the run
-                print(f"stopped: {stop.signal_name} {one_line(what)}", file=sys.stderr)
-            return exit_status(stop)
+    try:  # Stopped is caught outside the block, so a stop that lands while the block exits is caught as well
+        with stops_raise():
+            try:
+                config, given = parse_args(argv)
+                fit(config, given)
+                ended = True
+            except (*USER_ERRORS, TrainingError) as exc:
+                print(f"error: {one_line(str(exc))}", file=sys.stderr)
+                return 2
+            except NothingToResume as exc:
+                print(one_line(str(exc)))
+                return 0
+    except Stopped as stop:
+        ended = ended or RUN_ENDED
+        what = str(stop) or ("after the run ended; nothing was lost" if ended else
+                             "during start-up; nothing was saved")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun one process speaks for the run
+            print(f"stopped: {stop.signal_name} {one_line(what)}", file=sys.stderr)
+        return exit_status(stop)
     return 0
 
 

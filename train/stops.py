@@ -78,17 +78,22 @@ def stops_raise() -> Iterator[None]:
     clean-up short, nor kill the process while it exits (CPython restores the default action, death, for signals
     that had a Python handler when it shuts down; an ignored signal stays ignored).
     """
-    raised = False
+    raised = ended = False
 
     def handler(signum: int, frame: object) -> None:
         nonlocal raised
+        if ended:  # the block is over and its handlers are being put back: nothing in it can be stopped any more,
+            return  # and a Stopped raised here would escape the caller's try as a traceback (a real race, seen in CI)
         raised = True
         _ignore_stops()
         raise Stopped(signal.Signals(signum).name)
 
     try:
         with _handlers(handler):
-            yield
+            try:
+                yield
+            finally:
+                ended = True
     finally:
         if raised and _in_main_thread():
             _ignore_stops()
