@@ -131,33 +131,35 @@ def most_confused_classes(counts: Tensor, limit: int = MAX_MATRIX_CLASSES) -> Te
 
 
 def confusion_figure(counts: Tensor, classes: list[str], acc: float, acc_tta: float | None = None) -> Figure:
-    """The row-normalized confusion matrix as a heat map; non-empty cells annotated in percent (up to 20 classes).
+    """The row-normalized confusion matrix as a heat map in percent of each true class, colour bar and cells alike;
+    non-empty cells annotated (up to 20 classes; "<1" where a cell holds under half a percent).
 
     Beyond :data:`MAX_MATRIX_CLASSES` classes only the most confused ones are drawn (their rows and columns), so a
     1,000-class data set gives a readable figure of bounded size, not a 550-inch one.
     """
     shown = most_confused_classes(counts)
     totals = counts.sum(1, keepdim=True).clamp_min(1)
-    rates = (counts / totals)[shown][:, shown].numpy()
+    rates = 100 * (counts / totals)[shown][:, shown].numpy()  # percent, as the cells are written
     names = [classes[i] for i in shown.tolist()]
     size = len(names)
     side = max(5.0, 0.55 * size + 2.5)
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="% of the true class")
     ax.set_xticks(range(size), names, rotation=45, ha="right")
     ax.set_yticks(range(size), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     which = f"the {size} most confused of {len(classes):,} classes; " if size < len(classes) else ""
     tta = f", {acc_tta:.4f} with flip TTA (val/acc)" if acc_tta is not None else ""
-    ax.set_title(f"Confusion matrix of single-pass predictions (rows sum to 1; {which}{int(counts.sum()):,} images)\n"
+    ax.set_title(f"Confusion matrix of single-pass predictions (% of each true class; {which}{int(counts.sum()):,} "
+                 f"images)\n"
                  f"accuracy {acc:.4f} single pass{tta}", fontsize=11)
     if size <= 20:
         for t, p in np.argwhere(rates > 0).tolist():
-            ax.text(p, t, f"{100 * rates[t, p]:.0f}", ha="center", va="center", fontsize=8,
-                    color="white" if rates[t, p] > 0.5 else "black")
+            ax.text(p, t, f"{rates[t, p]:.0f}" if rates[t, p] >= 0.5 else "<1", ha="center", va="center",
+                    fontsize=8, color="white" if rates[t, p] > 50 else "black")
     return fig
 
 

@@ -294,3 +294,16 @@ def test_a_thousand_classes_stay_bounded(tmp_path):
     matrix, _ = logged_table(wandb_records(run_dir), "explain/confusion_matrix_table")
     assert len(matrix["data"]) <= 51 * 51 and {row[0] for row in matrix["data"]} >= {"(other classes)"}
     assert sum(row[2] for row in matrix["data"]) == 2000  # every image counted, pooled or not
+
+
+def test_the_confusion_matrix_speaks_percent_in_cells_colours_and_title():
+    """Issue 28: the cells were percentages while the title and the colour bar said fractions."""
+    from explain.figures import confusion_figure
+
+    counts = torch.tensor([[90, 10, 0], [1, 299, 0], [0, 0, 5]])
+    fig = confusion_figure(counts, ["a", "b", "c"], acc=394 / 405)
+    ax, bar = fig.axes
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(0, 0): "90", (0, 1): "10", (1, 0): "<1", (1, 1): "100", (2, 2): "100"}  # 1 of 300: under 0.5 %
+    assert ax.images[0].get_clim() == (0, 100) and bar.get_ylim() == (0, 100)  # colours on the cells' scale
+    assert "%" in bar.get_ylabel() and "%" in ax.get_title() and "sum to 1" not in ax.get_title()
