@@ -32,6 +32,23 @@ def stock_image(tmp_path) -> dict[str, str]:
     return {"PYTHONPATH": str(blocker)}
 
 
+def call_main(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """``bench/<script>``'s ``main(argv)`` called in this process, as its command line calls it: its exit status,
+    stdout and stderr. The flag checks run before any measurement, so calling them here tests the same code a
+    subprocess would without paying ~4 s of imports each; ``test_a_bench_command_line_refuses_a_bad_flag_in_one_line``
+    proves the command-line path itself."""
+    import importlib
+
+    module = importlib.import_module(f"bench.{Path(script).stem}")
+    capsys.readouterr()
+    try:
+        code = module.main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def test_time_to_acc_stops_at_the_target_per_seed_and_writes_the_curve(cifar_subset, tmp_path):
     out = tmp_path / "t.json"
     recipe = ["--data_dir", str(cifar_subset), "--train_subset=100", "--test_subset=50", "--batch_size=50",
@@ -67,10 +84,10 @@ def test_time_to_acc_stops_at_the_target_per_seed_and_writes_the_curve(cifar_sub
     (["--epochs=zero"], "error: --epochs"),
     (["--seed=3"], "error: --seed is not used here: give --seeds (one run per seed)"),  # not an abbreviated --seeds
 ])
-def test_time_to_acc_bad_flags(args, message, tmp_path):
-    done = run_cli(*args, f"--json={tmp_path / 't.json'}", script="bench/time_to_acc.py", timeout=120)
-    assert done.returncode == 2 and done.stderr.strip().startswith(message) and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "t.json").exists()
+def test_time_to_acc_bad_flags(args, message, tmp_path, capsys):
+    code, _, stderr = call_main("time_to_acc.py", [*args, f"--json={tmp_path / 't.json'}"], capsys)
+    assert code == 2 and stderr.strip().startswith(message) and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "t.json").exists()
 
 
 def test_wandb_overhead_runs_both_modes_interleaved(cifar_subset, tmp_path):
@@ -267,7 +284,7 @@ EARLIER = {"device": "cpu", "default": {"acc": [0.9], "acc_no_tta": [0.89], "tra
     (["--", "--epoch=2"], "error: unknown flag --epoch (did you mean --epochs?)"),  # train/run.py's own parser
     (["--", "--seed=2"], "error: --seed is not used here: give --seeds (one run per seed)"),
 ])
-def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path):
+def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path, capsys):
     """Every flag is checked first: one `error:` line, exit status 2, no step started, nothing made, and the results
     file already there untouched."""
     (tmp_path / "tmp").mkdir()
@@ -277,10 +294,10 @@ def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path):
     before = out.read_bytes()
     args = [arg.replace("{tmp}", str(tmp_path / "tmp")) for arg in args]
     own = [f"--archives={fake_archives(tmp_path / 'archives')}", f"--work={work}", f"--json={out}"]
-    done = run_cli(*own, *args, script="bench/headline.py", timeout=120)
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp")))
-    assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+    code, stdout, stderr = call_main("headline.py", [*own, *args], capsys)
+    assert code == 2, stdout[-2000:] + stderr[-2000:]
+    assert stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp")))
+    assert len(stderr.strip().splitlines()) == 1 and stdout == ""
     assert out.read_bytes() == before and not work.exists() and not (tmp_path / "h-steps").exists()
 
 
@@ -340,12 +357,12 @@ def test_speed_refuses_an_unknown_compile_mode(tmp_path):
 
 def test_label_issue_cost_times_the_feature_inside_paired_steps(cifar_subset, tmp_path):
     out = tmp_path / "l.json"
-    done = run_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=2",
+    done = run_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=1",
                    "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py", timeout=900,
                    env={"WANDB_DIR": str(tmp_path / "wandb")})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["images"] == 40 and result["repeats"] == len(result["pairs"]) == 2
+    assert result["images"] == 40 and result["repeats"] == len(result["pairs"]) == 1
     for pair in result["pairs"]:  # the label code ran (and was timed) only in the steps that had it on
         assert pair["off"]["labels"] == 0 and pair["off"]["flagged"] == 0
         assert 0 < pair["on"]["labels"] < pair["on"]["seconds"] and pair["on"]["flagged"] > 0
@@ -424,9 +441,9 @@ BAD_FLAG = {  # a bad value of one of each script's own flags, and the start of 
 }
 
 
-def refused(script: str, args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, bytes, Path]:
-    """Run ``bench/<script>`` with ``args`` ({tmp}: a folder holding one file) and an earlier results file; the
-    process, the file's bytes before, and the file."""
+def refused(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, str, str, bytes, Path]:
+    """``bench/<script>``'s ``main`` (:func:`call_main`) with ``args`` ({tmp}: a folder holding one file) and an
+    earlier results file; its exit status, stdout, stderr, the file's bytes before, and the file."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     (tmp / "a-file").touch()
@@ -434,7 +451,7 @@ def refused(script: str, args: list[str], tmp_path: Path) -> tuple[subprocess.Co
     out.write_text('{"earlier": "figures"}\n')
     before = out.read_bytes()
     args = [arg.replace("{tmp}", str(tmp)) for arg in args]
-    return run_cli(*args, f"{OUT_FLAG.get(script, '--json')}={out}", script=f"bench/{script}", timeout=120), before, out
+    return *call_main(script, [*args, f"{OUT_FLAG.get(script, '--json')}={out}"], capsys), before, out
 
 
 def test_every_bench_script_has_a_bad_flag_case():
@@ -442,23 +459,32 @@ def test_every_bench_script_has_a_bad_flag_case():
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_refuses_a_bad_flag_before_any_work(script, tmp_path):
+def test_bench_script_refuses_a_bad_flag_before_any_work(script, tmp_path, capsys):
     args, message = BAD_FLAG[script]
-    done, before, out = refused(script, args, tmp_path)
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp"))), done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert done.stdout == "" and out.read_bytes() == before  # nothing done, nothing written
+    code, stdout, stderr, before, out = refused(script, args, tmp_path, capsys)
+    assert code == 2, stdout[-2000:] + stderr[-2000:]
+    assert stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp"))), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert stdout == "" and out.read_bytes() == before  # nothing done, nothing written
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_refuses_a_results_file_in_a_missing_folder(script, tmp_path):
+def test_bench_script_refuses_a_results_file_in_a_missing_folder(script, tmp_path, capsys):
     flag = OUT_FLAG.get(script, "--json")
-    done = run_cli(f"{flag}={tmp_path / 'missing' / 'r.json'}", script=f"bench/{script}", timeout=120)
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stderr.strip() == (f"error: {flag} '{tmp_path / 'missing' / 'r.json'}' is in a folder that does not "
-                                   f"exist ('{tmp_path / 'missing'}')")
-    assert done.stdout == "" and not (tmp_path / "missing").exists()
+    code, stdout, stderr = call_main(script, [f"{flag}={tmp_path / 'missing' / 'r.json'}"], capsys)
+    assert code == 2, stdout[-2000:] + stderr[-2000:]
+    assert stderr.strip() == (f"error: {flag} '{tmp_path / 'missing' / 'r.json'}' is in a folder that does "
+                              f"not exist ('{tmp_path / 'missing'}')")
+    assert stdout == "" and not (tmp_path / "missing").exists()
+
+
+def test_a_bench_command_line_refuses_a_bad_flag_in_one_line(tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text('{"earlier": "figures"}\n')
+    done = run_cli("--steps=-1", f"--json={out}", script="bench/cpu.py", timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "error: --steps must be an integer >= 1, got '-1'\n"
+    assert out.read_text() == '{"earlier": "figures"}\n'
 
 
 def test_parser_refuses_in_one_line(capsys):
