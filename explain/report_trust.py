@@ -39,8 +39,8 @@ __all__ = ["CPU_TRUST_IMAGES", "GPU_TRUST_IMAGES", "TRUST_STEPS", "compare_cam_m
 
 # Images the trust figures use by default. Each costs 2 + 4 × (TRUST_STEPS - 1) forwards and a CAM per randomization
 # stage (7 for resnet18_cifar). On the CPU 32: the studentized intervals need at least MIN_IMAGES (12) to hold their
-# 95 % (bench/trust_coverage.py) and a verdict needs them narrow enough to clear the thresholds; with bf16 and
-# channels-last 32 images cost about as much as 12 did in fp32 (bench/trust_speed.py). A GPU does 256 in seconds.
+# 95 % (bench/trust_coverage.py) and a verdict needs them narrow enough to clear the thresholds; 32 take ~5 s on the
+# 2-core development CPU, 7.4x the explain step's CAMs (bench/trust_speed.py). A GPU does 256 in seconds.
 CPU_TRUST_IMAGES = 32
 GPU_TRUST_IMAGES = 256
 TRUST_STEPS = 6  # 7 points per curve: the step resolution matters less than the number of images
