@@ -16,13 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cleanlab.filter
-import cleanlab.rank
 import numpy as np
 import torch
 from torch import Tensor
@@ -39,7 +38,7 @@ FILTER_BY = "prune_by_noise_rate"
 # self_confidence (p(given) alone) also sinks images that fit no class or two classes equally (ambiguous blends,
 # outliers), which no relabelling fixes. cleanlab's documentation recommends it for exactly this case.
 RANK_BY = "normalized_margin"
-METHOD = (f"cleanlab {cleanlab.__version__} find_label_issues(filter_by='{FILTER_BY}') + "
+METHOD = (f"cleanlab {importlib.metadata.version('cleanlab')} find_label_issues(filter_by='{FILTER_BY}') + "
           f"get_label_quality_scores(method='{RANK_BY}')")
 # When are the flags mostly the model's own confusions? Confident learning flags the images where another class beats
 # the given one, and a model that confuses classes flags many even when every label is right: on simulated 10-class
@@ -115,6 +114,15 @@ def probabilities(logits: Tensor, flipped: Tensor | None = None) -> Tensor:
     return mean.softmax(1).cpu()
 
 
+def _cleanlab():
+    """cleanlab, imported when first used: it imports scikit-learn, 1.1 s that every start of train/run.py and
+    explain/run.py (and their one-line refusals of bad flags) would pay otherwise."""
+    import cleanlab.filter
+    import cleanlab.rank
+
+    return cleanlab
+
+
 def _flag(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """cleanlab's flagged set (bool ``[N]``) of ``labels`` under ``probs``, its per-class warnings silenced."""
     with warnings.catch_warnings():
@@ -122,7 +130,7 @@ def _flag(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         warnings.filterwarnings("ignore", message="May not flag all label issues")
         # n_jobs=1: cleanlab's default forks a process pool per call, inside a training process that holds a CUDA
         # context and W&B threads; the per-class work is a sort of that class's images, microseconds at 10 classes
-        return cleanlab.filter.find_label_issues(labels, probs, filter_by=FILTER_BY, n_jobs=1)
+        return _cleanlab().filter.find_label_issues(labels, probs, filter_by=FILTER_BY, n_jobs=1)
 
 
 def without_floor(probs: np.ndarray) -> np.ndarray:
@@ -206,7 +214,7 @@ def find_label_issues(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray, *
     counts = np.bincount(labels, minlength=probs.shape[1])
     single = [int(c) for c in present if counts[c] == 1]
     flagged = _flag(labels, probs)
-    quality = cleanlab.rank.get_label_quality_scores(labels, probs, method=RANK_BY)
+    quality = _cleanlab().rank.get_label_quality_scores(labels, probs, method=RANK_BY)
     where = np.flatnonzero(flagged)
     ranked = where[np.argsort(quality[where], kind="stable")]
     notes = [f"{len(single)} class(es) with a single image cannot be checked (class index "
