@@ -226,3 +226,16 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_nothing_bad(small_f
     assert "epoch 1: the training loss became NaN or infinite at step" in line and "try a lower --lr" in line
     assert not (out / "last.pt").exists() and not (out / "summary.json").exists()
 
+
+def test_weights_that_blow_up_in_the_last_step_fail_the_run(small_folder, tmp_path, capsys):
+    """One step an epoch at lr 1e30: the step's loss is finite (it is computed before the update), the update is not.
+    The run must not end as "finished" with NaN weights and a NaN evaluation loss."""
+    out = tmp_path / "out"
+    code = main(["--data_dir", str(small_folder), "--epochs=1", "--batch_size=120", "--lr=1e30", "--warmup_epochs=0",
+                 "--explain_samples=0", "--label_issues=False", "--out_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = [x for x in err.splitlines() if x.startswith("error: ")][0]
+    assert line.startswith("error: epoch 1: the weights diverged (") and "try a lower --lr" in line, line
+    assert not (out / "best.pt").exists() and not (out / "summary.json").exists()
+

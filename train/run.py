@@ -14,6 +14,7 @@ Bad input exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop c
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import signal
 import sys
@@ -267,6 +268,18 @@ def saved(state: RunState) -> str:
     return ("epoch 1 is saved" if state.epoch == 1 else f"epochs 1-{state.epoch} are saved")
 
 
+def diverged_weights(model: nn.Module, eval_loss: float) -> str:
+    """Why the evaluated weights are unusable, in words, or "" when they are fine: a non-finite evaluation loss, or a
+    non-finite parameter or buffer (a BN running statistic blown up by the last update)."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        return f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+    if not math.isfinite(eval_loss):
+        return f"the evaluation loss is {eval_loss}"
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The epoch loop
 
@@ -286,6 +299,10 @@ def train_epochs(run: Run) -> None:
             for buffer in run.recipe.evaluated.buffers():
                 dist.broadcast(buffer, src=0)
         val = run.recipe.evaluate(run.eval_net, tta=config.tta)
+        diverged = diverged_weights(run.recipe.evaluated, val["loss"])
+        if diverged:  # the training loss is checked per step; the last update can still leave unusable weights
+            raise TrainingError(f"epoch {epoch}: the weights diverged ({diverged}; try a lower --lr); {saved(state)}"
+                                + ("; the last good checkpoint is kept" if state.epoch else ""))
         row, images = epoch_row(epoch, train, val), None
         if run.probes:
             run.probes.observe(run.recipe.evaluated, epoch)
