@@ -33,6 +33,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 ARCHIVE = Path(os.environ.get("CIFAR_JPEG_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
 
 
+@pytest.fixture(autouse=True)
+def stop_signals_put_back():
+    """A test that stops an in-process run leaves SIGINT/SIGTERM ignored (what a stopped program does while it exits,
+    so a second Ctrl-C cannot cut its clean-up short); every program a later test of this worker starts would inherit
+    that and never see its stop. Put back what the test found."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline_wandb(tmp_path_factory):
     """All tests (module and session fixtures too) get private W&B folders and no credentials: runs are offline

@@ -15,7 +15,7 @@ from tests.conftest import CLASSES, run_cli
 from tests.test_data import write_cifar_batches
 from train.checkpoint import FORMAT
 from train.config import Config
-from train.data import load_data
+from train.data import data_fingerprint, load_data
 from train.run import main
 
 SMALL = ["--train_subset=0", "--epochs=1", "--batch_size=40", "--explain_samples=0", "--probe_images=0"]
@@ -49,6 +49,7 @@ def cases(small_folder, tmp_path_factory) -> dict[str, Path]:
     made["empty"] = tmp_path / "empty"
     made["empty"].mkdir()
     train, test = load_data(small_folder)
+    data = data_fingerprint(train, test)  # what this version's checkpoints record of the data
     cifar = tmp_path / "cifar_truncated"
     batch = write_cifar_batches(cifar, train, test) / "data_batch_2"
     batch.write_bytes(batch.read_bytes()[:100])
@@ -70,7 +71,7 @@ def cases(small_folder, tmp_path_factory) -> dict[str, Path]:
     made["text_ckpt"].write_text("not a checkpoint")
     config = Config(data_dir=str(small_folder), batch_size=40, epochs=2, explain_samples=0).to_dict()
     good = {"format": FORMAT, "model": timm.create_model("resnet18_cifar", num_classes=10).state_dict(),
-            "config": config, "epoch": 1, "metrics": {"val/acc": 0.1}, "classes": CLASSES,
+            "config": config, "epoch": 1, "metrics": {"val/acc": 0.1}, "classes": CLASSES, "data": data,
             "optimizer": {}, "scheduler": {}, "rng": {"torch": torch.get_rng_state(), "loader": torch.get_rng_state()},
             "state": {"run_uid": "abc", "epoch": 1, "best_acc": 0.1, "best_epoch": 1, "train_seconds": 1.0,
                       "loop_seconds": 1.0, "train_images": 120, "history": [{"epoch": 1, "val/acc": 0.1}],

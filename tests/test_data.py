@@ -23,6 +23,7 @@ from tests.conftest import CLASSES, REPO
 from train.data import (
     DataError,
     Dataset,
+    _digest,
     balanced_subset,
     decode_image,
     download_cifar10,
@@ -144,6 +145,42 @@ def test_a_cache_that_no_longer_matches_its_data_is_rebuilt(how, small_folder, t
         loaded, _ = load_data(cache.parents[1], download=False)
         assert torch.equal(loaded.labels, truth.labels) and torch.equal(loaded.images, truth.images), cache
         assert torch.equal(torch.load(cache, weights_only=True)["labels"], truth.labels)  # and written again
+
+
+def test_a_file_changed_with_its_size_and_time_kept_is_not_served_from_the_cache(small_folder, tmp_path):
+    """The cache is keyed on the files' content: an image rewritten to the same size with its modification time put
+    back (what a size-and-time key would trust) is decoded again."""
+    root = tmp_path / "copy"
+    shutil.copytree(small_folder, root, ignore=shutil.ignore_patterns(".cache"))
+    first, _ = load_data(root)
+    files = sorted((root / "train" / "airplane").iterdir())
+    path = max(files, key=lambda p: p.stat().st_size)
+    before = path.stat()
+    other = min((root / "train" / "cat").iterdir(), key=lambda p: p.stat().st_size).read_bytes()
+    assert len(other) < before.st_size
+    path.write_bytes(other + b"\0" * (before.st_size - len(other)))  # decoders stop at the end-of-image marker
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    index = first.files.index(path.relative_to(root).as_posix())
+    expected = torch.from_numpy(decode_image(path)[0].copy()).permute(2, 0, 1)
+    assert not torch.equal(expected, first.images[index])
+    changed, _ = load_data(root)
+    assert torch.equal(changed.images[index], expected)
+
+
+def test_a_cache_rewritten_with_a_matching_digest_is_caught_by_the_spot_check(small_folder, tmp_path):
+    """Someone rewrites the cached pixels and stores the digest of the new ones: the key (the files) still matches,
+    the digest too; the spot check decodes a few files again and rebuilds the cache."""
+    root = tmp_path / "copy"
+    shutil.copytree(small_folder, root, ignore=shutil.ignore_patterns(".cache"))
+    truth, _ = load_data(root)
+    cache = root / ".cache" / "train.pt"
+    blob = torch.load(cache, weights_only=True)
+    images = 255 - blob["images"]
+    torch.save({**blob, "images": images, "digest": _digest(images, blob["labels"])}, cache)
+    loaded, _ = load_data(root)
+    assert torch.equal(loaded.images, truth.images)
+    assert torch.equal(torch.load(cache, weights_only=True)["images"], truth.images)  # and written again
 
 
 def test_fifos_among_the_images_are_skipped_with_a_warning_not_read(small_folder, tmp_path):

@@ -332,3 +332,50 @@ def test_a_stop_that_lands_while_the_stop_block_exits_is_not_raised(monkeypatch)
     assert sent and signal.getsignal(signal.SIGTERM) is before  # the stop landed, nothing escaped, handlers restored
     with pytest.raises(Stopped), stops_raise():  # and inside the block a stop still stops it
         signal.raise_signal(signal.SIGTERM)
+
+
+def test_resume_refuses_data_that_changed_under_the_run(small_folder, tmp_path, capsys):
+    """Swapping two class folders keeps the class list but exchanges the labels: resume must refuse it (and images
+    added or edited), name what changed, touch nothing; the same data moved to another path still resumes."""
+    from train.run import main
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(small_folder, data, ignore=shutil.ignore_patterns(".cache"))
+    proc = start(*flags(data, epochs=5, wandb_mode="disabled"), "--out_dir", str(out))
+    _, stderr = stop_after(proc, "epoch 1/5")  # a loaded machine may finish another epoch before the stop lands
+    assert proc.returncode == 0 and torch.load(out / "last.pt", weights_only=True)["epoch"] < 5, stderr[-2000:]
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def resume_fails(expected: str) -> None:
+        assert main(["--resume", str(out / "last.pt")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (f"error: checkpoint {str(out / 'last.pt')!r} cannot be resumed: the data changed since it "
+                           f"was saved ({expected}); resume on the data it was trained on, or start a new run"), err
+        assert kept == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def swap(a: str, b: str) -> None:
+        for split in ("train", "test"):
+            (data / split / a).rename(data / split / "tmp")
+            (data / split / b).rename(data / split / a)
+            (data / split / "tmp").rename(data / split / b)
+
+    swap("cat", "dog")
+    resume_fails("'cat' now holds the images 'dog' had; 'dog' now holds the images 'cat' had")
+    swap("cat", "dog")
+    extra = data / "train" / "dog" / "extra.jpg"
+    shutil.copy(next((data / "train" / "cat").iterdir()), extra)
+    n = len(list((data / "train" / "dog").iterdir()))
+    resume_fails(f"'dog': images train {n - 1} -> {n}")
+    extra.unlink()
+    edited = sorted((data / "test" / "ship").iterdir())[0]
+    original = edited.read_bytes()
+    from PIL import Image
+
+    with Image.open(edited) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(edited, quality=95)
+    resume_fails("'ship': images edited (same counts)")
+    edited.write_bytes(original)
+    data.rename(tmp_path / "moved")  # the same images elsewhere: the checkpoint's data_dir must hold them, so link it
+    data.symlink_to(tmp_path / "moved")
+    assert main(["--resume", str(out / "last.pt")]) == 0, capsys.readouterr().err[-2000:]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 5

@@ -55,7 +55,7 @@ from explain.report import check_cam_settings, explain_model, explain_summary, w
 from explain.report_labels import LABEL_KEYS
 from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, unwrap
 from train.config import Config, ConfigError, one_line, parse_args
-from train.data import DataError, Dataset, balanced_subset, load_data
+from train.data import DataError, Dataset, balanced_subset, data_fingerprint, load_data
 from train.engine import (
     NonFiniteLossError,
     Recipe,
@@ -74,6 +74,7 @@ from train.state import (
     RunError,
     RunState,
     check_classes,
+    check_data,
     find_last_checkpoint,
     resume_config,
     resume_state,
@@ -139,6 +140,7 @@ class Run:
     rank: int
     world_size: int
     first_epoch: int  # the first epoch this process trains (under --compile it compiles)
+    data: dict[str, dict[str, Any]]  # per class: train/test counts and a digest (train.data.data_fingerprint)
     phase: str = "start-up"  # what a stop interrupts: "start-up", "epoch N", "explain", "finish", "closing"
 
     def say(self, *args: Any) -> None:
@@ -159,8 +161,10 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
 
     # ---- data: decoded once, resident on the device ----
     train_set, test_set = load_data(config.data_dir)
-    if checkpoint:  # a renamed class folder would make the resumed labels mean other classes
+    data = data_fingerprint(train_set, test_set)
+    if checkpoint:  # a renamed or swapped class folder would make the resumed labels mean other classes
         check_classes(checkpoint["classes"], train_set.classes, config.resume)
+        check_data(checkpoint.get("data"), data, config.resume)
     for note in train_set.notes + test_set.notes if rank == 0 else []:
         print(note, file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
@@ -203,7 +207,7 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
                           f"{getattr(config, key)!r}; put ${{args}} in the sweep's command")
     state.wandb_run_id = tracker.id or state.wandb_run_id
     run = Run(config, state, out_dir, device, train_set, test_set, test_indices, recipe, net, eval_net, tracker,
-              probes, rank, world_size, first_epoch=state.epoch + 1)
+              probes, rank, world_size, first_epoch=state.epoch + 1, data=data)
     start_stream(run)
     return run
 
@@ -258,7 +262,7 @@ def model_checkpoint(run: Run) -> dict[str, Any]:
     epoch's metrics (``best.pt``)."""
     return {"model": unwrap(run.recipe.evaluated).state_dict(), "config": run.config.to_dict(),
             "epoch": run.state.epoch, "metrics": run.state.history[-1], "classes": run.train_set.classes,
-            "run_uid": run.state.run_uid}
+            "run_uid": run.state.run_uid, "data": run.data}
 
 
 def saved(state: RunState) -> str:

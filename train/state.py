@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import sys
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,7 +32,7 @@ except ImportError:  # Windows: no advisory locks; out_dir is then not protected
     fcntl = None
 
 __all__ = ["RESUME_OVERRIDABLE", "CheckpointFolderLock", "NothingToResume", "OutDir", "RunError", "RunState",
-           "check_classes", "find_last_checkpoint", "resume_config", "resume_state"]
+           "check_classes", "check_data", "find_last_checkpoint", "resume_config", "resume_state"]
 
 # What a resumed run may change; everything else (data, model, schedule, seed, probes) is the checkpoint's.
 RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_size", "out_dir", "wandb_mode",
@@ -186,6 +187,39 @@ def check_classes(stored: list[str], classes: list[str], source: str) -> None:
         changes = [f"the same names in another order: class {i} was {stored[i]!r}, is now {classes[i]!r}"]
     raise CheckpointError(f"checkpoint {source!r} cannot be resumed: the data's classes differ from the checkpoint's "
                           f"({'; '.join(changes)}); resume on the data it was trained on, or start a new run")
+
+
+def check_data(stored: Any, data: dict[str, dict[str, Any]], source: str) -> None:
+    """Refuse to resume onto data whose images differ from what the checkpoint trained on (its per-class fingerprint,
+    :func:`train.data.data_fingerprint`): two class folders swapped keep the class list but exchange the labels,
+    and images added, removed or edited change the run's data under it.
+
+    A checkpoint written before fingerprints existed (no ``data``) is resumed with a warning.
+
+    Raises:
+        CheckpointError: one line saying which classes changed and how.
+    """
+    if not isinstance(stored, dict):
+        print(f"warning: checkpoint {source!r} records no fingerprint of its data (written by an older version): "
+              "resuming without checking that the images are the ones it trained on", file=sys.stderr, flush=True)
+        return
+    owner = {entry.get("digest"): name for name, entry in stored.items() if isinstance(entry, dict)}
+    changes = []
+    for name, entry in data.items():
+        old = stored.get(name)
+        if not isinstance(old, dict) or old.get("digest") == entry["digest"]:
+            continue
+        if owner.get(entry["digest"]) not in (None, name):
+            changes.append(f"{name!r} now holds the images {owner[entry['digest']]!r} had")
+            continue
+        counts = [f"{split} {old.get(split)} -> {entry[split]}" for split in ("train", "test")
+                  if old.get(split) != entry[split]]
+        changes.append(f"{name!r}: " + (f"images {', '.join(counts)}" if counts else "images edited (same counts)"))
+    if changes:
+        more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+        raise CheckpointError(f"checkpoint {source!r} cannot be resumed: the data changed since it was saved "
+                              f"({'; '.join(changes[:4])}{more}); resume on the data it was trained on, or start a "
+                              "new run")
 
 
 def resume_state(checkpoint: dict[str, Any] | None, source: str) -> RunState:
