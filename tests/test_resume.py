@@ -379,3 +379,40 @@ def test_resume_refuses_data_that_changed_under_the_run(small_folder, tmp_path, 
     data.symlink_to(tmp_path / "moved")
     assert main(["--resume", str(out / "last.pt")]) == 0, capsys.readouterr().err[-2000:]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 5
+
+
+def test_runs_started_at_the_same_moment_on_one_folder_name_the_one_that_holds_it(tmp_path):
+    """Two starts racing on a new --out_dir: one holds it, the other is told which process does — never "is not
+    writable (File exists)" from losing the race to create the folder, nor "process unknown" from reading the lock
+    before the holder wrote its pid. Threads stand in for processes (a lock file opened twice conflicts the same
+    way); a short switch interval makes them interleave inside open()."""
+    import threading
+
+    from train.state import OutDir, RunError
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    errors: list[str] = []
+    try:
+        for i in range(150):
+            path, barrier, held = tmp_path / f"r{i}" / "runs" / "x", threading.Barrier(2), []
+
+            def start_run(path=path, barrier=barrier, held=held) -> None:
+                barrier.wait()
+                try:
+                    held.append(OutDir(path, "uid", resuming=False).open())
+                except RunError as exc:
+                    errors.append(str(exc))
+
+            threads = [threading.Thread(target=start_run) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(held) == 1, errors[-1:]
+            held[0].close()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(errors) == 150
+    assert all(e.startswith("--out_dir ") and e.endswith(f"is in use by process {os.getpid()}") for e in errors), \
+        sorted(set(errors))[:3]

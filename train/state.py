@@ -15,6 +15,7 @@ import errno
 import math
 import os
 import sys
+import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -234,8 +235,13 @@ def _lock(file: IO[str]) -> str | None:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            file.seek(0)
-            return file.read().strip() or "unknown"
+            for _ in range(20):  # the holder writes its pid just after locking: wait up to ~1 s for it
+                file.seek(0)
+                holder = file.read().strip()
+                if holder:
+                    return holder
+                time.sleep(0.05)
+            return "unknown"
     if file.writable():
         file.seek(0)
         file.truncate()
@@ -312,7 +318,12 @@ class OutDir:
                 raise RunError(f"--out_dir {name!r} is a file, not a folder")
             for parent in reversed([self.path, *self.path.parents]):
                 if not parent.exists():
-                    parent.mkdir()
+                    try:
+                        parent.mkdir()
+                    except FileExistsError:  # another run made it since exists(): the lock below decides who runs
+                        if not parent.is_dir():
+                            raise
+                        continue
                     self._created.append(parent)
             self._lock_file = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115  (held until close())
         except OSError as exc:
