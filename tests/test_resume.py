@@ -150,18 +150,36 @@ def test_a_stop_during_start_up_is_clean(sig, small_folder, tmp_path):
     assert "Traceback" not in stderr and not out.exists()
 
 
-def test_a_stop_during_the_explain_step_finishes_the_wandb_run(small_folder, tmp_path):
+def test_a_stop_during_the_explain_step_finishes_the_wandb_run_and_resume_finishes_the_run(small_folder, tmp_path):
+    """A pre-emptible job re-running its command with --resume auto after a stop in the explain step gets the run
+    finished (explain outputs, summary.json, the W&B run), not "nothing to resume"; after that, nothing is left."""
     out = tmp_path / "out"
-    proc = start(*flags(small_folder, epochs=1), "--explain_samples=64", "--cam_method=scorecam", "--out_dir",
-                 str(out))
+    args = [*flags(small_folder, epochs=1), "--explain_samples=64", "--out_dir", str(out)]
+    proc = start(*args, "--cam_method=scorecam")
     _, stderr = stop_after(proc, "epoch 1/1")
     assert proc.returncode == 0, stderr[-2000:]
-    assert "stopped: SIGTERM during the explain step: epoch 1 is saved; explain the model with python " \
-           f"explain/run.py --checkpoint {out / 'best.pt'}" in stderr
-    assert "Traceback" not in stderr
+    assert f"stopped: SIGTERM during the explain step: epoch 1 is saved; finish the run with --resume " \
+           f"{out / 'last.pt'}" in stderr
+    assert "Traceback" not in stderr and not (out / "summary.json").exists()
     saved = torch.load(out / "last.pt", weights_only=True)
     state = wandb_summary(wandb_parts(saved["state"]["wandb_run_id"])[0])
     assert state["exit_code"] == 128 + signal.SIGTERM
+
+    again = start(*args, "--resume=auto", "--cam_method=gradcam")  # the same command as a scheduler re-runs it
+    # (with Grad-CAM: quicker than Score-CAM)
+    stdout, stderr = communicate(again)
+    assert again.returncode == 0, stderr[-2000:]
+    assert f"resuming {out / 'last.pt'}: epoch 1 is saved; its finish (explain step, summary.json, W&B model) was " \
+           "cut short: finishing it" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["explain"]["explained"] > 0 and (out / "gradcam.png").is_file()
+    parts = wandb_parts(saved["state"]["wandb_run_id"])
+    assert len(parts) == 2 and wandb_summary(parts[-1])["exit_code"] == 0
+    rows = history(wandb_records(parts[-1]))
+    assert [row["epoch"] for row in rows if "train/loss" in row] == [1]  # the epoch once, not trained again
+    last = start(*args, "--resume=auto")
+    stdout, _ = communicate(last)
+    assert last.returncode == 0 and "nothing to resume" in stdout
 
 
 def test_a_stop_while_finishing_says_what_was_kept(small_folder, tmp_path):
@@ -169,7 +187,8 @@ def test_a_stop_while_finishing_says_what_was_kept(small_folder, tmp_path):
     proc = start(*flags(small_folder, epochs=1), "--out_dir", str(out))  # no explain step: the finish follows
     _, stderr = stop_after(proc, "epoch 1/1")
     assert proc.returncode == 0, stderr[-2000:]
-    assert "stopped: SIGTERM while finishing: epoch 1 is saved" in stderr and "Traceback" not in stderr, stderr
+    assert f"stopped: SIGTERM while finishing: epoch 1 is saved; summary.json was not written; finish the run with " \
+           f"--resume {out / 'last.pt'}" in stderr and "Traceback" not in stderr, stderr
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1 and not (out / ".lock").exists()
 
 

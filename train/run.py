@@ -423,13 +423,12 @@ def stop_message(run: Run | None, state: RunState, resumed: str) -> str:
         resume = f"; resume with --resume {last}" if state.epoch else ""
         return f"during {phase}: that epoch was abandoned; {saved(state)}{resume}"
     if phase == "explain":
-        return (f"during the explain step: {saved(state)}; explain the model with "
-                f"python explain/run.py --checkpoint {run.out_dir / 'best.pt'}")
+        return f"during the explain step: {saved(state)}; finish the run with --resume {last}"
     if phase == "closing":
         return f"while closing the W&B run: {saved(state)} and summary.json is written; the run is complete"
     if phase == "ended":
         return "after the run ended; nothing was lost"
-    return f"while finishing: {saved(state)}; summary.json was not written"
+    return f"while finishing: {saved(state)}; summary.json was not written; finish the run with --resume {last}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -457,8 +456,9 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
         config, checkpoint = resume_config(config, given)
         state = resume_state(checkpoint, config.resume)
         if checkpoint is not None and rank == 0:
-            print(f"resuming {config.resume}: {saved(state)}; continuing at epoch {state.epoch + 1} of "
-                  f"{config.epochs}", flush=True)
+            print(f"resuming {config.resume}: {saved(state)}; " + (
+                f"continuing at epoch {state.epoch + 1} of {config.epochs}" if state.epoch < config.epochs else
+                "its finish (explain step, summary.json, W&B model) was cut short: finishing it"), flush=True)
         config.run_name = config.run_name or agree(time.strftime("%Y%m%d-%H%M%S"))
         config.out_dir = config.out_dir or str(Path("runs") / config.run_name)
         check_model_name(config.model)

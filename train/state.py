@@ -47,7 +47,7 @@ class RunError(ValueError):
 
 
 class NothingToResume(Exception):  # noqa: N818  (not an error: the program says so and exits 0)
-    """``--resume`` of a run that already finished all its epochs."""
+    """``--resume`` of a run that already finished all its epochs and wrote its ``summary.json``."""
 
 
 def _number(value: Any) -> bool:
@@ -131,7 +131,8 @@ def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, An
     Raises:
         CheckpointError: the file cannot be resumed (not a ``last.pt``, damaged).
         ConfigError: a flag that may not change differs from the checkpoint's.
-        NothingToResume: the run already finished all its epochs.
+        NothingToResume: the run already finished: all its epochs, and its finish (the explain step,
+            ``summary.json``). A run stopped after its last epoch but before ``summary.json`` resumes to finish.
     """
     if not config.resume:
         return config, None
@@ -154,7 +155,7 @@ def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, An
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {config.resume!r} has an unusable config ({exc})") from None
     state = RunState.from_dict(checkpoint["state"], config.resume)
-    if state.epoch >= resumed.epochs:
+    if state.epoch >= resumed.epochs and (Path(config.resume).parent / "summary.json").is_file():
         raise NothingToResume(f"nothing to resume: {config.resume} finished all {resumed.epochs} epochs "
                               f"(test acc {checkpoint['metrics'].get('val/acc', float('nan')):.4f}); nothing was "
                               f"changed")
