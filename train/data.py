@@ -599,9 +599,10 @@ def _load_image_folders(root: Path) -> tuple[Dataset, Dataset]:
 def _folder_split(root: Path, split: str, files: list[tuple[Path, int]], classes: list[str]) -> Dataset:
     """The images ``files`` (``(path, label)``) of ``root/split``, decoded or from the cache, with their ``files``."""
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    dataset = _cached(root / ".cache" / f"{split}.pt", _fingerprint(classes, [path for path, _ in files]),
+    paths = [path for path, _ in files]
+    dataset = _cached(root / ".cache" / f"{split}.pt", _fingerprint(classes, paths),
                       lambda: _read_image_folder(root / split, files, classes), classes, labels,
-                      spot_check=lambda images: _decodes_to(images, [path for path, _ in files]))
+                      spot_check=lambda images: _decodes_to(images, paths))
     dataset.files = [path.relative_to(root).as_posix() for path, _ in files]  # the cache key's order
     return dataset
 
