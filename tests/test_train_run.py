@@ -52,7 +52,8 @@ def test_checkpoints_load_safely_and_best_holds_only_the_model(trained):
     assert last["epoch"] == 2 and last["state"]["epoch"] == 2 and len(last["state"]["history"]) == 2
     assert last["config"]["lr"] == pytest.approx(0.0390625) and last["config"]["warmup_epochs"] == pytest.approx(0.4)
     best = torch.load(out / "best.pt", weights_only=True)
-    assert set(best) == {"format", "model", "config", "epoch", "metrics", "classes", "run_uid"}
+    assert set(best) == {"format", "model", "config", "epoch", "metrics", "classes", "run_uid", "data"}
+    assert best["data"] == last["data"] and set(best["data"]) == set(best["classes"])  # the data it was trained on
     assert (out / "best.pt").stat().st_size < 0.6 * (out / "last.pt").stat().st_size  # no optimizer state
     model = timm.create_model(best["config"]["model"], num_classes=len(best["classes"]))
     model.load_state_dict(best["model"])
