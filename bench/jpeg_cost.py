@@ -27,6 +27,7 @@ import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from bench import common
+from train.config import resolve
 from train.data import DataError, load_data
 from train.engine import build_recipe
 from train.loader import DeviceLoader
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         check_twins(sets)
     except DataError as exc:
         common.fail(str(exc))
+    resolve(config, len(sets["png"]["train"]))  # an unset --batch_size is fitted to the training set, as in a run
     name = common.machine(device)["device"]
     print(f"JPEG cost on {name}: {len(sets['png']['train']):,} train / {len(sets['png']['test']):,} test images, "
           f"{config.epochs} epochs, batch {config.batch_size}, seeds {','.join(map(str, own.seeds))}", flush=True)

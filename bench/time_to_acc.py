@@ -30,7 +30,7 @@ import torch
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from bench import common
-from train.config import Config
+from train.config import Config, resolve
 from train.data import DataError, balanced_subset, load_data
 from train.engine import build_recipe, compile_overhead
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         common.fail(str(exc))
     train_set = train_set.subset(balanced_subset(train_set.labels, config.train_subset, config.seed))
     test_set = test_set.subset(balanced_subset(test_set.labels, config.test_subset, config.seed))
+    resolve(config, len(train_set))  # an unset --batch_size is fitted to the training set, as train/run.py does
     name = common.machine(device)["device"]
     print(f"{config.model} on {name}: {len(train_set):,} train / {len(test_set):,} test images, target "
           f"{own.target:.4f}, {config.epochs} epochs max, batch {config.batch_size}, lr {config.lr}", flush=True)

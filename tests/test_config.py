@@ -12,7 +12,16 @@ import pytest
 from explain.run import parse_args as explain_parse_args
 from explain.run import parser as explain_parser
 from tests.conftest import REPO, run_cli
-from train.config import Config, ConfigError, config_from_dict, field_help, parse_args, train_parser
+from train.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    field_help,
+    fitted_batch,
+    parse_args,
+    resolve,
+    train_parser,
+)
 from train.run import main
 
 # A valid, non-default value for every flag, as the user would type it, and what it parses to.
@@ -97,10 +106,27 @@ def test_booleans(text, expected):
 
 def test_lr_scales_with_the_batch_unless_given():
     config, given = parse_args([])
-    assert config.lr == pytest.approx(0.4) and config.batch_size == 512 and "lr" not in given
+    assert config.lr is None and config.batch_size is None and "lr" not in given  # fitted once the data is known
+    resolve(config, 50_000)
+    assert config.batch_size == 512 and config.lr == pytest.approx(0.4)
     assert parse_args(["--batch_size=128"])[0].lr == pytest.approx(0.1)
     assert parse_args(["--batch_size=64", "--lr_base=0.2", "--lr_base_size=256"])[0].lr == pytest.approx(0.05)
     assert parse_args(["--batch_size=64", "--lr=0.3"])[0].lr == 0.3  # an explicit lr wins
+
+
+@pytest.mark.parametrize("images", [64, 1_000, 3_000, 10_000, 24_575, 24_576, 50_000, 10**6])
+def test_the_default_batch_gives_small_training_sets_enough_steps(images):
+    batch = fitted_batch(images)
+    assert 32 <= batch <= 512 and batch & (batch - 1) == 0
+    assert batch == 32 or images // batch >= 48  # enough steps an epoch, or as small as it goes
+    assert batch == 512 or images // (2 * batch) < 48  # and no smaller than needed: twice it had too few steps
+    for world in (2, 3, 8):  # under torchrun the global batch splits evenly over the processes
+        assert fitted_batch(images, world) % world == 0
+
+
+def test_an_explicit_batch_is_never_fitted():
+    config, _ = parse_args(["--batch_size=512"])
+    assert resolve(config, 1_000).batch_size == 512 and config.lr == pytest.approx(0.4)
 
 
 def test_warmup_is_a_fifth_of_the_run_unless_given():

@@ -132,3 +132,19 @@ def test_ruff_stays_clean_beside_a_run_folder(trained, tmp_path):
     shutil.copytree(trained["run_dir"], tmp_path / "wandb" / trained["run_dir"].name)
     result = subprocess.run(["ruff", "check", "--no-cache", "."], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_the_default_batch_is_fitted_to_a_small_training_set_and_recorded(cifar_subset, tmp_path):
+    """Issue 28 item 9: at the default batch of 512 a 200-image epoch would be no step at all (and 3,000 images, 5
+    steps at lr 0.4, diverged: bench/results/small_data.json); without --batch_size the run fits it and W&B, the
+    checkpoint and the start line say what trained."""
+    out = tmp_path / "out"
+    done = run_cli("--data_dir", str(cifar_subset), "--train_subset=200", "--test_subset=100", "--epochs=1",
+                   "--explain_samples=0", "--probe_images=0", f"--out_dir={out}", "--wandb_mode=offline",
+                   env={"WANDB_DIR": str(tmp_path)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = torch.load(out / "best.pt", weights_only=True)["config"]
+    assert config["batch_size"] == 32 and config["lr"] == pytest.approx(0.025)  # 6 steps, lr scaled with it
+    assert "lr 0.025," in done.stdout
+    logged = wandb_summary(json.loads((out / "summary.json").read_text())["wandb_run_dir"])["config"]
+    assert logged["batch_size"] == 32 and logged["lr"] == pytest.approx(0.025)

@@ -63,8 +63,9 @@ class Config:
     # ---- optimisation: SGD-Nesterov, linear warm-up then linear decay, label smoothing -----------------------------
     epochs: int = 20
     """Passes over the training set."""
-    batch_size: int = 512
-    """Images per optimizer step (the global batch under torchrun)."""
+    batch_size: int | None = None
+    """Images per optimizer step (the global batch under torchrun); unset = 512, halved (not below 32) until an epoch
+    of the training set takes at least 48 steps."""
     lr: float | None = None
     """Peak learning rate; unset = lr_base * batch_size / lr_base_size (0.4 at the default batch of 512)."""
     lr_base: float = 0.1
@@ -139,6 +140,7 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+DEFAULT_BATCH, MIN_BATCH, MIN_STEPS = 512, 32, 48  # the default batch, fitted to small training sets (fitted_batch)
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_NAME_BYTES = 200  # a run name becomes a folder name (255 bytes on most file systems, W&B adds to it)
 MAX_PROBES = 100  # each is a W&B image per epoch and a row of probes.png
@@ -226,7 +228,7 @@ def _validate(config: Config) -> Config:
     """Check ranges and choices; raise :class:`ConfigError` naming the flag."""
     checks = [
         ("epochs", config.epochs >= 1, "must be >= 1"),
-        ("batch_size", config.batch_size >= 1, "must be >= 1"),
+        ("batch_size", config.batch_size is None or config.batch_size >= 1, "must be >= 1"),
         ("eval_batch_size", config.eval_batch_size >= 1, "must be >= 1"),
         ("lr", config.lr is None or config.lr > 0, "must be > 0"),
         ("lr_base", config.lr_base > 0, "must be > 0"),
@@ -290,11 +292,24 @@ def _plain_name(name: str) -> bool:
                         and not any(c in name for c in "/\\\x00"))
 
 
-def resolve(config: Config) -> Config:
-    """Fill the settings derived from others when not given: ``lr`` (linear scaling rule, as timm's ``lr_base``)
-    and ``warmup_epochs`` (a fifth of the run, so a short run still warms up and decays). W&B and the checkpoints
-    record the resolved values."""
-    if config.lr is None:
+def fitted_batch(train_images: int, world_size: int = 1) -> int:
+    """The default ``batch_size`` for a training set of ``train_images``: DEFAULT_BATCH, halved down to MIN_BATCH
+    until an epoch takes at least MIN_STEPS steps (a multiple of ``world_size``). At 512 a 3,000-image epoch is 6
+    steps at lr 0.4 and the run diverges; at 32 it is 93 steps at lr 0.025 (README, BENCHMARKS.md "small data")."""
+    batch = DEFAULT_BATCH
+    while batch > MIN_BATCH and train_images < MIN_STEPS * batch:
+        batch //= 2
+    return max(world_size, batch - batch % world_size)
+
+
+def resolve(config: Config, train_images: int | None = None, world_size: int = 1) -> Config:
+    """Fill the settings derived from others when not given: ``batch_size`` (:func:`fitted_batch`, once the training
+    set's size is known: until then it and an unset ``lr`` stay None), ``lr`` (linear scaling rule, as timm's
+    ``lr_base``) and ``warmup_epochs`` (a fifth of the run, so a short run still warms up and decays). W&B and the
+    checkpoints record the resolved values."""
+    if config.batch_size is None and train_images is not None:
+        config.batch_size = fitted_batch(train_images, world_size)
+    if config.lr is None and config.batch_size is not None:
         config.lr = config.lr_base * config.batch_size / config.lr_base_size
     if config.warmup_epochs is None:
         config.warmup_epochs = 0.2 * config.epochs

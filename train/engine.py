@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from train.checkpoint import unwrap
-from train.config import Config, ConfigError
+from train.config import Config, ConfigError, resolve
 from train.data import Dataset
 from train.loader import DeviceLoader
 
@@ -149,7 +149,9 @@ def build_recipe(config: Config, train_set: Dataset, test_set: Dataset, device: 
     NHWC gives cuDNN and oneDNN their fastest convolutions), fused SGD, the per-batch schedule, the losses and, with
     ``config.ema``, an EMA of the weights (timm's ``ModelEmaV3``, its decay ramped up by timm's warm-up and capped at
     ``config.ema``: a fixed 0.999 would still hold 14 % of the random initialization after the default run's 1,940
-    steps)."""
+    steps). An unset ``batch_size`` (and the ``lr`` scaled from it) is fitted to ``train_set`` here
+    (:func:`train.config.fitted_batch`), so ``config`` then holds what trains."""
+    resolve(config, len(train_set), world_size)
     train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
                                 seed=config.seed, rank=rank, world_size=world_size)
     test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False, rank=rank,
