@@ -294,8 +294,9 @@ def _plain_name(name: str) -> bool:
 
 def fitted_batch(train_images: int, world_size: int = 1) -> int:
     """The default ``batch_size`` for a training set of ``train_images``: DEFAULT_BATCH, halved down to MIN_BATCH
-    until an epoch takes at least MIN_STEPS steps (a multiple of ``world_size``). At 512 a 3,000-image epoch is 6
-    steps at lr 0.4 and the run diverges; at 32 it is 93 steps at lr 0.025 (README, BENCHMARKS.md "small data")."""
+    until an epoch takes at least MIN_STEPS steps (a multiple of ``world_size``). At 512 a 3,000-image epoch is 5
+    steps at lr 0.4 and the run diverges; at 32 it is 93 steps at lr 0.025 (BENCHMARKS.md, "The default batch on
+    small data")."""
     batch = DEFAULT_BATCH
     while batch > MIN_BATCH and train_images < MIN_STEPS * batch:
         batch //= 2
