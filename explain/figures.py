@@ -7,6 +7,7 @@ Every figure is built from plain arrays and numbers (uint8 pictures, captions, c
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["ALPHA", "COLORMAP", "DPI", "MAX_MATRIX_CLASSES", "PNG_ROWS", "SCALE", "cam_grid_figure",
+__all__ = ["ALPHA", "COLORMAP", "DPI", "MAX_MATRIX_CLASSES", "PAGE_HEIGHT", "PNG_ROWS", "SCALE", "cam_grid_figure",
            "cam_methods_figure", "confusion_figure", "faithfulness_figure", "images_figure", "label_issues_figure",
-           "misclassified_figure", "most_confused_classes", "probes_figure", "sanity_figure", "tile_figure", "upscale"]
+           "misclassified_figure", "most_confused_classes", "page_paths", "probes_figure", "sanity_figure",
+           "save_pages", "tile_figure", "tile_pages", "upscale"]
 
 SCALE = 4  # display upscaling of the overlays (nearest neighbour): 32×32 → 128×128
 DPI = 100  # of the PNG files
@@ -28,6 +30,7 @@ COLORMAP = "jet"  # of every CAM overlay (the reports draw them with it, the col
 ALPHA = 0.5  # weight of the heat layer in the overlays
 PNG_ROWS = 64  # mistakes drawn in misclassified.png and the CAM grid (the W&B table holds all of them)
 MAX_MATRIX_CLASSES = 50  # classes drawn in confusion_matrix.png: the most confused ones beyond this
+PAGE_HEIGHT = 900  # px: a long grid is split into pages of at most this height (a laptop screen shows one 1:1)
 RIGHT, WRONG = "tab:green", "tab:red"
 
 def upscale(picture: np.ndarray, scale: int = SCALE) -> np.ndarray:
@@ -91,19 +94,60 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1,
     return fig
 
 
-def misclassified_figure(rows: list[dict[str, Any]], mistakes: int) -> Figure:
-    """The mistakes (the first :data:`PNG_ROWS`) in a grid, captioned with true class (black) and prediction (red)."""
+def _grid_geometry(cells: list[Cell], notes: list[tuple[str, str]], colorbar: str | None) -> tuple[int, int]:
+    """A grid's top margin and the height of one of its rows, in pixels (as :func:`tile_figure` lays them out)."""
+    height = next(cell for cell in cells if cell)[0].shape[0]
+    band = CAPTION_LINE * max(len(cell[1]) for cell in cells if cell) + 4
+    top = 40 + NOTE_LINE * len(notes) + (34 if colorbar else 12)
+    return top, band + height + 20
+
+
+def tile_pages(cells: list[Cell], cols: int, title: str, group: int = 1, notes: list[tuple[str, str]] = (),
+               colorbar: str | None = None, page_height: int = PAGE_HEIGHT) -> list[Figure]:
+    """:func:`tile_figure`, split into pages of whole rows, each at most ``page_height`` pixels tall (at least one
+    row a page) and titled "page k of n" when there are several: a 64-mistake CAM grid on one page was 4,400 px
+    tall, unreadable when fitted to a screen."""
+    if not any(cells):
+        return [tile_figure(cells, cols, title, group, notes, colorbar)]
+    top, row = _grid_geometry(cells, list(notes), colorbar)
+    per_page = cols * max(1, (page_height - top) // row)
+    chunks = [cells[i:i + per_page] for i in range(0, len(cells), per_page)]
+    return [tile_figure(chunk, cols, title + (f" (page {k} of {len(chunks)})" if len(chunks) > 1 else ""), group,
+                        notes, colorbar) for k, chunk in enumerate(chunks, 1)]
+
+
+def page_paths(path: Path, pages: int) -> list[Path]:
+    """Where the pages of a picture go: ``gradcam.png``, then ``gradcam-2.png``, ``gradcam-3.png``, ..."""
+    return [path] + [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(2, pages + 1)]
+
+
+def save_pages(pages: list[Figure], path: str | Path) -> list[str]:
+    """Save the pages (:func:`page_paths`) and remove any later page an earlier run left under the same name (a
+    finish redone by ``--resume``); returns the files written, the first one ``path``."""
+    paths = page_paths(Path(path), len(pages))
+    for page, file in zip(pages, paths, strict=True):
+        page.savefig(file, dpi=DPI)
+    k = len(pages) + 1
+    while (stale := page_paths(Path(path), k)[-1]).is_file():
+        stale.unlink()
+        k += 1
+    return [str(file) for file in paths]
+
+
+def misclassified_figure(rows: list[dict[str, Any]], mistakes: int) -> list[Figure]:
+    """The mistakes (the first :data:`PNG_ROWS`) in a grid, captioned with true class (black) and prediction (red);
+    pages of :data:`PAGE_HEIGHT`."""
     rows = rows[:PNG_ROWS]
     cells = [(upscale(row["image"]), [(f"true: {row['true']}", "black"),
                                       (f"pred: {row['pred']} {row['confidence']:.2f}", "tab:red")]) for row in rows]
     title = f"{len(rows)} most confident mistakes (of {mistakes})" if rows else f"no mistakes shown (of {mistakes})"
-    return tile_figure(cells, min(8, len(rows)), title)
+    return tile_pages(cells, min(8, len(rows)), title)
 
 
-def cam_grid_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -> Figure:
+def cam_grid_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -> list[Figure]:
     """The CAMs of the mistakes (the first :data:`PNG_ROWS`), read row by row like ``misclassified.png``: each
     mistake a triple image | CAM of the prediction | CAM of the true class, :data:`CAM_TRIPLES` triples a row, one
-    colour bar."""
+    colour bar; pages of :data:`PAGE_HEIGHT`."""
     rows = rows[:PNG_ROWS]
     cells: list[Cell] = []
     for row in rows:
@@ -114,10 +158,10 @@ def cam_grid_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) 
             (row["gradcam_true"], [("CAM of true", RIGHT), (f"{true} {row['p_true']:.2f}", RIGHT)]),
         ]
     if not rows:
-        return tile_figure([], 1, "no misclassified images to explain")
+        return [tile_figure([], 1, "no misclassified images to explain")]
     title = f"{method} on {'+'.join(layers)}: the {len(rows)} most confident mistakes"
     notes = [("each mistake: image | CAM of the predicted class | CAM of the true class", "black")]
-    return tile_figure(cells, 3 * min(CAM_TRIPLES, len(rows)), title, group=3, notes=notes, colorbar=COLORMAP)
+    return tile_pages(cells, 3 * min(CAM_TRIPLES, len(rows)), title, group=3, notes=notes, colorbar=COLORMAP)
 
 
 def most_confused_classes(counts: Tensor, limit: int = MAX_MATRIX_CLASSES) -> Tensor:
@@ -260,9 +304,10 @@ def sanity_figure(pictures: np.ndarray, overlays: list[np.ndarray], stages: list
 
 
 def probes_figure(rows: list[list[tuple[np.ndarray, int, str, float, bool]]], pictures: np.ndarray,
-                  labels: list[str]) -> Figure:
+                  labels: list[str]) -> list[Figure]:
     """Probe images (rows): the plain image, then per shown epoch the CAM of the true class with the epoch's
-    predicted class and ``p_true``, green when the prediction is right, red when wrong.
+    predicted class and ``p_true``, green when the prediction is right, red when wrong; pages of
+    :data:`PAGE_HEIGHT`.
 
     Args:
         rows: Per probe, per shown epoch: ``(overlay uint8 [h, w, 3], epoch, predicted class, p_true, right)``.
@@ -277,7 +322,7 @@ def probes_figure(rows: list[list[tuple[np.ndarray, int, str, float, bool]]], pi
             cells.append((overlay, [(f"epoch {epoch}", "black"), (f"pred {pred}", colour),
                                     (f"p_true {p_true:.2f}", colour)]))
     title = "Probe images by epoch: CAM of the true class, the predicted class and p(true class)"
-    return tile_figure(cells, 1 + max((len(row) for row in rows), default=0), title, colorbar=COLORMAP)
+    return tile_pages(cells, 1 + max((len(row) for row in rows), default=0), title, colorbar=COLORMAP)
 
 
 def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray],
@@ -297,9 +342,10 @@ def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray],
 
 
 def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np.ndarray,
-                  captions: list[list[str]], total: int | None = None) -> Figure:
+                  captions: list[list[str]], total: int | None = None) -> list[Figure]:
     """Per image: the original (thumbnail) | what the model sees (32×32, upscaled) | the CAM overlay, two images a
-    row; ``total`` images were explained in all (the title says when only the first ones are shown)."""
+    row, pages of :data:`PAGE_HEIGHT`; ``total`` images were explained in all (the title says when only the first
+    ones are shown)."""
     cells: list[Cell] = []
     for thumb, picture, overlay, lines in zip(thumbnails, inputs, overlays, captions, strict=True):
         cells += [(thumb, [(lines[0], "black"), ("original", "black")]),
@@ -307,8 +353,8 @@ def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np
                   (overlay, [(lines[2], "black"), ("CAM", "black")])]
     shown = len(thumbnails)
     more = f" (the first {shown} of {total:,}; images.json lists all)" if total and total > shown else ""
-    return tile_figure(cells, 3 * min(2, max(shown, 1)), f"Your images: original | model input | CAM{more}",
-                       group=3)
+    return tile_pages(cells, 3 * min(2, max(shown, 1)), f"Your images: original | model input | CAM{more}",
+                      group=3)
 
 
 def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int, warning: str | None = None, *,

@@ -49,6 +49,7 @@ from explain.figures import (
     misclassified_figure,
     most_confused_classes,
     probes_figure,
+    save_pages,
 )
 from explain.labels import LabelIssues, find_label_issues, probabilities
 from explain.overlay import overlay_cam, to_hwc_uint8
@@ -79,7 +80,7 @@ __all__ = [
 COLUMNS = ("index", "image", "true", "pred", "confidence", "p_true", "top3", "gradcam_pred", "gradcam_true",
            "label_quality", "likely_label_error")
 MOST_CONFUSED = 10  # true→pred pairs listed in explain/most_confused
-PROBE_COLUMNS = 11  # epochs shown in probes.png
+PROBE_COLUMNS = 8  # epochs shown in probes.png (with the image, 9 columns: ~1,350 px wide)
 
 
 def find_mistakes(probs: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -253,13 +254,15 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     paths["cam_png"] = out_dir / f"{cam_method}.png"  # gradcam.png, layercam.png, ...
     mistakes = len(labels) - correct
     if samples:  # samples=0: no mistakes table or pictures
-        misclassified_figure(rows, mistakes).savefig(paths["misclassified_png"], dpi=DPI)
-        cam_grid_figure(rows, cam_method, layers).savefig(paths["cam_png"], dpi=DPI)
+        pages = {"misclassified_png": misclassified_figure(rows, mistakes),
+                 "cam_png": cam_grid_figure(rows, cam_method, layers)}
+        written = {f"{key}_pages": save_pages(figures, paths[key]) for key, figures in pages.items()}
     else:
         del paths["misclassified_png"], paths["cam_png"]
     confusion_figure(counts, classes, acc, acc_tta).savefig(paths["confusion_matrix_png"], dpi=DPI)
     result = {"images": len(labels), "acc": acc, **({"acc_tta": acc_tta} if acc_tta is not None else {}),
-              "mistakes": mistakes, "explained": len(rows), **{key: str(path) for key, path in paths.items()}}
+              "mistakes": mistakes, "explained": len(rows), **{key: str(path) for key, path in paths.items()},
+              **(written if samples else {})}
     logged = tracker is not None and tracker.id is not None  # untracked: skip building the W&B objects
     row = _wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch) if logged else {}
     if not samples:
@@ -402,8 +405,8 @@ def explain_images(model: nn.Module, images: Images | Iterable[Images], classes:
     write_json(out_dir / "images.json", rows)
     if shown:
         thumbs, ins, overs, captions = zip(*shown, strict=True)
-        images_figure(list(thumbs), np.stack(ins), np.stack(overs), list(captions), len(rows)).savefig(
-            out_dir / "images.png", dpi=DPI)
+        save_pages(images_figure(list(thumbs), np.stack(ins), np.stack(overs), list(captions), len(rows)),
+                   out_dir / "images.png")
     result: dict[str, Any] = {"rows": rows, "lines": lines, "images": len(rows),
                               "images_png": str(out_dir / "images.png"),
                               "cams": torch.cat(pool_cams) if pool_cams else torch.zeros(0, 32, 32)}
@@ -435,7 +438,7 @@ def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) 
               entry["epochs"][str(epoch)]["pred"] == entry["class"]) for epoch in shown]
             for p, entry in enumerate(summary)]
     labels = [f"#{entry['index']} {entry['class']}" for entry in summary]
-    probes_figure(rows, upscale_all(to_hwc_uint8(probes.images)), labels).savefig(out_dir / "probes.png", dpi=DPI)
+    pages = save_pages(probes_figure(rows, upscale_all(to_hwc_uint8(probes.images)), labels), out_dir / "probes.png")
     if tracker is not None and tracker.id is not None and probes.epochs:
         import wandb
 
@@ -445,7 +448,7 @@ def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) 
                  " ".join(f"{epoch}:{v['p_true']:.2f}" for epoch, v in e["epochs"].items())] for e in summary]
         tracker.log({"epoch": probes.epochs[-1], "probes/summary": wandb.Table(columns=columns, data=data)},
                     commit=False)
-    return {"probes_png": str(out_dir / "probes.png"), "probes_json": str(out_dir / "probes.json")}
+    return {"probes_png": pages[0], "probes_png_pages": pages, "probes_json": str(out_dir / "probes.json")}
 
 
 def upscale_all(pictures: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ CPU_TRUST_IMAGES = 32
 GPU_TRUST_IMAGES = 256
 TRUST_STEPS = 6  # 7 points per curve: the step resolution matters less than the number of images
 SANITY_IMAGES = 4  # images shown in sanity.png
-COMPARE_IMAGES = 8  # images shown in cam_methods.png
+COMPARE_IMAGES = 4  # images shown in cam_methods.png (rows: 4 keep it under 900 px tall)
 
 
 def default_trust_images(device: torch.device | str) -> int:

@@ -257,6 +257,8 @@ def out_folder(loaded: Loaded, options: ExplainOptions) -> Path:
     ``explain-<time>`` folder beside the checkpoint; a training run's outputs are never overwritten."""
     if loaded.config.out_dir:
         folder = Path(loaded.config.out_dir)
+        if folder.exists() and not folder.is_dir():  # as train/run.py says it
+            raise ConfigError(f"--out_dir {str(folder)!r} is a file, not a folder")
         held = [name for name in RUN_FILES if (folder / name).exists()] if folder.is_dir() else []
         if held:
             raise ConfigError(f"--out_dir {str(folder)!r} already holds a run's outputs ({', '.join(held[:3])}); "
@@ -385,8 +387,10 @@ def explain_files(options: ExplainOptions, given: dict[str, Any]) -> dict[str, A
     stream = batches()
     first = next((batch for batch in stream if batch.names), None)
     if first is None:
-        left_out = len(skipped) + len(special)
-        raise DataError("--images: no image to explain" + (f" ({left_out} files skipped)" if left_out else ""))
+        why = [f"{path} is a {kind}, not a regular file" for path, kind in special]
+        why += [f"{name}: {reason}" for name, reason in skipped]
+        shown = "; ".join(map(str, why[:3])) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
+        raise DataError("--images: no image to explain" + (f" ({len(why)} file(s) skipped: {shown})" if why else ""))
     for line in special_note(special):
         print(one_line(line), file=sys.stderr, flush=True)
     out_dir = out_folder(loaded, options)

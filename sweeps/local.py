@@ -20,7 +20,8 @@ otherwise) is grouped under the sweep's name; ``wandb sync`` uploads it later.
   metric (and its per-epoch values), proposed config, W&B run folder and command. ``OUT_DIR/sweep.json`` holds the
   sweep: its name, method, metric and goal, spec and extra flags.
 - An extra flag naming a swept parameter pins it (``--lr=0.1``): the parameter leaves the search. ``--seed``,
-  ``--out_dir`` and ``--wandb_mode`` belong to the sweep; ``--run_name`` and ``--resume`` are per trial.
+  ``--out_dir``, ``--wandb_mode`` and ``--keep_checkpoints`` (default none: trials keep no weights) belong to the
+  sweep; ``--run_name`` and ``--resume`` are per trial.
 - Running again into an ``OUT_DIR`` holding the same sweep (same spec and extra flags) adds ``--count`` more trials.
 - Ctrl-C stops the trial in progress (``interrupted``) and keeps every result (exit status 130; 0 for SIGTERM, as
   ``train/run.py``); during start-up it ends with one ``stopped:`` line.
@@ -67,6 +68,7 @@ from wandb.sdk.launch.sweeps import utils as agent_utils  # how `wandb agent` tu
 from wandb.sdk.lib.runid import generate_id  # the ids wandb.init makes
 
 from train.config import (
+    KEEP_CHECKPOINTS,
     Config,
     ConfigError,
     build_parser,
@@ -172,7 +174,7 @@ def check_spec(spec: dict[str, Any], path: str, overrides: dict[str, str] | None
             raise SweepError(f"{path}: parameter {name!r} is nested; train/run.py flags are flat")
         if name not in FLAGS:
             raise SweepError(f"{path}: parameter {name!r} is not a train/run.py flag{closest(name, FLAGS)}")
-        if name in PER_TRIAL + ("wandb_mode",):
+        if name in PER_TRIAL + ("wandb_mode", "keep_checkpoints"):
             raise SweepError(f"{path}: parameter {name!r} cannot be swept; the sweep sets it for every trial")
     if "metric" not in spec:
         raise SweepError(f"{path}: a local sweep ranks its trials by `metric`; add e.g. "
@@ -251,7 +253,8 @@ def resolve_program(program: str | None) -> str:
         return program
     if (REPO / program).is_file():
         return str(REPO / program)
-    raise SweepError(f"program {program!r} of the sweep spec does not exist (relative to {Path.cwd()} or {REPO})")
+    places = " or ".join(dict.fromkeys(str(p) for p in (Path.cwd().resolve(), REPO.resolve())))
+    raise SweepError(f"program {program!r} of the sweep spec does not exist (relative to {places})")
 
 
 # ---- flags forwarded to every trial ------------------------------------------------------------------------------
@@ -440,6 +443,17 @@ def run_trial(trial: Trial, env: dict[str, str], spec: dict[str, Any], earlier: 
         collect_results(trial, metric)
 
 
+def discard_checkpoints(trial: Trial, keep: str) -> None:
+    """A trial hyperband stopped or that failed is never continued: unless ``keep`` is all, its checkpoints (up to
+    135 MB) go. A finished trial has already kept what ``--keep_checkpoints`` said."""
+    if keep != "all" and trial.state in ("stopped", "failed"):
+        for name in ("best.pt", "last.pt"):
+            try:
+                (Path(trial.out_dir) / name).unlink(missing_ok=True)
+            except OSError as exc:
+                print(f"warning: [{trial.name}] could not remove its {name} ({exc.strerror or exc})", file=sys.stderr)
+
+
 def collect_results(trial: Trial, metric: str) -> None:
     """Read the trial's epochs back from its ``metrics.jsonl``, find its W&B run folder, and settle its state.
 
@@ -526,6 +540,9 @@ class SweepOptions:
     """Seed of the proposals; unset = fresh randomness."""
     wandb_mode: str = "offline"
     """W&B mode of the trials: offline, online or auto."""
+    keep_checkpoints: str = "none"
+    """Weights each trial keeps (train/run.py's --keep_checkpoints): none, best or all. A trial hyperband stopped or
+    that failed keeps none unless all; an interrupted one keeps its checkpoints."""
 
 
 def parse_options(argv: list[str]) -> tuple[str, SweepOptions, dict[str, str]]:
@@ -544,6 +561,9 @@ def parse_options(argv: list[str]) -> tuple[str, SweepOptions, dict[str, str]]:
         raise SweepError(f"--seed must be >= 0, got {options.seed}")
     if options.wandb_mode not in ("offline", "online", "auto"):
         raise SweepError(f"--wandb_mode must be offline, online or auto, got {options.wandb_mode!r}")
+    if options.keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise SweepError(f"--keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got "
+                         f"{options.keep_checkpoints!r}")
     return path, options, parse_overrides(rest)
 
 
@@ -620,12 +640,14 @@ def run_sweep(spec: dict[str, Any], program: str, name: str, out_dir: Path, tria
             trial = Trial(name=f"{name}-{index:03d}", index=index, config=params, wandb_run_id=generate_id(),
                           out_dir=str((out_dir / f"{name}-{index:03d}").resolve()))
             trial.command = trial_argv(spec, program, params, extra + [
-                f"--out_dir={trial.out_dir}", f"--run_name={trial.name}", f"--wandb_mode={options.wandb_mode}"])
+                f"--out_dir={trial.out_dir}", f"--run_name={trial.name}", f"--wandb_mode={options.wandb_mode}",
+                f"--keep_checkpoints={options.keep_checkpoints}"])
             print(f"\n[{trial.name}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in params.items() if k in searched)
                   + f"\n$ {shlex.join(trial.command)}", flush=True)
             trials.append(trial)
             started += 1
             run_trial(trial, {**env, "WANDB_RUN_ID": trial.wandb_run_id}, spec, engine_trials)
+            discard_checkpoints(trial, options.keep_checkpoints)
             write_json(board, leaderboard(trials, spec["metric"]["goal"]))
             print(f"\n[{trial.name}] {trial.state} after {trial.seconds:.0f}s: {spec['metric']['name']} "
                   f"{_fmt(trial.metric, '.4f')}\n{leaderboard_table(trials, spec, searched)}", flush=True)

@@ -105,6 +105,8 @@ BAD = {
     "lr negative": (["--lr", "-0.1"], "--lr must be > 0"),
     "lr zero": (["--lr=0"], "--lr must be > 0"),
     "epochs zero": (["--epochs=0"], "--epochs must be >= 1"),
+    "keep checkpoints unknown": (["--keep_checkpoints=last"], "--keep_checkpoints must be one of best, all, none, "
+                                                              "got 'last'"),
     "batch size zero": (["--batch_size=0"], "--batch_size must be >= 1"),
     "subset negative": (["--train_subset=-5"], "--train_subset must be >= 0"),
     "momentum out of range": (["--momentum=1.5"], "--momentum must be in (0, 1)"),

@@ -50,6 +50,7 @@ SAMPLES = {
     "out_dir": ("runs/x", "runs/x"),
     "run_name": ("x", "x"),
     "resume": ("runs/x/last.pt", "runs/x/last.pt"),
+    "keep_checkpoints": ("none", "none"),
     "wandb_project": ("proj", "proj"),
     "wandb_entity": ("team", "team"),
     "wandb_mode": ("offline", "offline"),

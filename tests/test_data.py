@@ -28,6 +28,7 @@ from train.data import (
     decode_image,
     download_cifar10,
     load_data,
+    load_split,
     read_cifar_batch,
 )
 from train.loader import DeviceLoader, batch_crop, batch_cutout, batch_flip_lr
@@ -486,6 +487,19 @@ def test_empty_classes_are_named_and_one_class_is_an_error(tmp_path):
         image.unlink()
     with pytest.raises(DataError, match="1 class folder\\(s\\) with training images; a classifier needs at least two"):
         load_data(root)
+
+
+def test_load_split_names_the_empty_class_folders_it_explains(tmp_path):
+    """Issue 28 item 8: explain's --data_dir with an empty class folder says which (before: nothing was said)."""
+    root = image_folder(tmp_path / "d", {"a": (32, 32), "b": (32, 32)})
+    (root / "test" / "empty").mkdir()
+    test = load_split(root, "test", ["a", "b", "empty"])
+    assert "warning: test/ has no images of 1 class folder(s): 'empty'" in test.notes and len(test) == 4
+    (root / "test" / "a").rename(tmp_path / "a")  # every class folder empty: the error names them
+    for image in (root / "test" / "b").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"test/ has no images \(its class folder\(s\) 'b', 'empty' are empty\)"):
+        load_split(root, "test", ["a", "b", "empty"])
 
 
 def test_empty_test_split_and_dangling_links_are_data_errors(tmp_path):

@@ -36,7 +36,7 @@ def wandb_runs() -> set[Path]:
 def test_two_processes_train_exactly_what_one_process_trains(cifar_subset, tmp_path):
     flags = ["--data_dir", str(cifar_subset), "--train_subset=200", "--test_subset=100", "--epochs=2",
              "--batch_size=50", "--lr=0.05", "--warmup_epochs=0", "--explain_samples=0", "--model=convnext_atto",
-             "--probe_images=0",
+             "--probe_images=0", "--keep_checkpoints=all",  # the final weights, to compare
              "--device=cpu", "--precision=fp32"]
     before = wandb_runs()
     proc = torchrun(*flags, f"--out_dir={tmp_path / 'ddp'}")

@@ -118,19 +118,20 @@ def test_explain_writes_a_summary_with_the_explain_section_of_a_training_run(exp
 
 @pytest.mark.slow
 def test_explain_measures_the_accuracy_training_measured_in_the_checkpoints_precision(trained, tmp_path):
-    """On last.pt (the final weights), in the checkpoint's precision unless --precision is given: the accuracy printed
-    is the training run's final val acc_no_tta, and the start line says which precision and why."""
-    checkpoint = trained["out"] / "last.pt"
-    stored = torch.load(checkpoint, weights_only=True)["config"]["precision"]
+    """On best.pt, in the checkpoint's precision unless --precision is given: the accuracy printed is the training
+    run's val acc_no_tta of that epoch, and the start line says which precision and why."""
+    checkpoint = trained["out"] / "best.pt"
+    stored, measured = (torch.load(checkpoint, weights_only=True)[key] for key in ("config", "metrics"))
+    stored, measured = stored["precision"], measured["val/acc_no_tta"]
     fast = ["--trust=False", "--label_issues=False", "--explain_samples=0", "--wandb_mode=disabled"]
     result = run_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "a"), *fast,
                      script="explain/run.py", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     autocast = "bf16 autocast" if amp_dtype(stored, resolve_device("auto")) else "fp32"
     assert f"in {autocast} (the checkpoint's --precision {stored})" in result.stdout.splitlines()[0]
-    assert printed_accuracy(result.stdout) == round(trained["summary"]["test_acc_no_tta"], 4)
+    assert printed_accuracy(result.stdout) == round(measured, 4)
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["test_acc_no_tta"] == trained["summary"]["test_acc_no_tta"]
+    assert summary["test_acc_no_tta"] == measured
     # --precision wins over the checkpoint's
     other = "fp32" if autocast != "fp32" else "bf16"
     given = run_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "b"), f"--precision={other}", *fast,
@@ -391,6 +392,11 @@ def test_special_files_are_skipped_with_a_warning_or_refused(checkpoint, tmp_pat
                       timeout=300)
     assert refused.returncode == 2 and refused.stderr.strip() == \
         f"error: --images: {folder / 'pipe.png'} is a FIFO, not a regular file"
+    only = run_cli(*common[:3], str(folder / "pipe.png"), *common[4:], "--out_dir", str(tmp_path / "d"),
+                   script="explain/run.py", timeout=300)  # the FIFO alone: the error says which file and why
+    assert only.returncode == 2 and only.stderr.strip() == (
+        f"error: --images: no image to explain (1 file(s) skipped: {folder / 'pipe.png'} is a FIFO, not a regular "
+        "file)")
     bare = run_cli(*common[:4], str(folder / "0000.png"), "--skip_bad", *common[4:], "--out_dir",
                    str(tmp_path / "c"), script="explain/run.py", timeout=300)  # a bare boolean flag means True
     assert bare.returncode == 0, bare.stderr[-2000:]

@@ -532,6 +532,7 @@ def one_class(root: Path) -> Path:
 SPLIT_ERRORS = {
     "unknown": (None, ["--split", "validation"], r"--split 'validation': unknown split; valid splits: test, train"),
     "typo": (None, ["--split", "tset"], r"unknown split \(did you mean test\?\)"),
+    "upper-case": (None, ["--split", "TEST"], r"--split 'TEST': unknown split \(did you mean test\?\)"),
     "one-class": (one_class, [], r"--split test: every image of .* is filed under 'red'; label issues need at least "
                                  r"two classes"),
     "empty": (lambda root: write_folder(root, train=2, test=0), [], r"test/ has no images"),

@@ -15,6 +15,7 @@ from PIL import Image
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from explain import compute_cams
+from explain.figures import PAGE_HEIGHT
 from explain.probes import Probes, choose_probes
 from explain.report import explain_images
 from tests.conftest import history, run_cli, wandb_records, wandb_summary
@@ -58,21 +59,28 @@ def test_every_probe_is_logged_every_epoch(trained, cifar_subset):
         assert rows[epoch]["probes/acc"] == pytest.approx(sum(right) / len(right))
     learned = [p["learned_epoch"] for p in saved["probes"]]
     assert all(e is None or e in (0, 1, 2) for e in learned)
-    with Image.open(out / "probes.png") as picture:
-        assert picture.size[1] > 10 * 128  # a row per probe
+    heights = []
+    for page in sorted(out.glob("probes*.png")):  # a row per probe, on pages a laptop screen shows whole
+        with Image.open(page) as picture:
+            assert picture.size[1] <= PAGE_HEIGHT and picture.size[0] < 1500
+            heights.append(picture.size[1])
+    assert sum(heights) > 10 * 128 and (out / "probes.png").is_file()
     table = rows[2]
     assert table["probes/summary._type"] == "table-file" and table["probes/summary.nrows"] == 10
 
 
 def test_a_probe_cam_is_compute_cams_of_the_same_input(trained, cifar_subset):
-    last = torch.load(trained["out"] / "last.pt", weights_only=True)
+    """The CAM stored for the best epoch (the run's record keeps the series) is that epoch's model's CAM (best.pt)."""
+    series = torch.load(trained["out"] / "last.pt", weights_only=True)["state"]["probes"]
+    best = torch.load(trained["out"] / "best.pt", weights_only=True)
     model = timm.create_model("resnet18_cifar", num_classes=10)
-    model.load_state_dict(last["model"])
+    model.load_state_dict(best["model"])
     _, test = load_data(cifar_subset)
-    series = last["state"]["probes"]
     indices = series["indices"]
     cams = compute_cams(model, test.images[indices], test.labels[indices], method="gradcam", layer="layer4")
-    torch.testing.assert_close(series["cams"][-1].float(), torch.round(cams * 255), atol=1, rtol=0)
+    assert series["epochs"] == [0, 1, 2]
+    stored = series["cams"][series["epochs"].index(best["epoch"])].float()
+    torch.testing.assert_close(stored, torch.round(cams * 255), atol=1, rtol=0)
     probes = Probes(test.images[indices], test.labels[indices], indices, test.classes, "gradcam", ["layer4"], series)
     assert probes.epochs == [0, 1, 2] and probes.row(2)["probes/acc"] == pytest.approx(
         float((series["preds"][-1] == test.labels[indices]).float().mean()))

@@ -18,6 +18,7 @@ from PIL import Image
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from explain.cam import compute_cams
+from explain.figures import PAGE_HEIGHT, cam_grid_figure, misclassified_figure, page_paths, save_pages
 from explain.overlay import overlay_cam
 from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
 from tests.conftest import copy_images, history, wandb_records
@@ -254,8 +255,47 @@ def test_pictures_are_written(explained):
         assert result[key] == str(path)
         with Image.open(path) as picture:
             assert picture.format == "PNG" and min(picture.size) > 300
-    with Image.open(out_dir / "gradcam.png") as picture:  # rows of 3 mistakes: image | CAM pred | CAM true each
-        assert picture.size[0] < 1500 and picture.size[1] > math.ceil(SAMPLES / 3) * 32 * SCALE
+    assert result["cam_png_pages"][0] == str(out_dir / "gradcam.png")
+    heights = []
+    for page in result["cam_png_pages"]:  # rows of 3 mistakes: image | CAM pred | CAM true each, pages a screen high
+        with Image.open(page) as picture:
+            assert picture.size[0] < 1500 and picture.size[1] <= PAGE_HEIGHT
+            heights.append(picture.size[1])
+    assert sum(heights) > math.ceil(SAMPLES / 3) * 32 * SCALE
+    drawn = {name for name in os.listdir(out_dir) if name.startswith(("gradcam", "misclassified"))}
+    assert drawn == {Path(p).name for key in ("misclassified_png_pages", "cam_png_pages") for p in result[key]}
+
+
+def _mistakes(n: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    picture = lambda: rng.integers(0, 256, (32 * SCALE, 32 * SCALE, 3), dtype=np.uint8)  # noqa: E731
+    return [{"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "gradcam_pred": picture(),
+             "gradcam_true": picture(), "true": "cat", "pred": "dog", "confidence": 0.9, "p_true": 0.05}
+            for _ in range(n)]
+
+
+def test_long_grids_are_split_into_pages_a_screen_high_and_every_mistake_is_drawn_once(tmp_path):
+    """Issue 28 item 13: 64 mistakes made one 4,400 px tall gradcam.png; now pages of at most PAGE_HEIGHT, titled
+    page k of n, with every mistake on exactly one of them; a rewrite with fewer pages leaves no stale page."""
+    pages = cam_grid_figure(_mistakes(64), "gradcam", ["layer4"])
+    assert len(pages) > 1
+    drawn = 0
+    for k, page in enumerate(pages, 1):
+        width, height = page.get_size_inches() * page.dpi
+        assert height <= PAGE_HEIGHT and width < 1500
+        assert " ".join(t.get_text() for t in page.texts).endswith(f"(page {k} of {len(pages)})")
+        drawn += sum(t.get_text() == "CAM of pred" for t in page.axes[0].texts)
+    assert drawn == 64
+    written = save_pages(pages, tmp_path / "gradcam.png")
+    assert written == [str(p) for p in page_paths(tmp_path / "gradcam.png", len(pages))] and \
+        sorted(os.listdir(tmp_path)) == sorted(Path(p).name for p in written)
+    one = cam_grid_figure(_mistakes(3), "gradcam", ["layer4"])
+    assert len(one) == 1 and "page" not in " ".join(t.get_text() for t in one[0].texts)
+    assert save_pages(one, tmp_path / "gradcam.png") == [str(tmp_path / "gradcam.png")]
+    assert os.listdir(tmp_path) == ["gradcam.png"]  # the pages of the longer grid are gone
+    shown = misclassified_figure(_mistakes(64), 64)
+    assert sum(sum(t.get_text().startswith("pred: dog") for t in page.axes[0].texts) for page in shown) == 64
+    assert all(page.get_size_inches()[1] * page.dpi <= PAGE_HEIGHT for page in shown)
 
 
 def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):

@@ -66,7 +66,8 @@ def test_kill_9_then_resume_continues_with_the_same_wandb_run(small_folder, tmp_
     wandb.init(mode="offline", project="host", dir=str(tmp_path)).finish()
     assert os.environ.get("WANDB_SERVICE")
     out = tmp_path / "out"
-    args = [*flags(small_folder, epochs=2, deterministic="True"), "--out_dir", str(out)]
+    args = [*flags(small_folder, epochs=2, deterministic="True", keep_checkpoints="all"),  # the final state whole
+            "--out_dir", str(out)]
     proc = subprocess.Popen([sys.executable, "train/run.py", *args], cwd=REPO, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -119,7 +120,7 @@ def test_sigterm_after_an_epoch_keeps_it_and_a_double_stop_stays_clean(small_fol
 def test_an_ema_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does(small_folder, tmp_path):
     """--ema: last.pt holds the EMA as ``model`` (what was evaluated) and the trained weights as ``train_model``;
     a stopped and resumed --deterministic run ends bit-identical to one that was never stopped."""
-    args = flags(small_folder, epochs=2, deterministic="True", ema="0.9", wandb_mode="disabled")
+    args = flags(small_folder, epochs=2, deterministic="True", ema="0.9", wandb_mode="disabled", keep_checkpoints="all")
     proc = start(*args, "--out_dir", str(tmp_path / "stopped"))
     _, stderr = stop_after(proc, "epoch 1/2")
     assert proc.returncode == 0 and "stopped: SIGTERM" in stderr, stderr[-2000:]
@@ -297,7 +298,8 @@ def test_a_failed_save_says_what_is_saved_and_wandb_shows_no_unsaved_epoch(small
                             cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=_small_files)
     assert result.returncode == 2, result.stderr[-2000:]
     line = [x for x in result.stderr.splitlines() if x.startswith("error: ")][-1]
-    assert line == f"error: epoch 1: saving its checkpoint in {out} failed (File too large); no epoch had finished"
+    assert line == (f"error: epoch 1: saving its checkpoint in {out} failed (File too large); no epoch had finished; "
+                    "make room and start it again")
     assert not (out / "last.pt").exists() and read_metrics(out / "metrics.jsonl") == []
     assert not (out / "best.pt").exists() and not list(out.glob(".*.tmp"))  # the epoch's files: all or none
     run_dir = next(p for p in (Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*")

@@ -168,12 +168,23 @@ def _lr_with(**changes) -> dict:
     (_lr_with(), ["--count=1", "--epochs=two"], "--epochs expects int"),
     (_lr_with(), ["--count=1", "--run_name=x"], "set for each trial"),
     (_lr_with(), ["--count=1", "--wandb_mode=disabled"], "--wandb_mode must be offline, online or auto"),
+    (_lr_with(), ["--count=1", "--keep_checkpoints=last"], "--keep_checkpoints must be one of best, all, none"),
+    (_lr_with(parameters={"keep_checkpoints": {"values": ["all", "none"]}}), [], "cannot be swept"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, spec, extra, message):
     path = str(tmp_path / "missing.yaml") if spec is None else _write(tmp_path, spec)
     assert local.main([path, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_a_missing_program_names_each_place_it_was_looked_for_once(tmp_path, capsys, monkeypatch):
+    spec = _write(tmp_path, _lr_with(program="nowhere/run.py"))
+    for cwd, places in ((REPO, f"{REPO.resolve()}"), (tmp_path, f"{tmp_path.resolve()} or {REPO.resolve()}")):
+        monkeypatch.chdir(cwd)
+        assert local.main([spec, "--count=1"]) == 2
+        assert capsys.readouterr().err == (f"error: program 'nowhere/run.py' of the sweep spec does not exist "
+                                           f"(relative to {places})\n")
 
 
 def test_bad_input_from_the_command_line(tmp_path):
@@ -385,7 +396,15 @@ def test_hyperband_stops_a_clearly_worse_trial(cifar_subset, tmp_path):
     assert "STOP" in bad["stop_reason"] and f"[{bad['name']}] hyperband stops it" in result.stdout
     assert bad["metric_history"] == [row["lr"] for row in history(wandb_records(bad["wandb_run_dir"]))
                                      if "lr" in row]
-    assert (Path(bad["out_dir"]) / "last.pt").exists() and not (Path(bad["out_dir"]) / "summary.json").exists()
+    assert not (Path(bad["out_dir"]) / "summary.json").exists()
+    # --keep_checkpoints none, the sweep's default: no trial keeps weights, a stopped one keeps no checkpoint at all
+    assert not list(Path(bad["out_dir"]).glob("*.pt"))
+    for trial in (trials[0.01], trials[0.02]):
+        folder = Path(trial["out_dir"])
+        assert sorted(p.name for p in folder.glob("*.pt")) == ["last.pt"], trial["name"]
+        assert torch.load(folder / "last.pt", weights_only=True)["finished"] is True
+        assert not [r for r in wandb_records(trial["wandb_run_dir"]) if r["type"] == "artifact"
+                    and r["artifact"]["type"] == "model"]
     assert [t["metric"] for t in board] == sorted(t["metric"] for t in board)  # minimize: smallest first
 
 

@@ -44,23 +44,32 @@ def test_run_exits_0_and_learns(trained):
     assert not (out / ".lock").exists() and not list(out.glob(".*.tmp"))  # released, nothing half written
 
 
-def test_checkpoints_load_safely_and_best_holds_only_the_model(trained):
+def test_checkpoints_load_safely_best_holds_the_model_and_last_becomes_a_small_record(trained, tmp_path):
+    """By default (--keep_checkpoints best) a finished run keeps best.pt, and last.pt shrinks to the run's record
+    (no weights, no optimizer state): a finished run is never continued."""
     out = trained["out"]
     last = torch.load(out / "last.pt", weights_only=True)
-    for key in ("model", "config", "epoch", "metrics", "classes", "optimizer", "scheduler", "rng", "state"):
-        assert key in last, key
+    assert set(last) == {"format", "finished", "config", "epoch", "metrics", "classes", "run_uid", "data", "state"}
+    assert last["finished"] is True and (out / "last.pt").stat().st_size < 100_000
     assert last["epoch"] == 2 and last["state"]["epoch"] == 2 and len(last["state"]["history"]) == 2
     assert last["config"]["lr"] == pytest.approx(0.0390625) and last["config"]["warmup_epochs"] == pytest.approx(0.4)
     best = torch.load(out / "best.pt", weights_only=True)
     assert set(best) == {"format", "model", "config", "epoch", "metrics", "classes", "run_uid", "data"}
     assert best["data"] == last["data"] and set(best["data"]) == set(best["classes"])  # the data it was trained on
-    assert (out / "best.pt").stat().st_size < 0.6 * (out / "last.pt").stat().st_size  # no optimizer state
+    assert best["run_uid"] == last["run_uid"] == last["state"]["run_uid"]
     model = timm.create_model(best["config"]["model"], num_classes=len(best["classes"]))
     model.load_state_dict(best["model"])
     assert best["metrics"]["val/acc"] == trained["summary"]["best_test_acc"]
     mask = __import__("os").umask(0)
     __import__("os").umask(mask)
     assert (out / "last.pt").stat().st_mode & 0o777 == 0o666 & ~mask  # like any other file, not 0600
+    # the record is no model: a user of the model is sent to best.pt
+    refused = run_cli("--checkpoint", str(out / "last.pt"), f"--out_dir={tmp_path / 'x'}", "--wandb_mode=disabled",
+                      script="explain/run.py", timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: checkpoint {str(out / 'last.pt')!r} is a finished run's record and holds no weights (a run keeps "
+        "its last.pt whole only with --keep_checkpoints all); use the run's best.pt"]
+    assert not (tmp_path / "x").exists()
 
 
 def test_metrics_jsonl_is_the_w_and_b_stream(trained):
@@ -148,3 +157,31 @@ def test_the_default_batch_is_fitted_to_a_small_training_set_and_recorded(cifar_
     assert "lr 0.025," in done.stdout
     logged = wandb_summary(json.loads((out / "summary.json").read_text())["wandb_run_dir"])["config"]
     assert logged["batch_size"] == 32 and logged["lr"] == pytest.approx(0.025)
+
+
+@pytest.mark.slow
+def test_keep_checkpoints_all_keeps_the_resumable_state_and_none_keeps_no_weights(cifar_subset, tmp_path):
+    """Issue 28 item 12: --keep_checkpoints all keeps last.pt whole (optimizer state included); none keeps no weights
+    and logs no W&B model; either way the finished run is recognized as finished. W&B reads best.pt in place: its
+    staging folder holds no second copy of the model."""
+    tiny = ["--data_dir", str(cifar_subset), "--train_subset=200", "--test_subset=100", "--epochs=1",
+            "--explain_samples=0", "--probe_images=0", "--wandb_mode=offline"]
+    env = {"WANDB_DIR": str(tmp_path), "WANDB_DATA_DIR": str(tmp_path / "data")}
+    for keep in ("all", "none"):
+        out = tmp_path / keep
+        done = run_cli(*tiny, f"--out_dir={out}", f"--keep_checkpoints={keep}", env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        last = torch.load(out / "last.pt", weights_only=True)
+        models = [r for r in wandb_records(json.loads((out / "summary.json").read_text())["wandb_run_dir"])
+                  if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+        if keep == "all":
+            assert {"model", "optimizer", "scheduler", "rng", "state"} <= set(last) and "finished" not in last
+            assert (out / "best.pt").stat().st_size > 10_000_000 and len(models) == 1
+        else:
+            assert last["finished"] is True and "model" not in last and not (out / "best.pt").exists()
+            assert models == [] and sum(p.stat().st_size for p in out.iterdir()) < 1_000_000
+        again = run_cli("--resume", "auto", f"--out_dir={out}", env=env, timeout=300)
+        assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith(
+            f"nothing to resume: {out / 'last.pt'} finished all 1 epochs"), again.stdout + again.stderr
+    staged = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.stat().st_size > 1_000_000]
+    assert staged == []

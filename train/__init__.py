@@ -7,8 +7,9 @@ import sys
 if sys.argv[:1] == ["-m"]:  # `python -m train.X` (Python's argv[0] is "-m" while it imports the package): the
     # imports below take seconds, and a stop meanwhile ends quietly, as in train/run.py's own start-up
     def _stopped_while_starting(signum: int, frame: object) -> None:
-        print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was saved", file=sys.stderr)
         training = "train.run" in sys.orig_argv  # a stopped run exits 0 on SIGTERM (train/stops.py); a check never
+        kept = "nothing was saved" if training else "nothing was changed (the check only reads)"
+        print(f"stopped: {signal.Signals(signum).name} during start-up; {kept}", file=sys.stderr)
         sys.stderr.flush()  # then exit at once: a library import may swallow SystemExit (seen under load)
         os._exit(0 if training and signum != signal.SIGINT else 128 + signum)
 

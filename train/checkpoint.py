@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it
 ``torch.load(path, weights_only=True)`` — loading never runs code. Every checkpoint has ``format``, ``model`` (a
 state_dict for ``timm.create_model(config["model"], num_classes=len(classes))``), ``config``, ``epoch`` (last
 finished epoch), ``metrics`` (that epoch's log row) and ``classes``: what a user of the model needs, and all that
-``best.pt`` holds. ``last.pt`` adds what resume needs (see :mod:`train.state`).
+``best.pt`` holds. ``last.pt`` adds what resume needs (see :mod:`train.state`) until the run finishes; then it is
+replaced by the run's *record* (``finished: True``, no ``model``, a few kB) unless ``--keep_checkpoints all``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def _problem(state: Any) -> str | None:
     """What makes ``state`` not a checkpoint of this project (wrong keys or types), or None."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         return f"expected format {FORMAT}"
+    if state.get("finished", False) not in (True, False):
+        return "its 'finished' is not what this project writes"
     checks = {
         "model": lambda v: isinstance(v, dict) and v and all(isinstance(k, str) and isinstance(t, torch.Tensor)
                                                              for k, t in v.items()),
@@ -76,6 +79,8 @@ def _problem(state: Any) -> str | None:
         "classes": lambda v: isinstance(v, list | tuple) and 0 < len(v) <= MAX_CLASSES
         and all(isinstance(c, str) for c in v),
     }
+    if state.get("finished"):  # a finished run's record: everything but the weights
+        checks.pop("model")
     for key, ok in checks.items():
         if key not in state:
             return f"no {key!r}"
@@ -84,12 +89,17 @@ def _problem(state: Any) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    record: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``, and check its structure.
 
+    Args:
+        record: also accept a finished run's record (a ``last.pt`` without weights), as resume and ``out_dir``'s
+            checks read it; a user of the model gets a one-line error for it instead.
+
     Raises:
-        CheckpointError: the file is missing, truncated, not a checkpoint of this project (keys or types), or
-            carries code.
+        CheckpointError: the file is missing, truncated, not a checkpoint of this project (keys or types), a run's
+            record where a model is needed, or carries code.
     """
     path = Path(path)
     try:
@@ -113,6 +123,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     problem = _problem(state)
     if problem:
         raise CheckpointError(f"{str(path)!r} is not a cifar-insight checkpoint ({problem})")
+    if state.get("finished") and not record:
+        raise CheckpointError(f"checkpoint {str(path)!r} is a finished run's record and holds no weights (a run keeps "
+                              f"its last.pt whole only with --keep_checkpoints all); use the run's best.pt")
     return state
 
 

@@ -105,6 +105,10 @@ class Config:
     """W&B run name and out_dir's default name; empty = the start time (YYYYmmdd-HHMMSS)."""
     resume: str = ""
     """A last.pt to continue, or auto: the newest last.pt of this out_dir/run_name, else a new run; empty = new."""
+    keep_checkpoints: str = "best"
+    """What a finished run keeps: best (best.pt, the model), all (best.pt and the whole last.pt, optimizer state
+    included) or none (no weights, no W&B model artifact). Until the run finishes last.pt holds everything resume
+    needs; at the finish it becomes the run's record (a few kB) unless all."""
     # ---- tracking ------------------------------------------------------------------------------------------------
     wandb_project: str = "cifar-insight"
     """W&B project."""
@@ -140,6 +144,7 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+KEEP_CHECKPOINTS = ("best", "all", "none")
 DEFAULT_BATCH, MIN_BATCH, MIN_STEPS = 512, 32, 48  # the default batch, fitted to small training sets (fitted_batch)
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_NAME_BYTES = 200  # a run name becomes a folder name (255 bytes on most file systems, W&B adds to it)
@@ -177,8 +182,11 @@ def one_line(text: str) -> str:
 
 def closest(name: str, choices: Iterable[str], prefix: str = "--") -> str:
     """The one "did you mean" helper: `` (did you mean --x?)`` for the choice closest to ``name``, else ``""``."""
-    match = difflib.get_close_matches(str(name).replace("-", "_"), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {prefix}{match[0]}?)" if match else ""
+    folded = {}  # case-insensitive: --split TEST means test
+    for choice in choices:
+        folded.setdefault(str(choice).lower(), choice)
+    match = difflib.get_close_matches(str(name).replace("-", "_").lower(), list(folded), n=1, cutoff=0.5)
+    return f" (did you mean {prefix}{folded[match[0]]}?)" if match else ""
 
 
 def _base_type(cls: type, name: str) -> type:
@@ -248,6 +256,8 @@ def _validate(config: Config) -> Config:
          f"must be in [2, {MAX_TRUST_IMAGES}] (an interval needs two images)"),
         ("precision", config.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
         ("wandb_mode", config.wandb_mode in WANDB_MODES, f"must be one of {', '.join(WANDB_MODES)}"),
+        ("keep_checkpoints", config.keep_checkpoints in KEEP_CHECKPOINTS,
+         f"must be one of {', '.join(KEEP_CHECKPOINTS)}"),
         ("device", re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", config.device) is not None,
          "must be auto, cpu, cuda or cuda:N"),
         ("model", bool(config.model), "must not be empty"),

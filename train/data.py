@@ -691,13 +691,19 @@ def load_split(data_dir: str | os.PathLike, split: str, classes: list[str]) -> D
             raise DataError(f"--data_dir {str(root)!r}: {split}/ has class folder(s) the checkpoint does not know: "
                             f"{', '.join(map(repr, unknown[:10]))} (its classes: {', '.join(classes[:20])})")
         special: list[tuple[Path, str]] = []
-        files = [(path, classes.index(names[label])) for path, label in _split_files(folder, names, special)]
+        found = _split_files(folder, names, special)
+        files = [(path, classes.index(names[label])) for path, label in found]
+        present = {label for _, label in found}
+        empty = [name for i, name in enumerate(names) if i not in present]
+        shown = ", ".join(map(repr, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
         if not files:
-            raise DataError(f"--data_dir {str(root)!r}: {split}/ has no images")
+            raise DataError(f"--data_dir {str(root)!r}: {split}/ has no images"
+                            + (f" (its class folder(s) {shown} are empty)" if empty else ""))
         dataset = _folder_split(root, split, files, classes)
     except OSError as exc:  # permissions, a file vanishing mid-read, names too long for the file system
         raise _unreadable(root, exc) from None
-    dataset.notes = dataset.notes + special_note(special)
+    empty_note = [f"warning: {split}/ has no images of {len(empty)} class folder(s): {shown}"] if empty else []
+    dataset.notes = dataset.notes + empty_note + special_note(special)
     return dataset
 
 

@@ -53,7 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from explain.probes import Probes, choose_probes
 from explain.report import check_cam_settings, explain_model, explain_summary, write_probes
 from explain.report_labels import LABEL_KEYS
-from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, unwrap
+from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, save_checkpoint, unwrap
 from train.config import Config, ConfigError, one_line, parse_args
 from train.data import DataError, Dataset, balanced_subset, data_fingerprint, load_data
 from train.engine import (
@@ -336,8 +336,10 @@ def save_epoch(run: Run, row: dict[str, float], images: dict | None, is_best: bo
         run.tracker.log_epoch(row, images, commit=run.state.epoch < run.config.epochs, files=files)
     except OSError as exc:
         run.state.epoch -= 1  # not saved
+        hint = (f"; make room and continue with --resume {run.out_dir / 'last.pt'}" if run.state.epoch else
+                "; make room and start it again")
         raise TrainingError(f"epoch {run.state.epoch + 1}: saving its checkpoint in {run.out_dir} failed "
-                            f"({exc.strerror or exc}); {previous}") from None
+                            f"({exc.strerror or exc}); {previous}{hint}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -396,21 +398,43 @@ def finish(run: Run) -> dict[str, Any]:
                          "train_seconds": summary["train_seconds"], "compile_seconds": summary["compile_seconds"],
                          # the counts, again after the commit: the row's table explain/label_issues shares the key
                          **{f"explain/{key}": explained[key] for key in LABEL_KEYS if key in explained}})
-    run.tracker.log_model(run.out_dir / "best.pt", aliases=["best", "latest"],
-                          metadata={"config": config.to_dict(), "metrics": state.history[state.best_epoch - 1],
-                                    "epoch": state.best_epoch, "classes": run.train_set.classes})
+    if config.keep_checkpoints != "none":
+        run.tracker.log_model(run.out_dir / "best.pt", aliases=["best", "latest"],
+                              metadata={"config": config.to_dict(), "metrics": state.history[state.best_epoch - 1],
+                                        "epoch": state.best_epoch, "classes": run.train_set.classes})
     try:
         write_json(run.out_dir / "summary.json", summary)
     except OSError as exc:  # a full disk at the very end: the checkpoints are whole, say so
         raise TrainingError(f"writing summary.json in {run.out_dir} failed ({exc.strerror or exc}); {saved(state)}, "
-                            f"best.pt is the model; summary.json was not written") from None
+                            f"best.pt is the model; summary.json was not written; finish the run with --resume "
+                            f"{run.out_dir / 'last.pt'}") from None
     run.phase = "closing"
+    keep_checkpoints(run)
     run.tracker.finish()
     global RUN_ENDED
     run.phase, RUN_ENDED = "ended", True  # before the last line: a stop from here on finds the run over
     run.say(f"done: test acc {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f} at epoch "
             f"{summary['best_epoch']}), {summary['train_seconds']:.1f}s; wrote {run.out_dir}/summary.json")
     return summary
+
+
+def keep_checkpoints(run: Run) -> None:
+    """What a finished run keeps (``--keep_checkpoints``): last.pt's optimizer state and weights are of no more use
+    (a finished run cannot be continued), so it becomes the run's record — config, state, data fingerprint, metrics,
+    a few kB — which ``--resume`` still recognizes as finished; ``none`` removes best.pt too. A failure here loses
+    nothing: the files stay as they were, with a warning."""
+    keep = run.config.keep_checkpoints
+    if keep == "all":
+        return
+    record = {**{k: v for k, v in model_checkpoint(run).items() if k != "model"}, "state": run.state.to_dict(),
+              "finished": True}
+    try:
+        save_checkpoint(run.out_dir / "last.pt", record)
+        if keep == "none":
+            (run.out_dir / "best.pt").unlink(missing_ok=True)
+    except OSError as exc:
+        print(f"warning: --keep_checkpoints {keep}: could not slim the checkpoints in {run.out_dir} "
+              f"({exc.strerror or exc}); they are whole, the run is complete", file=sys.stderr, flush=True)
 
 
 def stop_message(run: Run | None, state: RunState, resumed: str) -> str:
@@ -425,7 +449,7 @@ def stop_message(run: Run | None, state: RunState, resumed: str) -> str:
     if phase == "explain":
         return f"during the explain step: {saved(state)}; finish the run with --resume {last}"
     if phase == "closing":
-        return f"while closing the W&B run: {saved(state)} and summary.json is written; the run is complete"
+        return f"while closing the run: {saved(state)} and summary.json is written; the run is complete"
     if phase == "ended":
         return "after the run ended; nothing was lost"
     return f"while finishing: {saved(state)}; summary.json was not written; finish the run with --resume {last}"

@@ -38,7 +38,7 @@ __all__ = ["RESUME_OVERRIDABLE", "CheckpointFolderLock", "NothingToResume", "Out
 # What a resumed run may change; everything else (data, model, schedule, seed, probes) is the checkpoint's.
 RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_size", "out_dir", "wandb_mode",
                       "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer", "trust",
-                      "trust_images", "label_issues"}
+                      "trust_images", "label_issues", "keep_checkpoints"}
 LOCK_FILE = ".lock"
 
 
@@ -136,7 +136,15 @@ def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, An
     """
     if not config.resume:
         return config, None
-    checkpoint = load_checkpoint(config.resume)
+    checkpoint = load_checkpoint(config.resume, record=True)
+    if checkpoint.get("finished"):  # the record a finished run leaves as its last.pt
+        for key in sorted(given - RESUME_OVERRIDABLE):
+            if getattr(config, key) != checkpoint["config"].get(key):
+                raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has "
+                                  f"{checkpoint['config'].get(key)!r}); start a new run instead")
+        state = RunState.from_dict(checkpoint.get("state"), config.resume)
+        raise NothingToResume(f"nothing to resume: {config.resume} finished all {state.epoch} epochs (test acc "
+                              f"{checkpoint['metrics'].get('val/acc', float('nan')):.4f}); nothing was changed")
     missing = [key for key in RESUME_KEYS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {config.resume!r} holds a model but not what resume needs "
@@ -356,7 +364,7 @@ class OutDir:
         for path in (last, best):
             if path.exists():
                 try:
-                    uid = load_checkpoint(path).get("run_uid")
+                    uid = load_checkpoint(path, record=True).get("run_uid")
                 except CheckpointError:
                     uid = None
                 if uid != self.run_uid:
