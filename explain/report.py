@@ -253,6 +253,7 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     paths = {f"{name}_png": out_dir / f"{name}.png" for name in ("misclassified", "confusion_matrix")}
     paths["cam_png"] = out_dir / f"{cam_method}.png"  # gradcam.png, layercam.png, ...
     mistakes = len(labels) - correct
+    written: dict[str, list[str]] = {}  # the pages of each picture, with samples
     if samples:  # samples=0: no mistakes table or pictures
         pages = {"misclassified_png": misclassified_figure(rows, mistakes),
                  "cam_png": cam_grid_figure(rows, cam_method, layers)}
@@ -262,7 +263,7 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
     confusion_figure(counts, classes, acc, acc_tta).savefig(paths["confusion_matrix_png"], dpi=DPI)
     result = {"images": len(labels), "acc": acc, **({"acc_tta": acc_tta} if acc_tta is not None else {}),
               "mistakes": mistakes, "explained": len(rows), **{key: str(path) for key, path in paths.items()},
-              **(written if samples else {})}
+              **written}
     logged = tracker is not None and tracker.id is not None  # untracked: skip building the W&B objects
     row = _wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch) if logged else {}
     if not samples:

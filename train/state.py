@@ -121,6 +121,14 @@ def find_last_checkpoint(config: Config) -> str:
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "state")
 
 
+def _refuse_changed_flags(config: Config, given: set[str], stored: dict[str, Any]) -> None:
+    """Flags given now that may not change on resume (not in :data:`RESUME_OVERRIDABLE`) must equal the stored ones."""
+    for key in sorted(given - RESUME_OVERRIDABLE):
+        if getattr(config, key) != stored.get(key):
+            raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has {stored.get(key)!r}); "
+                              f"start a new run instead")
+
+
 def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, Any] | None]:
     """Apply the resume policy: the checkpoint's config, overridden by the flags given now that may change.
 
@@ -138,10 +146,7 @@ def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, An
         return config, None
     checkpoint = load_checkpoint(config.resume, record=True)
     if checkpoint.get("finished"):  # the record a finished run leaves as its last.pt
-        for key in sorted(given - RESUME_OVERRIDABLE):
-            if getattr(config, key) != checkpoint["config"].get(key):
-                raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has "
-                                  f"{checkpoint['config'].get(key)!r}); start a new run instead")
+        _refuse_changed_flags(config, given, checkpoint["config"])
         state = RunState.from_dict(checkpoint.get("state"), config.resume)
         raise NothingToResume(f"nothing to resume: {config.resume} finished all {state.epoch} epochs (test acc "
                               f"{checkpoint['metrics'].get('val/acc', float('nan')):.4f}); nothing was changed")
@@ -154,10 +159,7 @@ def resume_config(config: Config, given: set[str]) -> tuple[Config, dict[str, An
                                           for k in ("torch", "loader"))):
         raise CheckpointError(f"checkpoint {config.resume!r} cannot be resumed: its random state is damaged")
     stored = checkpoint["config"]
-    for key in sorted(given - RESUME_OVERRIDABLE):
-        if getattr(config, key) != stored.get(key):
-            raise ConfigError(f"--{key} cannot change when resuming (the checkpoint has {stored.get(key)!r}); "
-                              f"start a new run instead")
+    _refuse_changed_flags(config, given, stored)
     try:
         resumed = config_from_dict({**stored, **{k: getattr(config, k) for k in given}})
     except ConfigError as exc:
