@@ -169,6 +169,20 @@ def wandb_summary(run_dir: str | Path) -> dict:
     return json.loads(out.stdout)
 
 
+def logged_summary(records: list[dict]) -> dict:
+    """The run's summary as its records build it, a table's fields flattened as in history rows
+    (``explain/sanity.nrows``)."""
+    summary: dict = {}
+    for record in records:
+        if record["type"] == "summary":
+            for key, value in record["summary"].get("update", {}).items():
+                if isinstance(value, dict):
+                    summary.update({f"{key}.{field}": v for field, v in value.items()})
+                else:
+                    summary[key] = value
+    return summary
+
+
 def history(records: list[dict]) -> list[dict]:
     """The logged history rows, in order."""
     return [r["history"]["item"] for r in records if r["type"] == "history"]

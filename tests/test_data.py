@@ -265,9 +265,11 @@ def test_download_path_fetches_and_unpacks_the_archive(small_folder, tmp_path):
     assert torch.equal(train.images, reference.images) and len(test) == 40
 
 
-def test_failed_download_names_data_dir(tmp_path):
-    with pytest.raises(DataError, match="--data_dir .*downloading CIFAR-10 into it failed"):
-        download_cifar10(tmp_path / "empty", url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+def test_failed_download_names_data_dir_and_the_manual_route(tmp_path):
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    with pytest.raises(DataError, match="--data_dir .*downloading CIFAR-10 into it failed") as failed:
+        download_cifar10(tmp_path / "empty", url=url)
+    assert f"download {url} yourself and unpack it there (tar xzf cifar-10-python.tar.gz -C " in str(failed.value)
 
 
 def test_balanced_subset_is_balanced_and_seeded():

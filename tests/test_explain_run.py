@@ -21,7 +21,7 @@ from explain import run as explain_run
 from explain.report import COLUMNS
 from explain.report_labels import LABEL_KEYS
 from explain.trust import TRUST_KEYS
-from tests.conftest import CLASSES, history, run_cli, wandb_records, wandb_summary
+from tests.conftest import CLASSES, history, logged_summary, run_cli, wandb_records, wandb_summary
 from tests.test_report import explain_row, image_cell, logged_table
 from train.checkpoint import save_checkpoint
 from train.config import Config
@@ -199,9 +199,10 @@ def test_explain_table_shows_the_test_images(explained, cifar_subset):
         assert image_cell(cell["gradcam_pred"], files).shape == image_cell(cell["gradcam_true"], files).shape
     confidences = [row[COLUMNS.index("confidence")] for row in table["data"]]
     assert confidences == sorted(confidences, reverse=True)
-    row = explain_row(records)
-    for key in ("explain/confusion_matrix_table", "explain/per_class_acc", "explain/most_confused"):
-        assert row[f"{key}._type"] == "table-file"
+    row, tables = explain_row(records), logged_summary(records)
+    assert row["explain/confusion_matrix_table._type"] == "table-file"  # a custom chart's table: in history
+    for key in ("explain/per_class_acc", "explain/most_confused"):  # plain tables: in the summary only
+        assert tables[f"{key}._type"] == "table-file" and f"{key}._type" not in row
     assert row["explain/confusion_matrix_image._type"] == "image-file"
     matrix, _ = logged_table(records, "explain/confusion_matrix_table")
     assert sum(n for _, _, n in matrix["data"]) == 200

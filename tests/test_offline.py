@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,6 +55,9 @@ def test_a_training_run_stages_everything_in_its_wandb_folder(trained, capsys):
     assert before.returncode == 0, before.stdout + before.stderr
     assert f"{trained['run_dir']} (run {trained['summary']['wandb_run_id']}, finished): complete" in before.stdout
     assert "1 model" in before.stdout and "3 history rows" in before.stdout
+    # every table is counted, those in the run's summary too: one run_table artifact each
+    counted = re.search(r"(\d+) tables, .*artifacts: 1 model, (\d+) run_table", before.stdout)
+    assert counted and int(counted[1]) == int(counted[2]) >= 8, before.stdout
     shutil.rmtree(home / ".local" / "share" / "wandb", ignore_errors=True)  # a container losing its home
     after = check_here(capsys, wandb_dir)
     assert after.stdout == before.stdout and after.returncode == 0

@@ -18,7 +18,7 @@ from explain import compute_cams
 from explain.figures import PAGE_HEIGHT
 from explain.probes import Probes, choose_probes
 from explain.report import explain_images
-from tests.conftest import history, run_cli, wandb_records, wandb_summary
+from tests.conftest import history, logged_summary, run_cli, wandb_records, wandb_summary
 from train.data import load_data, read_images
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,8 @@ def test_every_probe_is_logged_every_epoch(trained, cifar_subset):
     _, test = load_data(cifar_subset)
     assert saved["indices"] == choose_probes(test.labels, 10, seed=0).tolist()  # what any run with seed 0 picks
     assert saved["epochs"] == [0, 1, 2]
-    rows = {int(row["epoch"]): row for row in history(wandb_records(trained["run_dir"]))}
+    records = wandb_records(trained["run_dir"])
+    rows = {int(row["epoch"]): row for row in history(records)}
     assert sorted(rows) == [0, 1, 2]  # epoch 0 (the initial model), then one row per epoch
     for probe in saved["probes"]:
         key = f"probes/{probe['index']}_{probe['class']}"
@@ -65,8 +66,9 @@ def test_every_probe_is_logged_every_epoch(trained, cifar_subset):
             assert picture.size[1] <= PAGE_HEIGHT and picture.size[0] < 1500
             heights.append(picture.size[1])
     assert sum(heights) > 10 * 128 and (out / "probes.png").is_file()
-    table = rows[2]
+    table = logged_summary(records)  # a plain table: in the summary, not in the epoch's history row
     assert table["probes/summary._type"] == "table-file" and table["probes/summary.nrows"] == 10
+    assert "probes/summary._type" not in rows[2]
 
 
 def test_a_probe_cam_is_compute_cams_of_the_same_input(trained, cifar_subset):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, history, wandb_records, wandb_summary
+from tests.conftest import REPO, history, logged_summary, wandb_records, wandb_summary
 from train.tracking import Tracker, epoch_row, read_metrics, resolve_mode
 
 TRAIN = {"loss": 1.5, "acc": 0.4, "images": 100, "seconds": 2.0, "images_per_second": 50.0, "lr": 0.1}
@@ -73,6 +73,30 @@ def test_unreachable_server_falls_back_to_an_offline_run(tmp_path):
     assert mode == "offline" and "warning: W&B online init failed" in result.stderr
     assert [row["epoch"] for row in history(wandb_records(run_dir))] == [1]
     assert "wandb sync" in result.stderr
+
+
+def test_plain_tables_go_to_the_summary_so_the_metrics_view_holds_only_metrics():
+    import wandb
+
+    tracker = Tracker({}, mode="offline", project="test")
+    growing = wandb.Table(columns=["a"], log_mode="INCREMENTAL")
+    growing.add_data(1)
+    tracker.log({"epoch": 1, "val/acc": 0.5, "explain/per_class_acc": wandb.Table(columns=["a"], data=[[1], [2]]),
+                 "explain/label_issues": wandb.Table(columns=["a"], data=[[3]]), "explain/images": growing,
+                 "explain/curves": wandb.plot.line_series(xs=[0, 1], ys=[[0.1, 0.2]], keys=["cam"])})
+    tracker.log({"explain/per_class_acc": wandb.Table(columns=["a"], data=[[1], [2], [3]])})  # a table alone: no row
+    run_dir = tracker.dir
+    tracker.finish()
+    records = wandb_records(run_dir)
+    rows, summary = history(records), logged_summary(records)
+    assert len(rows) == 1 and rows[0]["val/acc"] == 0.5
+    assert summary["explain/per_class_acc._type"] == "table-file" and summary["explain/per_class_acc.nrows"] == 3
+    assert not any(key.startswith("explain/per_class_acc") for key in rows[0])
+    # kept in history: an incremental table (its rows arrive as steps), a custom chart's table (W&B cannot store a
+    # chart in the summary) and explain/label_issues (its summary key holds the issue count)
+    assert rows[0]["explain/images._type"] == "incremental-table-file"
+    assert rows[0]["explain/curves_table._type"] == "table-file"
+    assert rows[0]["explain/label_issues._type"] == "table-file"
 
 
 def test_a_failing_logging_call_warns_and_training_goes_on(capsys):

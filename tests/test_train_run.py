@@ -14,7 +14,7 @@ import timm
 import torch
 
 import train  # noqa: F401
-from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
+from tests.conftest import REPO, history, logged_summary, run_cli, wandb_records, wandb_summary
 from train.config import Config
 from train.tracking import read_metrics
 
@@ -90,10 +90,14 @@ def test_wandb_run_has_every_epoch_key_once_per_epoch(trained):
     for key in EPOCH_KEYS[1:]:
         assert sum(key in row for row in all_rows) == 2, key
     assert [row["_step"] for row in all_rows] == sorted({row["_step"] for row in all_rows})  # one row per step
-    for key in ("explain/misclassified", "explain/confusion_matrix_table", "explain/confusion_matrix_image",
-                "explain/per_class_acc", "explain/most_confused"):
+    for key in ("explain/confusion_matrix_table", "explain/confusion_matrix_image", "explain/label_issues"):
         assert f"{key}._type" in all_rows[-1], key  # the explain step joins the last epoch's row (keys flattened)
-    assert all_rows[-1]["explain/misclassified.nrows"] == 8 and all_rows[-1]["epoch"] == 2
+    tables = logged_summary(wandb_records(run_dir))
+    for key in ("explain/misclassified", "explain/per_class_acc", "explain/most_confused", "explain/sanity",
+                "probes/summary"):  # plain tables: in the summary, none of their fields in the metrics' history
+        assert tables[f"{key}._type"] == "table-file", key
+        assert not any(field.startswith(f"{key}.") for row in all_rows for field in row), key
+    assert tables["explain/misclassified.nrows"] == 8 and all_rows[-1]["epoch"] == 2
     assert rows[-1]["val/acc"] == pytest.approx(summary["test_acc"])
 
     state = wandb_summary(run_dir)

@@ -37,7 +37,7 @@ from explain.trust import (
     verdict,
     verdict_line,
 )
-from tests.conftest import history, run_cli, wandb_records, wandb_summary
+from tests.conftest import history, logged_summary, run_cli, wandb_records, wandb_summary
 from tests.test_cam import TinyNet, patch_images
 
 
@@ -478,10 +478,10 @@ def test_a_training_run_reports_how_far_its_cams_can_be_trusted(trained):
     assert f"deletion gain {explain['deletion_gain']:.3f} [{explain['deletion_gain_ci'][0]:.3f}, " in said
     rows = history(wandb_records(trained["run_dir"]))
     last = rows[-1]
-    # the line plot's data (4 curves x 9 points) and the per-stage sanity table join the last epoch's row
+    # the line plot's data (4 curves x 7 points) joins the last epoch's row; the per-stage sanity table the summary
     assert last["explain/faithfulness_curves_table._type"] == "table-file"
     assert last["explain/faithfulness_curves_table.nrows"] == 4 * 7  # 6 steps
-    assert last["explain/sanity.nrows"] == 7  # fc, layer4, ..., conv1
+    assert logged_summary(wandb_records(trained["run_dir"]))["explain/sanity.nrows"] == 7  # fc, layer4, ..., conv1
     for name in ("faithfulness.png", "sanity.png"):
         with Image.open(out / name) as picture:
             assert picture.format == "PNG" and min(picture.size) > 300
@@ -515,7 +515,7 @@ def test_compare_ranks_only_what_paired_differences_separate(trained, tmp_path):
     with Image.open(out / "cam_methods.png") as picture:
         assert picture.size[0] > 4 * 128  # the image and one column per method
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
-    row = next(r for r in history(wandb_records(run_dir)) if "explain/cam_methods._type" in r)
+    row = logged_summary(wandb_records(run_dir))
     assert row["explain/cam_methods.nrows"] == 3 and row["explain/cam_method_pairs.nrows"] == 6
     again = run_cli(*args[:-2], f"--out_dir={tmp_path / 'again'}", "--wandb_mode=disabled", script="explain/run.py")
     assert again.returncode == 0, again.stderr[-2000:]

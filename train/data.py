@@ -203,7 +203,8 @@ def download_cifar10(data_dir: Path, url: str | None = None, md5: str | None = N
             shutil.rmtree(data_dir, ignore_errors=True)
         raise DataError(
             f"--data_dir {str(data_dir)!r} has no train/ and test/ folders nor {CIFAR_FOLDER}/, and downloading "
-            f"CIFAR-10 into it failed ({type(exc).__name__}: {str(exc)[:200]}); point --data_dir at a data set"
+            f"CIFAR-10 into it failed ({type(exc).__name__}: {str(exc)[:200]}); point --data_dir at a data set, "
+            f"or download {url} yourself and unpack it there (tar xzf {CIFAR10.filename} -C {str(data_dir)!r})"
         ) from None
 
 

@@ -161,6 +161,7 @@ def check_run(run_dir: Path) -> RunCheck:
     records, check.damaged = read_records(run_dir)
     if not records and not check.damaged:
         check.damaged.append(_nothing_read(run_dir))
+    summary_tables: set[str] = set()
     for record in records:
         kind = record.get("type")
         if kind == "run":
@@ -175,6 +176,9 @@ def check_run(run_dir: Path) -> RunCheck:
                 check.steps.add(record["history"]["item"]["_step"])
             check.tables += sum(1 for key, value in record["history"]["item"].items()
                                 if key.endswith("._type") and value in TABLE_TYPES)
+        elif kind == "summary":  # tables the run put in its summary (train.tracking.summary_tables), once per key
+            summary_tables.update(key for key, value in record["summary"].get("update", {}).items()
+                                  if isinstance(value, dict) and value.get("_type") in TABLE_TYPES)
         elif kind == "files":
             for entry in record["files"]["files"]:
                 path = run_dir / "files" / entry["path"]
@@ -185,6 +189,7 @@ def check_run(run_dir: Path) -> RunCheck:
                     check.missing.append(f"run file {entry['path']} expected at {path}")
         elif kind == "artifact":
             _check_artifact(record["artifact"], run_dir, check)
+    check.tables += len(summary_tables)
     if records and not check.has_run_record:
         check.damaged.append("no run record among what W&B's reader could read: a sync cannot create the run")
     return check

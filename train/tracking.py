@@ -27,7 +27,7 @@ from train.files import atomic_write, atomic_write_all, shortest_floats
 from train.stops import stops_deferred
 
 __all__ = ["METRICS_FILE", "Tracker", "check_wandb_environment", "epoch_row", "finish_active_run", "read_metrics",
-           "resolve_mode", "stage_beside"]
+           "resolve_mode", "stage_beside", "summary_tables"]
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
@@ -217,13 +217,23 @@ class Tracker:
         return {**row, **media}
 
     def log(self, row: dict[str, Any], commit: bool = True) -> None:
-        """Log one W&B row at step ``row["epoch"]`` (so a resumed run's steps continue where they stopped).
+        """Log one W&B row at step ``row["epoch"]`` (so a resumed run's steps continue where they stopped); its
+        tables go to the run's summary (:func:`summary_tables`).
 
         ``commit=False`` keeps the row open so that a later ``log`` of the same epoch (the explain row at the end
         of training) joins it: one history row per epoch. W&B drops data logged to a step already committed.
         """
         step = int(row["epoch"]) if "epoch" in row else None
-        self._guard("log", lambda: self.run.log(row, step=step, commit=commit))
+
+        def log() -> None:
+            tables = summary_tables(row)
+            if tables:
+                self.run.summary.update(tables)
+            rest = {key: value for key, value in row.items() if key not in tables}
+            if rest:
+                self.run.log(rest, step=step, commit=commit)
+
+        self._guard("log", log)
 
     def log_epoch(self, row: dict[str, Any], images: dict[str, tuple[np.ndarray, str]] | None = None,
                   commit: bool = True, files: dict[Path, bytes | memoryview] | None = None) -> None:
@@ -292,6 +302,26 @@ class Tracker:
         self.run = None
         if offline:
             print(f"wandb: offline run saved in {run_dir}; upload it with `wandb sync {run_dir}`", file=sys.stderr)
+
+
+# Tables whose key stays in history: the summary key of explain/label_issues holds the issue count (the name the
+# label-issues issue gave both), so its table is logged in the explain row as before.
+TABLES_IN_HISTORY = ("explain/label_issues",)
+
+
+def summary_tables(row: dict[str, Any]) -> dict[str, Any]:
+    """The W&B Tables of ``row`` that belong in the run's summary, not its history.
+
+    A table in a history row adds its ``nrows``/``ncols``/``size`` fields to the run's metrics, each a one-point chart
+    (seen in ``wandb leet``: ~27 of them before the epoch charts), while W&B's table panels read the summary anyway.
+    Left in history: incremental tables (their rows arrive batch by batch as history steps), custom charts
+    (``wandb.plot.*``, which W&B cannot store in a summary) and :data:`TABLES_IN_HISTORY`.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return {}
+    return {key: value for key, value in row.items() if isinstance(value, wandb.Table)
+            and value.log_mode != "INCREMENTAL" and key not in TABLES_IN_HISTORY}
 
 
 def finish_active_run(exit_code: int) -> None:
