@@ -18,7 +18,7 @@ from PIL import Image
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from explain.cam import compute_cams
-from explain.figures import PAGE_HEIGHT, cam_grid_figure, misclassified_figure, page_paths, save_pages
+from explain.figures import PAGE_HEIGHT, cam_grid_figure, misclassified_figure, page_paths, save_pages, tile_pages
 from explain.overlay import overlay_cam
 from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
 from tests.conftest import copy_images, history, logged_summary, wandb_records
@@ -274,6 +274,22 @@ def _mistakes(n: int) -> list[dict]:
     return [{"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "gradcam_pred": picture(),
              "gradcam_true": picture(), "true": "cat", "pred": "dog", "confidence": 0.9, "p_true": 0.05}
             for _ in range(n)]
+
+
+def test_a_grid_narrower_than_its_title_is_widened_until_every_word_shows():
+    """probes.png of a 3-epoch run (5 columns) ran its 97-character title into both edges (1 px to spare)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    title = "Probe images by epoch: CAM of the true class, the predicted class and p(true class)"
+    cells = [(np.zeros((128, 128, 3), np.uint8), [("epoch 1", "black")])] * 50
+    for page in tile_pages(cells, 5, title, colorbar="jet"):
+        renderer = FigureCanvasAgg(page).get_renderer()
+        width = page.get_figwidth() * page.dpi
+        texts = page.texts + page.axes[0].texts
+        assert len(page.texts) == 1 and "page" in page.texts[0].get_text()
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 10 and box.x1 <= width - 10, (text.get_text(), box.x0, box.x1, width)  # a margin
 
 
 def test_long_grids_are_split_into_pages_a_screen_high_and_every_mistake_is_drawn_once(tmp_path):
