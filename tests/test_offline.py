@@ -156,7 +156,9 @@ def two_runs(tmp_path_factory) -> Path:
 
 
 def _cut(data: bytes) -> bytes:
-    return data[:len(data) // 2]
+    # the last record loses its last bytes, as when a process dies mid-write; a cut at half the file was read as
+    # complete in two loaded test runs here (a cut that lands on a record boundary leaves a shorter, valid file)
+    return data[:len(data) - 3]
 
 
 def _flip(data: bytes) -> bytes:

@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import REPO
 
 LEFT_BY_THE_SET_UP = [".venv/bin/python", "cifar10-jpeg/train/cat/0000.jpg", "cifar10-png/train/cat/0001.png",
-                      "data/cifar-10-batches-py/data_batch_1", "runs/smoke/last.pt", "wandb/latest-run"]
+                      "data/cifar-10-batches-py/data_batch_1", "cifar-10-python.tar.gz",
+                      "runs/smoke/last.pt", "wandb/latest-run"]
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs git and a checkout")

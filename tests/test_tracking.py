@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,21 @@ def test_plain_tables_go_to_the_summary_so_the_metrics_view_holds_only_metrics()
     assert rows[0]["explain/images._type"] == "incremental-table-file"
     assert rows[0]["explain/curves_table._type"] == "table-file"
     assert rows[0]["explain/label_issues._type"] == "table-file"
+
+
+def test_the_model_artifact_names_the_checkpoint_by_absolute_path(tmp_path, monkeypatch):
+    """An --out_dir given relative (the default runs/<name>) must not make `wandb sync` from another folder miss
+    the model: W&B reads an immutable artifact file where its record says."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "best.pt").write_bytes(b"weights")
+    tracker = Tracker({}, mode="offline", project="test")
+    tracker.log_model(Path("runs") / "best.pt", metadata={}, aliases=["best"])
+    run_dir = tracker.dir
+    tracker.finish()
+    entries = [entry for record in wandb_records(run_dir) if record["type"] == "artifact"
+               for entry in record["artifact"]["manifest"]["contents"]]
+    assert [entry["local_path"] for entry in entries] == [str(tmp_path / "runs" / "best.pt")]
 
 
 def test_a_failing_logging_call_warns_and_training_goes_on(capsys):

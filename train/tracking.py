@@ -284,7 +284,8 @@ class Tracker:
             artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=metadata)
             # immutable: W&B reads the file where it is instead of copying it into its staging folder (for an offline
             # run a second copy of the model until `wandb sync`); best.pt no longer changes once the run finished
-            artifact.add_file(str(path), name=Path(path).name, policy="immutable")
+            # W&B records the path as given: a relative one (runs/x/best.pt) is missing to a sync run elsewhere
+            artifact.add_file(str(Path(path).resolve()), name=Path(path).name, policy="immutable")
             self.run.log_artifact(artifact, aliases=aliases)
 
         self._guard("artifact upload", log)
