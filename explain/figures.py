@@ -32,6 +32,7 @@ ALPHA = 0.5  # weight of the heat layer in the overlays
 PNG_ROWS = 64  # mistakes drawn in misclassified.png and the CAM grid (the W&B table holds all of them)
 MAX_MATRIX_CLASSES = 50  # classes drawn in confusion_matrix.png: the most confused ones beyond this
 PAGE_HEIGHT = 900  # px: a long grid is split into pages of at most this height (a laptop screen shows one 1:1)
+GRID_GAP = 20  # px between the pictures of a grid and around it
 RIGHT, WRONG = "tab:green", "tab:red"
 
 def upscale(picture: np.ndarray, scale: int = SCALE) -> np.ndarray:
@@ -55,11 +56,9 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1,
         fig.text(0.5, 0.5, title, ha="center", va="center", fontsize=12)
         return fig
     height, width = next(cell for cell in cells if cell)[0].shape[:2]
-    band = CAPTION_LINE * max(len(cell[1]) for cell in cells if cell) + 4
+    bar_top, top, band, row = _grid_geometry(cells, list(notes), colorbar)
     lines = math.ceil(len(cells) / cols)
-    gap, group_gap = 20, 28
-    bar_top = 40 + NOTE_LINE * len(notes)
-    top = bar_top + (34 if colorbar else 12)
+    gap, group_gap = GRID_GAP, 28
 
     def left(col: int) -> int:
         return gap + col * (width + gap) + (col // group) * group_gap
@@ -68,7 +67,7 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1,
     grid = left(cols - 1) + width + gap
     wide = int(max(grid, text_width + 2 * gap, 660 if colorbar else 0))
     shift = (wide - grid) // 2  # a grid narrower than its title stands in the middle
-    canvas = np.full((top + lines * (band + height + gap), wide, 3), 255, np.uint8)
+    canvas = np.full((top + lines * row, wide, 3), 255, np.uint8)
     fig = Figure(figsize=(canvas.shape[1] / DPI, canvas.shape[0] / DPI), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))
     for i, cell in enumerate(cells):
@@ -76,7 +75,7 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1,
             continue
         picture, captions = cell
         line, col = divmod(i, cols)
-        x, y = shift + left(col), top + line * (band + height + gap) + band
+        x, y = shift + left(col), top + line * row + band
         canvas[y:y + height, x:x + width] = picture
         for j, (text, colour) in enumerate(captions):
             ax.text(x + width / 2, y - band + 2 + j * CAPTION_LINE, text, ha="center", va="top", fontsize=9,
@@ -97,16 +96,18 @@ def tile_figure(cells: list[Cell], cols: int, title: str, group: int = 1,
 
 def text_pixels(text: str, fontsize: float) -> float:
     """The width of one line of ``text`` at ``fontsize`` points in pixels at :data:`DPI`, from the font's glyphs
-    (a per-character guess of 8 px cut a 97-character title by 60 px)."""
+    (a guess of 8 px a character put a 97-character title 1 px from the picture's edges)."""
     return TextPath((0, 0), text, size=fontsize).get_extents().width * DPI / 72
 
 
-def _grid_geometry(cells: list[Cell], notes: list[tuple[str, str]], colorbar: str | None) -> tuple[int, int]:
-    """A grid's top margin and the height of one of its rows, in pixels (as :func:`tile_figure` lays them out)."""
+def _grid_geometry(cells: list[Cell], notes: list[tuple[str, str]],
+                   colorbar: str | None) -> tuple[int, int, int, int]:
+    """A grid's vertical layout in pixels, shared by :func:`tile_figure` (which draws it) and :func:`tile_pages`
+    (which splits it): where the colour bar goes, the top margin, a row's caption band and a whole row's height."""
     height = next(cell for cell in cells if cell)[0].shape[0]
     band = CAPTION_LINE * max(len(cell[1]) for cell in cells if cell) + 4
-    top = 40 + NOTE_LINE * len(notes) + (34 if colorbar else 12)
-    return top, band + height + 20
+    bar_top = 40 + NOTE_LINE * len(notes)
+    return bar_top, bar_top + (34 if colorbar else 12), band, band + height + GRID_GAP
 
 
 def tile_pages(cells: list[Cell], cols: int, title: str, group: int = 1, notes: list[tuple[str, str]] = (),
@@ -116,7 +117,7 @@ def tile_pages(cells: list[Cell], cols: int, title: str, group: int = 1, notes: 
     tall, unreadable when fitted to a screen."""
     if not any(cells):
         return [tile_figure(cells, cols, title, group, notes, colorbar)]
-    top, row = _grid_geometry(cells, list(notes), colorbar)
+    _, top, _, row = _grid_geometry(cells, list(notes), colorbar)
     per_page = cols * max(1, (page_height - top) // row)
     chunks = [cells[i:i + per_page] for i in range(0, len(cells), per_page)]
     return [tile_figure(chunk, cols, title + (f" (page {k} of {len(chunks)})" if len(chunks) > 1 else ""), group,

@@ -5,7 +5,7 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it
 state_dict for ``timm.create_model(config["model"], num_classes=len(classes))``), ``config``, ``epoch`` (last
 finished epoch), ``metrics`` (that epoch's log row) and ``classes``: what a user of the model needs, and all that
 ``best.pt`` holds. ``last.pt`` adds what resume needs (see :mod:`train.state`) until the run finishes; then it is
-replaced by the run's *record* (``finished: True``, no ``model``, a few kB) unless ``--keep_checkpoints all``.
+replaced by the run's *record* (``finished: True``, no ``model``, under 100 kB) unless ``--keep_checkpoints all``.
 """
 
 from __future__ import annotations

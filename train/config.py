@@ -108,7 +108,7 @@ class Config:
     keep_checkpoints: str = "best"
     """What a finished run keeps: best (best.pt, the model), all (best.pt and the whole last.pt, optimizer state
     included) or none (no weights, no W&B model artifact). Until the run finishes last.pt holds everything resume
-    needs; at the finish it becomes the run's record (a few kB) unless all."""
+    needs; at the finish it becomes the run's record (under 100 kB) unless all."""
     # ---- tracking ------------------------------------------------------------------------------------------------
     wandb_project: str = "cifar-insight"
     """W&B project."""

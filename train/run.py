@@ -421,7 +421,7 @@ def finish(run: Run) -> dict[str, Any]:
 def keep_checkpoints(run: Run) -> None:
     """What a finished run keeps (``--keep_checkpoints``): last.pt's optimizer state and weights are of no more use
     (a finished run cannot be continued), so it becomes the run's record — config, state, data fingerprint, metrics,
-    a few kB — which ``--resume`` still recognizes as finished; ``none`` removes best.pt too. A failure here loses
+    under 100 kB — which ``--resume`` still recognizes as finished; ``none`` removes best.pt too. A failure here loses
     nothing: the files stay as they were, with a warning."""
     keep = run.config.keep_checkpoints
     if keep == "all":
