@@ -47,8 +47,8 @@ def test_two_processes_train_exactly_what_one_process_trains(cifar_subset, tmp_p
     assert single.returncode == 0, single.stderr[-3000:]
 
     assert stdout.count("epoch 1/2 ") == 1 and "2 processes (DDP)" in stdout  # only rank 0 prints
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
-                                                                     "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "config.json", "last.pt",
+                                                                     "metrics.jsonl", "summary.json"]
     ddp, one = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("ddp", "one"))
     # all-reduced metrics of the same global batches
     for a, b in zip(ddp["state"]["history"], one["state"]["history"], strict=True):
@@ -88,5 +88,5 @@ def test_torchrun_stops_and_resumes_the_same_run(cifar_subset, tmp_path):
     assert summary["epochs"] == 2 and summary["wandb_run_id"] == first["state"]["wandb_run_id"]
     rows = [row for row in history(wandb_records(summary["wandb_run_dir"])) if "train/loss" in row]
     assert [row["epoch"] for row in rows] == [1, 2]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "probes.json",
-                                                     "probes.png", "summary.json"]  # rank 0's alone
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl",
+                                                     "probes.json", "probes.png", "summary.json"]  # rank 0's alone

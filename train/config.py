@@ -57,15 +57,29 @@ class Config:
     """Class-balanced, seeded subset of the test set (0 = all)."""
     cutout: int = 0
     """Side of the square cut out of each training image (0 = off)."""
+    flip: str = "random"
+    """Horizontal flips of the training images: random (each image mirrored with probability 1/2 every epoch) or
+    alternate (each image's side drawn once, then all mirrored together every other epoch: airbench's scheme)."""
+    min_res: int = 16
+    """Progressive resizing: the first epoch trains on images scaled down to this side (pixels), rising linearly in
+    steps of 4 to their own size over the first --res_ramp of the epochs; the last epoch is always at full size;
+    cheaper early epochs (0 = off: every epoch at full size)."""
+    res_ramp: float = 0.75
+    """Fraction of the epochs over which --min_res rises to the full resolution."""
     # ---- model ---------------------------------------------------------------------------------------------------
     model: str = "resnet18_cifar"
     """Any timm model name; resnet18_cifar is registered by `import train`."""
+    stem_init: str = "auto"
+    """Initialization of the model's first convolution: whiten (its first filters set to ± the whitening directions
+    of the training images' patches, as airbench does; computed on up to 5,000 training images before the first
+    step), default (the model's own), or auto (whiten when the model names a first Conv2d in its timm
+    pretrained_cfg, else default); W&B's config records what it resolved to."""
     # ---- optimisation: SGD-Nesterov, linear warm-up then linear decay, label smoothing -----------------------------
     epochs: int = 20
     """Passes over the training set."""
     batch_size: int | None = None
-    """Images per optimizer step (the global batch under torchrun); unset = 512, halved (not below 32) until an epoch
-    of the training set takes at least 48 steps."""
+    """Images per optimizer step (the global batch under torchrun); unset = 512 (128 on the CPU), halved (not below
+    32) until an epoch of the training set takes at least 48 steps."""
     lr: float | None = None
     """Peak learning rate; unset = lr_base * batch_size / lr_base_size (0.4 at the default batch of 512)."""
     lr_base: float = 0.1
@@ -145,7 +159,11 @@ class ConfigError(ValueError):
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 KEEP_CHECKPOINTS = ("best", "all", "none")
+FLIPS = ("random", "alternate")
+STEM_INITS = ("auto", "whiten", "default")
+MAX_RES = 1024  # --min_res: above any image size this project trains on
 DEFAULT_BATCH, MIN_BATCH, MIN_STEPS = 512, 32, 48  # the default batch, fitted to small training sets (fitted_batch)
+CPU_BATCH = 128  # the default batch on the CPU: its fastest at full size (bench/results/recipe_cpu.json, profile)
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_NAME_BYTES = 200  # a run name becomes a folder name (255 bytes on most file systems, W&B adds to it)
 MAX_PROBES = 100  # each is a W&B image per epoch and a row of probes.png
@@ -249,6 +267,10 @@ def _validate(config: Config) -> Config:
         ("train_subset", config.train_subset >= 0, "must be >= 0 (0 = all)"),
         ("test_subset", config.test_subset >= 0, "must be >= 0 (0 = all)"),
         ("cutout", 0 <= config.cutout <= 32, "must be in [0, 32]"),
+        ("flip", config.flip in FLIPS, f"must be one of {', '.join(FLIPS)}"),
+        ("stem_init", config.stem_init in STEM_INITS, f"must be one of {', '.join(STEM_INITS)}"),
+        ("min_res", config.min_res == 0 or 8 <= config.min_res <= MAX_RES, f"must be 0 (off) or in [8, {MAX_RES}]"),
+        ("res_ramp", 0 < config.res_ramp <= 1, "must be in (0, 1]"),
         ("seed", 0 <= config.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]"),
         ("explain_samples", 0 <= config.explain_samples <= MAX_EXPLAINED, f"must be in [0, {MAX_EXPLAINED}]"),
         ("probe_images", 0 <= config.probe_images <= MAX_PROBES, f"must be in [0, {MAX_PROBES}]"),
@@ -302,24 +324,25 @@ def _plain_name(name: str) -> bool:
                         and not any(c in name for c in "/\\\x00"))
 
 
-def fitted_batch(train_images: int, world_size: int = 1) -> int:
-    """The default ``batch_size`` for a training set of ``train_images``: DEFAULT_BATCH, halved down to MIN_BATCH
-    until an epoch takes at least MIN_STEPS steps (a multiple of ``world_size``). At 512 a 3,000-image epoch is 5
-    steps at lr 0.4 and the run diverges; at 32 it is 93 steps at lr 0.025 (BENCHMARKS.md, "The default batch on
-    small data")."""
-    batch = DEFAULT_BATCH
+def fitted_batch(train_images: int, world_size: int = 1, start: int = DEFAULT_BATCH) -> int:
+    """The default ``batch_size`` for a training set of ``train_images``: ``start`` (DEFAULT_BATCH, CPU_BATCH on the
+    CPU), halved down to MIN_BATCH until an epoch takes at least MIN_STEPS steps (a multiple of ``world_size``). At
+    512 a 3,000-image epoch is 5 steps at lr 0.4 and the run diverges; at 32 it is 93 steps at lr 0.025
+    (BENCHMARKS.md, "The default batch on small data")."""
+    batch = start
     while batch > MIN_BATCH and train_images < MIN_STEPS * batch:
         batch //= 2
     return max(world_size, batch - batch % world_size)
 
 
-def resolve(config: Config, train_images: int | None = None, world_size: int = 1) -> Config:
+def resolve(config: Config, train_images: int | None = None, world_size: int = 1,
+            start_batch: int = DEFAULT_BATCH) -> Config:
     """Fill the settings derived from others when not given: ``batch_size`` (:func:`fitted_batch`, once the training
     set's size is known: until then it and an unset ``lr`` stay None), ``lr`` (linear scaling rule, as timm's
     ``lr_base``) and ``warmup_epochs`` (a fifth of the run, so a short run still warms up and decays). W&B and the
     checkpoints record the resolved values."""
     if config.batch_size is None and train_images is not None:
-        config.batch_size = fitted_batch(train_images, world_size)
+        config.batch_size = fitted_batch(train_images, world_size, start_batch)
     if config.lr is None and config.batch_size is not None:
         config.lr = config.lr_base * config.batch_size / config.lr_base_size
     if config.warmup_epochs is None:

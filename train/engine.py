@@ -7,6 +7,7 @@ Pure PyTorch — no wandb, no printing beyond the tqdm bar. Running sums stay on
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,12 +22,16 @@ from torch import nn
 from tqdm import tqdm
 
 from train.checkpoint import unwrap
-from train.config import Config, ConfigError, resolve
-from train.data import Dataset
+from train.config import CPU_BATCH, DEFAULT_BATCH, Config, ConfigError, resolve
+from train.data import DataError, Dataset
 from train.loader import DeviceLoader
 
-__all__ = ["NonFiniteLossError", "Recipe", "amp_dtype", "build_recipe", "compile_overhead", "evaluate",
-           "make_optimizer", "make_scheduler", "predict", "resolve_device", "train_one_epoch"]
+__all__ = ["NonFiniteLossError", "Recipe", "amp_dtype", "build_recipe", "compile_overhead", "epoch_resolutions",
+           "evaluate", "make_optimizer", "make_scheduler", "predict", "resolve_device", "smallest_resolution",
+           "train_one_epoch", "whiten_stem"]
+
+
+WHITEN_IMAGES = 5000  # --stem_init whiten: training images whose patches it whitens (airbench's 5,000)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -125,6 +130,8 @@ class Recipe:
     channels_last: bool
     device: torch.device
     ema: ModelEmaV3 | None = None  # an exponential moving average of the weights (--ema): what is evaluated and saved
+    resolutions: list[int] | None = None  # training resolution of each epoch (--min_res); None = the images' own
+    epochs_done: int = 0  # epochs trained so far: picks the next epoch's resolution and flip side (resume sets it)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -132,10 +139,17 @@ class Recipe:
         return self.ema.module if self.ema is not None else self.model
 
     def train_epoch(self, net: nn.Module, *, progress: bool = False, desc: str = "train") -> dict[str, float]:
-        """One epoch of :func:`train_one_epoch` of ``net`` (the model, or its DDP/compiled wrapper) with this recipe."""
-        return train_one_epoch(net, self.train_loader, self.optimizer, self.scheduler, self.train_loss,
+        """One epoch of :func:`train_one_epoch` of ``net`` (the model, or its DDP/compiled wrapper) with this recipe,
+        at the epoch's resolution and flip side."""
+        loader = self.train_loader
+        if self.resolutions:
+            loader.resolution = self.resolutions[min(self.epochs_done, len(self.resolutions) - 1)]
+        loader.epoch = self.epochs_done
+        stats = train_one_epoch(net, self.train_loader, self.optimizer, self.scheduler, self.train_loss,
                                device=self.device, amp=self.amp, channels_last=self.channels_last, progress=progress,
                                desc=desc, ema=self.ema)
+        self.epochs_done += 1
+        return {**stats, "resolution": loader.resolution}
 
     def evaluate(self, net: nn.Module, *, tta: bool) -> dict[str, float]:
         """:func:`evaluate` of ``net`` on this recipe's test loader; with an EMA, of the EMA's weights instead."""
@@ -144,21 +158,50 @@ class Recipe:
 
 
 def build_recipe(config: Config, train_set: Dataset, test_set: Dataset, device: torch.device, *, rank: int = 0,
-                 world_size: int = 1) -> Recipe:
+                 world_size: int = 1, batch_source: str = "") -> Recipe:
     """Loaders on ``device``, the model (SyncBatchNorm across GPUs under DDP; channels-last on CUDA and the CPU, where
     NHWC gives cuDNN and oneDNN their fastest convolutions), fused SGD, the per-batch schedule, the losses and, with
     ``config.ema``, an EMA of the weights (timm's ``ModelEmaV3``, its decay ramped up by timm's warm-up and capped at
     ``config.ema``: a fixed 0.999 would still hold 14 % of the random initialization after the default run's 1,940
-    steps). An unset ``batch_size`` (and the ``lr`` scaled from it) is fitted to ``train_set`` here
-    (:func:`train.config.fitted_batch`), so ``config`` then holds what trains."""
-    resolve(config, len(train_set), world_size)
+    steps); ``--stem_init auto|whiten`` whitens the first convolution (:func:`whiten_stem`) and
+    ``config.stem_init`` then says what it resolved to. An unset ``batch_size`` (and the ``lr`` scaled from it) is
+    fitted to ``train_set`` here (:func:`train.config.fitted_batch`), so ``config`` then holds what trains.
+    ``batch_source`` says where a set ``batch_size`` came from, for the errors: ``"checkpoint"`` (a resumed run's),
+    else the ``--batch_size`` flag.
+
+    Raises:
+        DataError: fewer training images than a batch, or a batch that does not split over ``world_size``.
+    """
+    fitted = config.batch_size is None
+    resolve(config, len(train_set), world_size, CPU_BATCH if device.type == "cpu" else DEFAULT_BATCH)
+    images, batch = len(train_set), config.batch_size
+    named = ("the default batch (its smallest)" if fitted else
+             "the checkpoint's batch size (fitted when the run started)" if batch_source == "checkpoint" else
+             "--batch_size")
+    if images < batch:
+        raise DataError(f"{images} training images are fewer than {named} {batch}"
+                        + (f"; give --batch_size {images} or less" if fitted else ""))
+    if batch % world_size:
+        raise DataError(f"{named} {batch} does not split evenly over {world_size} processes"
+                        + ("; resume with a process count that divides it" if batch_source == "checkpoint" else ""))
     train_loader = DeviceLoader(train_set, config.batch_size, device, train=True, cutout=config.cutout,
-                                seed=config.seed, rank=rank, world_size=world_size)
+                                seed=config.seed, rank=rank, world_size=world_size, flip=config.flip)
     test_loader = DeviceLoader(test_set, config.eval_batch_size, device, train=False, rank=rank,
                                world_size=world_size)
     model = timm.create_model(config.model, num_classes=len(train_set.classes)).to(device)
     if world_size > 1 and device.type == "cuda":  # BN over the global batch, as one GPU would (torch: GPUs only)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.stem_init in ("auto", "whiten"):  # before the optimizer and the EMA copy the weights
+        picked = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))[:WHITEN_IMAGES]
+        try:
+            whiten_stem(model, train_set.images[picked].to(device).float().div_(255))
+            config.stem_init = "whiten"
+        except ValueError as exc:
+            if config.stem_init == "whiten":
+                raise ConfigError(f"{exc}; use --stem_init default for {config.model}") from None
+            config.stem_init = "default"  # auto: this model keeps its own initialization
+    if 0 < config.min_res < train_loader.size:  # a model that cannot take small images (strided stems) starts larger
+        config.min_res = smallest_resolution(model, config.min_res, train_loader.size, device)
     channels_last = use_channels_last(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -170,7 +213,93 @@ def build_recipe(config: Config, train_set: Dataset, test_set: Dataset, device: 
     return Recipe(train_loader, test_loader, model, optimizer, scheduler,
                   train_loss=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
                   eval_loss=nn.CrossEntropyLoss(), amp=amp_dtype(config.precision, device),
-                  channels_last=channels_last, device=device, ema=ema)
+                  channels_last=channels_last, device=device, ema=ema,
+                  resolutions=epoch_resolutions(config.epochs, train_loader.size, config.min_res, config.res_ramp))
+
+
+class _Captured(Exception):  # noqa: N818  (not an error: stops a forward pass once the stem's input is seen)
+    pass
+
+
+def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> int:
+    """Set the model's first convolution (timm's ``pretrained_cfg['first_conv']``) to whiten its input patches: its
+    first ``2 k`` filters (``k`` = patch dimension, 27 for a 3×3 RGB stem; as many as it has) become ± the
+    eigenvectors of the patches' covariance divided by the square root of their eigenvalues, largest first — airbench's
+    whitening initialization (Jordan, 2024), which makes the first layer's outputs decorrelated and equally scaled
+    from the first step. The patches are those the convolution really sees: ``images`` (floats in [0, 1]) are fed
+    through the model until its input arrives (so a model that normalizes inside is handled). Returns how many filters
+    were set; the rest keep their initialization.
+
+    Raises:
+        ValueError: the model names no first convolution, or it is not a ``Conv2d``.
+    """
+    name = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    conv = model.get_submodule(name) if name else None
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise ValueError(f"--stem_init whiten needs a first (ungrouped) Conv2d named in the model's pretrained_cfg, "
+                         f"got {name!r}")
+    seen: list[torch.Tensor] = []
+
+    def capture(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(args[0].detach())
+        raise _Captured
+
+    hook = conv.register_forward_pre_hook(capture)
+    try:
+        with torch.no_grad():
+            model(images)
+    except _Captured:
+        pass
+    finally:
+        hook.remove()
+    height, width = conv.kernel_size
+    channels = seen[0].shape[1]
+    covariance, count = torch.zeros(channels * height * width, channels * height * width, dtype=torch.float64), 0
+    for chunk in seen[0].split(500):  # the patches of 500 images at a time: 5,000 at once would be ~1 GB
+        patches = chunk.double().cpu().unfold(2, height, conv.stride[0]).unfold(3, width, conv.stride[1])
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels * height * width)  # [N H' W', C kh kw]
+        covariance += patches.T @ patches
+        count += len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance / count)
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).flip(0)
+    both = torch.cat([filters, -filters]).reshape(-1, channels, height, width)
+    shown = min(len(both), conv.out_channels)
+    with torch.no_grad():
+        conv.weight[:shown] = both[:shown].to(conv.weight)
+    return shown
+
+
+def smallest_resolution(model: nn.Module, start: int, size: int, device: torch.device) -> int:
+    """The smallest side from ``start`` up (in steps of 4) that ``model`` can take, 0 when only ``size`` itself can:
+    progressive resizing's first resolution for models whose strides leave nothing of a small image (a ConvNeXt's
+    4-pixel stem and three halvings need 32). One forward of two blank images per side tried, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for side in range(start, size, 4):
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(2, 3, side, side, device=device))
+                return side
+            except RuntimeError:
+                continue
+        return 0
+    finally:
+        model.train(was_training)
+
+
+def epoch_resolutions(epochs: int, size: int, min_res: int, ramp: float) -> list[int]:
+    """The training resolution of each epoch under progressive resizing: ``min_res`` for the first, rising linearly
+    to ``size`` over the first ``floor(ramp * epochs)`` epochs, rounded down to a multiple of 4 (never below
+    ``min_res``); then ``size``. The last epoch always trains at ``size``, the resolution the model is tested at
+    (a 1-epoch run does not ramp). Every epoch at ``size`` when ``min_res`` is 0 or not below it. As FFCV's ResNet
+    recipes (Leclerc et al., 2023): the early epochs learn coarse features as well from smaller images, at a
+    fraction of the FLOPs."""
+    end = min(math.floor(ramp * epochs), epochs - 1)
+    if not min_res or min_res >= size or end < 1:
+        return [size] * epochs
+    return [size if epoch >= end else max(min_res, int((min_res + (size - min_res) * epoch / end) // 4 * 4))
+            for epoch in range(epochs)]
 
 
 def compile_overhead(epoch_seconds: Sequence[float]) -> float:

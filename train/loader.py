@@ -80,7 +80,7 @@ class DeviceLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device | str, *, train: bool,
                  dtype: torch.dtype = torch.float32, pad: int = 4, cutout: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, flip: str = "random"):
         if train and batch_size % world_size:
             raise DataError(f"--batch_size {batch_size} does not split evenly over {world_size} processes")
         if train and len(dataset.labels) < batch_size:
@@ -96,6 +96,12 @@ class DeviceLoader:
         self.batch_size, self.train, self.dtype = batch_size, train, dtype
         self.cutout, self.rank, self.world_size = cutout, rank, world_size
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.flip, self.epoch, self.resolution = flip, 0, self.size
+        if flip not in ("random", "alternate"):
+            raise ValueError(f"flip must be random or alternate, got {flip!r}")
+        # alternate: the side each image is first seen from, drawn once (from its own stream: resume-safe)
+        side = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.mirror = torch.rand(len(self.labels), generator=side, device=self.device) < 0.5
 
     def __len__(self) -> int:
         if self.train:
@@ -107,8 +113,13 @@ class DeviceLoader:
             return self.images, self.labels
         order = torch.randperm(len(self.labels), generator=self.generator, device=self.device)
         images = batch_crop(self.images[order], self.size, self.generator)
-        images = batch_flip_lr(images, self.generator)
+        if self.flip == "alternate":  # each image's own side, mirrored every other epoch (airbench's scheme)
+            images = torch.where((self.mirror[order] ^ bool(self.epoch % 2))[:, None, None, None], images.flip(-1),
+                                 images)
+        else:
+            images = batch_flip_lr(images, self.generator)
         images = batch_cutout(images, self.cutout, self.generator)
+        self.epoch += 1
         return images, self.labels[order]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,4 +129,8 @@ class DeviceLoader:
         for step in range(len(self)):
             start = step * self.batch_size + offset
             window = slice(start, start + local)
-            yield images[window].to(self.dtype).div_(255), labels[window]
+            batch = images[window].to(self.dtype).div_(255)
+            if self.train and self.resolution < self.size:  # progressive resizing: a cheaper, smaller view
+                batch = F.interpolate(batch, size=(self.resolution, self.resolution), mode="bilinear",
+                                      antialias=True)
+            yield batch, labels[window]
