@@ -49,6 +49,17 @@ IDENTITY = ("device", "cpu", "gpu", "threads", "torch")  # a results file is mer
 KEPT = "kept_from_earlier"  # the dotted keys of a results file that an earlier run measured
 
 
+def entry(main: Callable[[], int | None]) -> NoReturn:
+    """A script's ``__main__``: exit with ``main()``'s status; Ctrl-C ends it with one ``stopped:`` line and status
+    130, not a traceback (results files are written atomically: one holds all of a write or none of it)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("stopped: interrupted (Ctrl-C); results files hold what was written before it", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
 def fail(message: str) -> NoReturn:
     """The one way a benchmark refuses its input: ``error: message`` on one line of stderr, exit status 2."""
     print(f"error: {' '.join(str(message).splitlines())}", file=sys.stderr)
@@ -74,7 +85,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # argparse names a flag by all its spellings ("argument --batch_size/--batch_sizes: ..."): keep the first
-        match = re.fullmatch(r"argument (--[\w-]+)(?:/[^:]*)?: (.*)", message, flags=re.DOTALL)
+        match = re.fullmatch(r"argument (--[\w-]+|\w+)(?:/[^:]*)?: (.*)", message, flags=re.DOTALL)
         fail(f"{match[1]} {match[2]}" if match else message)
 
     def add_json(self, default: str | Path | None, *names: str, help: str = "where the results are written (merged "
@@ -83,6 +94,9 @@ class Parser(argparse.ArgumentParser):
         ``default`` it is required; the default's own folder (``bench/out/``) is made when the results are written."""
         self.add_argument(*(names or ("--json",)), type=out_file, required=default is None,
                           default=Path(default) if default is not None else None, help=help)
+        self.add_argument("--replace", action="store_true",
+                          help="replace figures the results file holds from a measurement under other conditions "
+                               "(other data, sizes or model); without it such a run is refused before any work")
 
     def parse(self, argv: Sequence[str] | None = None, *, rest: str | None = None) -> argparse.Namespace:
         """The checked flags of ``argv`` (default ``sys.argv[1:]``).
@@ -375,8 +389,9 @@ class Results:
     """
 
     def __init__(self, path: str | Path, identity: dict[str, Any] | None = None, base: dict | None = None,
-                 depth: int = 2):
+                 depth: int = 2, conditions: dict[str, Any] | None = None, replace: bool = False):
         self.path, self.base, self.depth = Path(path), base or {}, depth
+        self.conditions = conditions or {}
         self.earlier: dict = {}
         if self.path.exists():
             try:
@@ -391,6 +406,14 @@ class Results:
             if mine is not None and theirs is not None and mine != theirs:
                 fail(f"{self.path} holds figures measured with {key} {theirs!r}, not this run's {mine!r}; "
                      f"move it away or write elsewhere")
+        # A lesser measurement (fewer images, synthetic ones, another model) never silently replaces a results file:
+        # the conditions a measurement was made under are compared before any work.
+        recorded = {**self.earlier, **(self.earlier.get("conditions") or {})}
+        differ = [f"{key} {recorded[key]!r} there, {value!r} here" for key, value in self.conditions.items()
+                  if key in recorded and recorded[key] != value]
+        if differ and not replace:
+            fail(f"{self.path} holds figures measured under other conditions ({'; '.join(differ)}); pass --replace "
+                 f"to replace them, or write elsewhere with --json")
 
     def merged(self, result: dict) -> dict:
         """What the file will hold once ``result`` is written."""
@@ -420,7 +443,7 @@ class Results:
             print(f"error: nothing was measured{': ' + why if why else ''}; {self.path} is left as it was",
                   file=sys.stderr)
             return 1
-        self.write(result)
+        self.write({**result, "conditions": self.conditions} if self.conditions else result)
         print(f"wrote {self.path}")
         return 0
 

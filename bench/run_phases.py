@@ -19,8 +19,8 @@ Nothing in ``train/`` changes. Writes JSON:
   (``import`` is also inside ``startup_imports``; W&B's table building inside the explain step is not a Tracker
   call and stays in ``explain``).
 
-``--copy_to DIR`` copies the run's small outputs there (every ``.json``, ``.jsonl`` and ``.png``; no checkpoint, no
-``wandb/``). W&B writes under ``--work`` (offline unless the flags say otherwise).
+``--copy_to DIR`` copies the run's small outputs there (every ``.json``, ``.jsonl``, ``.png`` and ``.npz``; no
+checkpoint, no ``wandb/``). W&B writes under ``--work`` (offline unless the flags say otherwise).
 
     python bench/run_phases.py --work /tmp/rp --copy_to docs/real-run --json phases.json -- \\
         --data_dir .bench-data/cifar10-jpeg --wandb_mode offline
@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # `python bench/run_phases.py`: import the repo's
 
 from bench import common  # noqa: E402  (after the path set-up)
 
-OUTPUT_SUFFIXES = (".json", ".jsonl", ".png")
+OUTPUT_SUFFIXES = (".json", ".jsonl", ".png", ".npz")  # predictions.npz: label issues re-scored later
 WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
 
 
@@ -178,7 +178,8 @@ def phases(spawned: float, exited: float, child_report: dict, hooks_done: float)
 
 
 def copy_outputs(out_dir: Path, dest: Path) -> list[str]:
-    """The run's small outputs (``.json``, ``.jsonl``, ``.png``; not hidden, not under ``wandb/``) into ``dest``."""
+    """The run's small outputs (``.json``, ``.jsonl``, ``.png``, ``.npz``; not hidden, not under ``wandb/``) into
+    ``dest``."""
     copied = []
     for path in sorted(out_dir.rglob("*")):
         relative = path.relative_to(out_dir)
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", required=True, type=common.out_folder,
                         help="a new folder: the run's out_dir and W&B folders go there")
     parser.add_argument("--copy_to", type=common.out_folder,
-                        help="copy the run's small outputs (.json, .jsonl, .png) into this folder")
+                        help="copy the run's small outputs (.json, .jsonl, .png, .npz) into this folder")
     parser.add_json(None)
     args = parser.parse(argv, rest="--")
     run_args = args.rest
@@ -234,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.entry(main)

@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse(argv)
     if args.trust_images > args.images:
         parser.error(f"--trust_images {args.trust_images} is more than --images {args.images}")
-    results = common.Results(args.json, common.machine("cpu"))
+    from bench.cam_speed import ARCHIVE, DATA
+
+    source = "real" if (DATA / "cifar10-jpeg").is_dir() or ARCHIVE.is_file() else "synthetic"
+    results = common.Results(args.json, common.machine("cpu"), replace=args.replace, conditions={
+        "image_source": source, "images_predicted": args.images, "samples": args.samples,
+        "trust_images": args.trust_images, "checkpoint": str(args.checkpoint) if args.checkpoint else None})
     torch.manual_seed(0)
     model = timm.create_model("resnet18_cifar", num_classes=10)
     if args.checkpoint:
@@ -89,4 +94,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.entry(main)
