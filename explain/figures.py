@@ -162,13 +162,14 @@ def cam_grid_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) 
         true, pred = row["true"], row["pred"]
         cells += [
             (upscale(row["image"]), [(f"true: {true}", "black"), (f"pred: {pred}", WRONG)]),
-            (row["gradcam_pred"], [("CAM of pred", WRONG), (f"{pred} {row['confidence']:.2f}", WRONG)]),
-            (row["gradcam_true"], [("CAM of true", RIGHT), (f"{true} {row['p_true']:.2f}", RIGHT)]),
+            (row["gradcam_pred"], [("CAM of pred", WRONG), (f"p({pred}) = {row['confidence']:.2f}", WRONG)]),
+            (row["gradcam_true"], [("CAM of true", RIGHT), (f"p({true}) = {row['p_true']:.2f}", RIGHT)]),
         ]
     if not rows:
         return [tile_figure([], 1, "no misclassified images to explain")]
     title = f"{method} on {'+'.join(layers)}: the {len(rows)} most confident mistakes"
-    notes = [("each mistake: image | CAM of the predicted class | CAM of the true class", "black")]
+    notes = [("each mistake: image | CAM of the predicted class | CAM of the true class; p(class) = the model's "
+              "probability of that class", "black")]
     return tile_pages(cells, 3 * min(CAM_TRIPLES, len(rows)), title, group=3, notes=notes, colorbar=COLORMAP)
 
 
@@ -367,24 +368,29 @@ def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np
 
 def label_issues_figure(rows: list[dict[str, Any]], flagged: int, checked: int, warning: str | None = None, *,
                         in_sample: bool = False) -> Figure:
-    """The likeliest label errors in a grid: each image under its given class (black), the class the model suggests
-    with its probability (red) and cleanlab's label quality (low = likely mislabelled).
+    """The likeliest label errors in a grid: each image under its given class with the model's probability of it
+    (black), the class the model suggests with its probability (red) and cleanlab's label quality (low = likely
+    mislabelled); a note under the title says what the numbers are.
 
     Args:
-        rows: Per shown issue: ``image`` (uint8 ``[h, w, 3]``), ``index``, ``given``, ``suggested``, ``p_suggested``,
-            ``quality``; likeliest first.
+        rows: Per shown issue: ``image`` (uint8 ``[h, w, 3]``), ``index``, ``given``, ``p_given``, ``suggested``,
+            ``p_suggested``, ``quality``; likeliest first.
         flagged: How many images were flagged in all.
         checked: How many images were checked.
         warning: A line in red under the title (why the flags may not be label errors), or None.
         in_sample: The model trained on these images: the title starts with "in-sample, not to be trusted:" and a
             red line says why.
     """
-    cells: list[Cell] = [(upscale(row["image"]), [(f"#{row['index']} given: {row['given']}", "black"),
+    cells: list[Cell] = [(upscale(row["image"]), [(f"#{row['index']} given: {row['given']} {row['p_given']:.2f}",
+                                                   "black"),
                                                   (f"→ {row['suggested']} {row['p_suggested']:.2f}", WRONG),
                                                   (f"quality {row['quality']:.3f}", "black")]) for row in rows]
     title = (f"{len(rows)} {'most suspect labels' if warning or in_sample else 'likeliest label errors'} (of "
              f"{flagged:,} flagged in {checked:,} images)" if rows else f"no label issues found in {checked:,} images")
     notes = [(warning, WRONG)] if warning else []
+    if rows:
+        notes.append(("each image: #index, the given label and the model's probability of it; → the label the model "
+                      "suggests and its probability; cleanlab's label quality", "black"))
     if in_sample:  # the title says it, the red line why (the empty figure is narrow: a line of its own there)
         title = "in-sample, not to be trusted:" + (" " if rows else "\n") + title
         notes.insert(0, ("in-sample: the model trained on these labels, so its probabilities have fit them, errors "

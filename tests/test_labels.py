@@ -474,8 +474,8 @@ def test_explain_run_warns_when_a_weak_model_flags_too_many(noisy, tmp_path, cap
 def test_the_picture_warning_is_a_line_under_the_title():
     from explain.figures import NOTE_LINE, label_issues_figure
 
-    rows = [{"image": np.zeros((32, 32, 3), np.uint8), "index": i, "given": "red", "suggested": "blue",
-             "p_suggested": 0.9, "quality": 0.1} for i in range(3)]
+    rows = [{"image": np.zeros((32, 32, 3), np.uint8), "index": i, "given": "red", "p_given": 0.05,
+             "suggested": "blue", "p_suggested": 0.9, "quality": 0.1} for i in range(3)]
     plain = label_issues_figure(rows, 3, 10)
     warned = label_issues_figure(rows, 3, 10, warning="30% flagged: mostly the model's confusions")
     assert warned.get_size_inches()[1] * warned.dpi == pytest.approx(plain.get_size_inches()[1] * plain.dpi
@@ -491,14 +491,18 @@ def figure_texts(fig) -> tuple[str, list[str]]:
 def test_an_in_sample_picture_says_so_in_its_title():
     from explain.figures import label_issues_figure
 
-    rows = [{"image": np.zeros((32, 32, 3), np.uint8), "index": i, "given": "red", "suggested": "blue",
-             "p_suggested": 0.9, "quality": 0.1} for i in range(3)]
+    rows = [{"image": np.zeros((32, 32, 3), np.uint8), "index": i, "given": "red", "p_given": 0.05,
+             "suggested": "blue", "p_suggested": 0.9, "quality": 0.1} for i in range(3)]
     title, lines = figure_texts(label_issues_figure(rows, 3, 10, in_sample=True))
     assert title == "in-sample, not to be trusted: 3 most suspect labels (of 3 flagged in 10 images)"
     assert any(line.startswith("in-sample: the model trained on these labels, so its probabilities have fit them")
                for line in lines)
     title, lines = figure_texts(label_issues_figure(rows, 3, 10))
     assert title == "3 likeliest label errors (of 3 flagged in 10 images)"
+    captions = [t.get_text() for ax in label_issues_figure(rows, 3, 10).axes for t in ax.texts]
+    assert "#0 given: red 0.05" in captions and "→ blue 0.90" in captions  # both labels with their probabilities
+    assert any(line.startswith("each image: #index, the given label and the model's probability of it")
+               for line in lines)
     assert not any("in-sample" in text or "trained on" in text for text in [title, *lines])
     title, _ = figure_texts(label_issues_figure([], 0, 10, in_sample=True))  # nothing flagged: the title alone
     assert title == "in-sample, not to be trusted:\nno label issues found in 10 images"

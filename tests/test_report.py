@@ -268,6 +268,23 @@ def test_pictures_are_written(explained):
     assert drawn == {Path(p).name for key in ("misclassified_png_pages", "cam_png_pages") for p in result[key]}
 
 
+def test_predictions_npz_keeps_every_checked_image_with_its_file_label_and_both_views(explained):
+    """Label-issue methods are re-scored from this file without the model (issue 36 item 1)."""
+    result, subset, model, indices = explained["result"], explained["subset"], explained["model"], explained["indices"]
+    assert result["predictions_npz"] == str(explained["out_dir"] / "predictions.npz")
+    with np.load(result["predictions_npz"], allow_pickle=False) as saved:  # no pickled objects: data never runs code
+        assert saved["logits"].dtype == saved["logits_flip"].dtype == np.float16
+        assert saved["index"].tolist() == indices.tolist() and saved["label"].tolist() == subset.labels.tolist()
+        assert saved["file"].tolist() == subset.files and saved["classes"].tolist() == list(subset.classes)
+        images = subset.images.float() / 255
+        with torch.no_grad():
+            logits, mirrored = model(images), model(images.flip(-1))
+        # fp32 predictions (explain_model's default), stored as float16: a few units in the 4th decimal at most
+        np.testing.assert_allclose(saved["logits"], logits.numpy(), atol=2e-4, rtol=2e-3)
+        np.testing.assert_allclose(saved["logits_flip"], mirrored.numpy(), atol=2e-4, rtol=2e-3)
+        assert np.abs(saved["logits_flip"] - logits.numpy()).max() > 1e-3  # the mirror's, not the image's again
+
+
 def _mistakes(n: int) -> list[dict]:
     rng = np.random.default_rng(0)
     picture = lambda: rng.integers(0, 256, (32 * SCALE, 32 * SCALE, 3), dtype=np.uint8)  # noqa: E731
@@ -325,7 +342,7 @@ def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):
     # no mistakes shown (no misclassified.png nor CAM grid), but the trust figures are measured on a sample of all the
     # evaluated images
     assert sorted(os.listdir(tmp_path / "out")) == ["confusion_matrix.png", "faithfulness.png", "label_issues.json",
-                                                    "label_issues.png", "sanity.png"]
+                                                    "label_issues.png", "predictions.npz", "sanity.png"]
     assert result["trust_images"] == 20  # the CPU default (32) is more than the 20 evaluated: all of them
     assert result["trust_mistakes"] + result["trust_correct"] == 20
     with pytest.raises(ValueError, match="samples must be >= 0"):
