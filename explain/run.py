@@ -27,7 +27,7 @@ if __name__ == "__main__":  # the imports below take seconds: a stop meanwhile e
     def _stopped_while_starting(signum: int, frame: object) -> None:
         print(f"stopped: {signal.Signals(signum).name} during start-up; nothing was written", file=sys.stderr)
         sys.stderr.flush()  # then exit at once: a library import may swallow SystemExit; nothing is open yet
-        os._exit(130 if signum == signal.SIGINT else 0)
+        os._exit(128 + signum)  # nothing was explained: not a success (130 for Ctrl-C, 143 for SIGTERM)
 
     for _sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(_sig) is not signal.SIG_IGN:  # nohup, `cmd &`: an ignored signal stays ignored
@@ -79,10 +79,10 @@ from train.data import (
     resize_note,
     special_note,
 )
-from train.engine import amp_dtype, resolve_device
+from train.engine import amp_dtype, cpu_bf16_native, resolve_device
 from train.files import write_json
 from train.model import check_model_name
-from train.stops import Stopped, exit_status, stops_ignored, stops_raise
+from train.stops import Stopped, stops_ignored, stops_raise
 from train.tracking import Tracker, check_wandb_environment, finish_active_run
 
 
@@ -175,6 +175,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ExplainOptions, dict[
            if f.name in given}
     options = ExplainOptions(**own)
     methods = compared(options)
+    if options.compare.strip() and not methods:  # "," or " , ": the user meant to compare and named nothing
+        raise ConfigError(f"--compare {options.compare!r} names no CAM method; give them comma-separated, e.g. "
+                          f"--compare gradcam,layercam")
     for method in methods:
         if method not in CAM_METHODS:
             raise ConfigError(f"--compare: unknown CAM method {method!r}{closest(method, CAM_METHODS, prefix='')}; "
@@ -248,6 +251,12 @@ def start_line(loaded: Loaded, options: ExplainOptions, what: str, out_dir: Path
     source = {"given": f"--precision {config.precision} given",
               "checkpoint": f"the checkpoint's --precision {config.precision}",
               "default": f"--precision {config.precision}: the checkpoint records none"}[loaded.precision_from]
+    if config.precision == "auto":  # resolved per machine: say how here, which may differ from where it trained
+        source += (", resolved on this machine: CUDA" if loaded.device.type == "cuda" else
+                   ", resolved on this machine: its CPU runs bf16 natively" if cpu_bf16_native() else
+                   ", resolved on this machine: its CPU has no native bf16, so fp32 even if the run trained in bf16")
+    elif config.precision == "bf16" and loaded.device.type == "cpu" and not cpu_bf16_native():
+        source += "; emulated, this CPU has no native bf16 (slower than --precision fp32)"
     return (f"explaining {options.checkpoint} (epoch {loaded.state['epoch']}, {config.model}) on {loaded.device} in "
             f"{autocast} ({source}); {what}; out_dir {out_dir}")
 
@@ -501,8 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with stops_ignored():
                 finish_active_run(stop.wandb_exit_code)
             print(f"stopped: {stop.signal_name} while explaining; the pictures, JSON files and the W&B run may be "
-                  f"incomplete; the checkpoint and the data are untouched", file=sys.stderr)
-            return exit_status(stop)
+                  f"incomplete and summary.json was not written; the checkpoint and the data are untouched",
+                  file=sys.stderr)
+            # unlike a training run (SIGTERM: a clean, resumable stop, status 0), an explain run has no resume: its
+            # outputs are incomplete, and a script must not read success (130 for Ctrl-C, 143 for SIGTERM)
+            return 128 + signal.Signals[stop.signal_name].value
         except BaseException:
             with stops_ignored():
                 finish_active_run(1)

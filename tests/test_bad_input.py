@@ -124,6 +124,7 @@ BAD = {
     "config unknown key": (["--config={unknown_key_yaml}"], "unknown key 'batchsize' (did you mean --batch_size?)"),
     "data_dir missing": (["--data_dir={tmp}/nowhere"], "--data_dir '{tmp}/nowhere' has no train/ and test/ folders"),
     "data_dir empty": (["--data_dir={empty}"], "downloading CIFAR-10 into it failed"),
+    "data_dir nested and missing": (["--data_dir={tmp}/nowhere/a/b"], "downloading CIFAR-10 into it failed"),
     "data_dir is a file": (["--data_dir={a_file}"], "is a file, not a folder"),
     "class folders differ": (["--data_dir={classes_differ}"], "class folders differ (frog)"),
     "non-image file": (["--data_dir={not_an_image}"], "readme.txt is not an image file"),
@@ -192,6 +193,20 @@ def test_entry_point_wall_in_a_real_process(cases, small_folder, tmp_path):
     result = run_cli("--resume", str(cases["truncated_ckpt"]), "--out_dir", str(tmp_path / "out"), timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"WORLD_SIZE": "2"}, "error: WORLD_SIZE=2 but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not set: start several "
+                          "processes with torchrun --nproc_per_node=2 train/run.py ..., or unset WORLD_SIZE for one"),
+    ({"WORLD_SIZE": "two"}, "error: WORLD_SIZE='two' is not a process count (torchrun sets it; unset it for one "
+                            "process)"),
+])
+def test_a_world_size_without_torchrun_is_one_error_line(env, message, small_folder, tmp_path):
+    """``WORLD_SIZE=2 python train/run.py`` without torchrun ended in torch.distributed's "RANK expected" traceback."""
+    result = run_cli("--data_dir", str(small_folder), *SMALL, "--out_dir", str(tmp_path / "out"), timeout=300,
+                     env=env)
+    assert result.returncode == 2 and result.stderr.strip() == message, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 class BlockedModulePayload:

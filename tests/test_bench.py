@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import REPO, built_once, run_cli, wandb_summary
 from train.tracking import Tracker
@@ -192,8 +193,9 @@ def test_cifar_sets_twins_and_airbench_format(tmp_path):
         jpeg_twins(png, jpeg, tmp_path / "twins-2")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-def test_airbench94_refuses_without_its_files_or_cuda(tmp_path, cifar_subset):
+def test_airbench94_port_trains_on_the_cpu_and_reports_its_three_tta_levels(tmp_path, cifar_subset):
+    """airbench94's method from airbench's own parts, on the CPU (bf16 autocast where native): 2,000 real images
+    (the subset twice: airbench's batch is 1,024), its 9.9 epochs, one seed."""
     from bench.cifar_sets import to_airbench
 
     done = run_cli("--data", str(tmp_path), f"--json={tmp_path / 'a.json'}", script="bench/airbench94.py", timeout=60)
@@ -201,10 +203,43 @@ def test_airbench94_refuses_without_its_files_or_cuda(tmp_path, cifar_subset):
         f"error: --data {str(tmp_path)!r} has no cifar10/train.pt or cifar10/test.pt "
         f"(python bench/cifar_sets.py makes them)")
     to_airbench(cifar_subset, tmp_path)
-    done = run_cli("--data", str(tmp_path), f"--json={tmp_path / 'a.json'}", script="bench/airbench94.py", timeout=60)
-    assert done.returncode == 2
-    assert done.stderr.strip() == "error: airbench.train94 needs CUDA, and this machine has none"
-    assert not (tmp_path / "a.json").exists()
+    train = torch.load(tmp_path / "cifar10" / "train.pt", weights_only=True)
+    torch.save({**train, "images": train["images"].repeat(2, 1, 1, 1), "labels": train["labels"].repeat(2)},
+               tmp_path / "cifar10" / "train.pt")
+    done = run_cli("--data", str(tmp_path), "--device=cpu", "--seeds=0", f"--json={tmp_path / 'a.json'}",
+                   script="bench/airbench94.py", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["device"] == "cpu" and result["train_images"] == 2000 and result["test_images"] == 200
+    assert result["seeds"] == [0] and result["seconds"][0] > 0
+    for key in ("acc", "acc_flip", "acc_single"):  # 10 steps of batch 1,024 learn something on real images
+        assert len(result[key]) == 1 and 0.15 < result[key][0] <= 1, (key, result[key])
+
+
+def test_recipe_cpu_reads_finished_runs_and_writes_each_rows_time_and_command(trained, tmp_path, cifar_subset):
+    out = tmp_path / "r.json"
+    run = trained["out"]
+    real = tmp_path / "real-run"
+    code = run_cli(f"--data_dir={cifar_subset}", f"--work={tmp_path / 'w'}", "--steps=default_20,hour",
+                   f"--default_run={run}", f"--hour_run={run}", f"--real_run_to={real}", f"--json={out}",
+                   script="bench/recipe_cpu.py", timeout=900)
+    assert code.returncode == 0, code.stderr[-3000:]
+    result = json.loads(out.read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    for step in ("default_20", "hour"):
+        row = result[step]
+        assert row["acc"] == summary["test_acc"] and row["acc_single"] == summary["test_acc_no_tta"]
+        assert row["seconds"] == summary["train_seconds"] and "training steps" in row["seconds_cover"]
+        assert row["command"].startswith("python train/run.py --data_dir=") and row["run"] == str(run)
+        assert row["recipe"] == json.loads((run / "config.json").read_text())
+    assert result["device"] == "cpu" and "airbench94" not in result
+    copied = set(result["default_20"]["real_run"]["files"])  # docs/real-run/ made from the run, no weights
+    assert {"summary.json", "config.json", "metrics.jsonl", "predictions.npz", "label_issues.json", "gradcam.png",
+            "cam_methods.json", "cam_methods.png", "explain-summary.json"} <= copied
+    assert {p.name for p in real.iterdir()} == {name.split("/")[0] for name in copied}
+    assert not list(real.rglob("*.pt")) and not (real / "wandb").exists()
+    compared = json.loads((real / "cam_methods.json").read_text())
+    assert {row["method"] for row in compared["methods"]} == {"gradcam", "gradcampp", "layercam"}
 
 
 @needs_archives
@@ -223,7 +258,7 @@ def test_headline_runs_every_step_in_a_device_image_and_writes_the_issue_keys(tm
     jpeg_cost = result["steps"]["jpeg_cost"]  # trained on 100 originals / 100 twins, tested on 50 of each
     assert jpeg_cost["train_images"] == 100 and jpeg_cost["test_images"] == 50
     assert result["airbench94"] == {"acc": [], "seconds": []}
-    assert result["skipped"]["airbench94"] == "exit 2: error: airbench.train94 needs CUDA, and this machine has none"
+    assert result["skipped"]["airbench94"] == "exit 2: error: --device 'cuda': CUDA is not available on this machine"
     default = result["default"]
     assert len(default["acc"]) == len(default["acc_no_tta"]) == len(default["train_seconds"]) == 1
     assert default["acc"][0] == result["steps"]["default"]["runs"][0]["final_acc"]
@@ -239,12 +274,13 @@ def test_headline_runs_every_step_in_a_device_image_and_writes_the_issue_keys(tm
     assert wandb["total"] == pytest.approx(sum(v for k, v in wandb.items() if k not in ("total", "exit_hooks")))
     copied = sorted(p.name for p in real.iterdir())  # the real run's small outputs, no checkpoint, no W&B folder
     assert {"summary.json", "metrics.jsonl", "probes.json", "misclassified.png", "confusion_matrix.png",
-            "probes.png"} <= set(copied) and all(Path(name).suffix in (".json", ".jsonl", ".png") for name in copied)
+            "probes.png", "config.json", "predictions.npz"} <= set(copied)
+    assert all(Path(name).suffix in (".json", ".jsonl", ".png", ".npz") for name in copied)
     summary = json.loads((real / "summary.json").read_text())
     assert wandb_summary(summary["wandb_run_dir"])["summary"]["best_epoch"] == 1  # a real offline W&B run
     assert set(result["throughput"]) == {"eager_bs50"} and result["throughput"]["eager_bs50"] > 0
     table = result["markdown"]
-    assert table in done.stdout and "| airbench94 | exit 2: error: airbench.train94 needs CUDA" in table
+    assert table in done.stdout and "| airbench94 | exit 2: error: --device 'cuda': CUDA is not available" in table
     assert f"| `--label_smoothing=0.2` | {smoothing['acc'][0] * 100:.2f} %" in table
 
     assert "kept_from_earlier" not in result  # a new file: every figure is this run's
@@ -321,9 +357,9 @@ def test_headline_that_measures_nothing_exits_1_and_leaves_the_results_file(head
     out.write_text(json.dumps(EARLIER))
     before = out.read_bytes()
     done = run_cli("--archives", str(DATA), "--work", str(headline_work), "--per_class=10,5", "--steps=airbench94",
-                   f"--json={out}", script="bench/headline.py", timeout=600)  # airbench94 needs CUDA: skipped
+                   f"--json={out}", script="bench/headline.py", timeout=600)  # headline's airbench94 is CUDA's: skipped
     assert done.returncode == 1, done.stderr[-3000:]
-    assert "[headline] airbench94 skipped: exit 2: error: airbench.train94 needs CUDA" in done.stdout
+    assert "[headline] airbench94 skipped: exit 2: error: --device 'cuda': CUDA is not available" in done.stdout
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: nothing was measured: every step was skipped (see above); {out} is left as it was")
     assert out.read_bytes() == before
@@ -429,7 +465,10 @@ BAD_FLAG = {  # a bad value of one of each script's own flags, and the start of 
     "cpu.py": (["--steps=-1"], "error: --steps must be an integer >= 1, got '-1'"),
     "headline.py": (["--budget_s=-1"], "error: --budget_s must be a number >= 20, got '-1'"),
     "jpeg_cost.py": (["--png_dir={tmp}", "--jpeg_dir={tmp}"], "error: --png_dir '{tmp}' has no train or test"),
+    "label_quality.py": (["{tmp}"], "error: run '{tmp}' has no label_issues.json"),
     "label_issue_cost.py": (["--test_subset=-1"], "error: --test_subset must be an integer >= 0, got '-1'"),
+    "recipe_cpu.py": (["--steps=hour,day"], "error: --steps has unknown 'day'"),
+    "recipe_study.py": (["--variants=base,nope"], "error: --variants has unknown 'nope'"),
     "precision.py": (["--seeds=0,-1"], "error: --seeds must be a comma-separated list of integers >= 0, got '0,-1'"),
     "probe_cost.py": (["--probe_images=0"], "error: --probe_images must be an integer in [1, 100], got '0'"),
     "run_phases.py": (["--work={tmp}/a-file"], "error: --work '{tmp}/a-file' is a file, not a folder"),
@@ -595,3 +634,142 @@ def test_cpu_times_every_configuration_side_by_side(cifar_subset, tmp_path):
     assert diff["fp32_nchw"] == 0 and diff["fp32_channels_last"] < 1e-3 and diff["bf16_channels_last"] < 0.5
     assert [len(rounds) for rounds in result["all_rounds"]["train"].values()] == [1] * 8
     assert "tutorial (ImageFolder + DataLoader x2, fp32 NCHW eager)" in done.stdout and f"wrote {out}" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bench/label_quality.py: label issues scored against human verdicts
+
+
+def test_label_quality_scores_a_runs_flags_and_every_variant_against_the_verdicts(trained, cifar_subset, tmp_path):
+    """A candidates file in the dev half's format, built on the shared run's own test images: two of its flags
+    judged label errors, one a kept label, one unflagged image a label error (missed), one unflagged kept label."""
+    import numpy as np
+
+    run = trained["out"]
+    flags = [issue["file"] for issue in json.loads((run / "label_issues.json").read_text())["issues"]]
+    with np.load(run / "predictions.npz", allow_pickle=False) as saved:
+        unflagged = [name for name in saved["file"].tolist() if name not in flags]
+    assert len(flags) >= 3 and len(unflagged) >= 2
+    verdicts = {flags[0]: "label_error", flags[2]: "label_error", flags[1]: "label_kept",
+                unflagged[0]: "label_error", unflagged[1]: "label_kept"}
+    csv_path = tmp_path / "candidates.csv"
+    csv_path.write_text("cifar_test_index,file,human_verdict\n"
+                        + "".join(f"{i},{name},{v}\n" for i, (name, v) in enumerate(verdicts.items())))
+    out, png = tmp_path / "lq.json", tmp_path / "lq.png"
+    done = run_cli(str(run), f"--candidates={csv_path}", f"--data_dir={cifar_subset}", f"--png={png}",
+                   f"--json={out}", script="bench/label_quality.py", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    own = json.loads(out.read_text())[run.name]["run_method"]
+    assert own["errors"] == 3 and own["kept"] == 2 and own["flags"] == len(flags)
+    assert own["errors_flagged"] == 2 and own["kept_flagged"] == 1 and own["errors_top25"] == 2
+    rows = json.loads(out.read_text())[run.name]["variants"]
+    assert len(rows) == 2 * 3 * 5 * 2  # views x probabilities x cleanlab filters x rankings
+    same = next(r for r in rows if (r["view"], r["probs"], r["filter_by"], r["rank_by"])
+                == ("flip", "softmax", "prune_by_noise_rate", "normalized_margin"))  # the run's own method
+    assert abs(same["flags"] - own["flags"]) <= max(2, own["flags"] // 20)  # from float16 logits: nearly the same
+    neq = next(r for r in rows if r["filter_by"] == "predicted_neq_given" and r["view"] == "flip"
+               and r["probs"] == "softmax")
+    with np.load(run / "predictions.npz", allow_pickle=False) as saved:
+        mean = saved["logits"].astype(float) + saved["logits_flip"].astype(float)
+        assert neq["flags"] == int((mean.argmax(1) != saved["label"]).sum())  # every disagreement, by definition
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and min(picture.size) > 300
+
+
+def test_label_quality_refuses_a_bad_candidates_file_in_one_line(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("cifar_test_index,file,human_verdict\n1,test/cat/0001.jpg,maybe\n")
+    code, _, stderr = call_main("label_quality.py", [str(trained["out"]), f"--candidates={bad}",
+                                                     f"--json={tmp_path / 'x.json'}"], capsys)
+    assert code == 2 and stderr.strip() == (f"error: --candidates {str(bad)!r}: human_verdict must be label_error or "
+                                            f"label_kept, got 'maybe'")
+    code, _, stderr = call_main("label_quality.py", [str(trained["out"]), f"--png={tmp_path / 'x.png'}",
+                                                     f"--json={tmp_path / 'x.json'}"], capsys)
+    assert code == 2 and stderr.strip() == "error: --png needs --data_dir (the images the run checked)"
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_ctrl_c_on_a_bench_script_is_one_stopped_line_not_a_traceback(cifar_subset, tmp_path):
+    import signal
+
+    out = tmp_path / "s.json"
+    process = subprocess.Popen(
+        [sys.executable, "bench/recipe_study.py", f"--data_dir={cifar_subset}", "--variants=base",
+         f"--seeds={','.join(map(str, range(50)))}", "--train_subset=100", "--test_subset=100", "--epochs=1",
+         "--batch_size=50", f"--json={out}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    first = process.stdout.readline()  # the first seed's line: the script is inside its measurement
+    assert first.startswith("  base seed 0:"), first + process.stderr.read()[-2000:]
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == ("stopped: interrupted (Ctrl-C); results files hold what was written "
+                                               "before it")
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def test_a_lesser_measurement_never_replaces_a_results_file_without_replace(tmp_path, capsys):
+    """``bench/trust_speed.py`` with small flags replaced the real-data figure (32 images, 7.43x) with a 12-image one
+    and exited 0 (issue 37 item 2): refused before any work, unless --replace says so."""
+    out = tmp_path / "trust_speed.json"
+    committed = json.loads((REPO / "bench" / "results" / "trust_speed.json").read_text())
+    out.write_text(json.dumps({**committed, "threads": torch.get_num_threads()}))  # this worker's, as if measured here
+    before = out.read_bytes()
+    small = ["--images=20", "--samples=4", "--trust_images=12", "--repeats=1", f"--json={out}"]
+    code, stdout, stderr = call_main("trust_speed.py", small, capsys)
+    assert code == 2 and stdout == "" and out.read_bytes() == before
+    assert stderr.strip() == (f"error: {out} holds figures measured under other conditions (trust_images 32 there, 12 "
+                              f"here); pass --replace to replace them, or write elsewhere with --json")
+    code, stdout, stderr = call_main("trust_speed.py", [*small, "--replace"], capsys)
+    assert code == 0, stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["trust_images"] == 12 and result["conditions"]["trust_images"] == 12
+    code, _, stderr = call_main("trust_speed.py", [*small, "--samples=5"], capsys)  # now the file's conditions
+    assert code == 2 and "(samples 4 there, 5 here)" in stderr
+
+
+def test_recipe_study_pairs_each_variant_with_base_by_seed_and_reanalyzes_without_training(cifar_subset, tmp_path):
+    out = tmp_path / "s.json"
+    tiny = [f"--data_dir={cifar_subset}", "--variants=base,altflip,prog", "--seeds=0,1", "--train_subset=100",
+            "--test_subset=100", "--epochs=2", "--prog_epochs=3", "--batch_size=50", f"--json={out}"]
+    done = run_cli(*tiny, script="bench/recipe_study.py", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = json.loads(out.read_text())["study"]["base+altflip+prog"]
+    runs = {(r["variant"], r["seed"]): r for r in study["runs"]}
+    assert set(runs) == {(v, s) for v in ("base", "altflip", "prog") for s in (0, 1)}
+    assert [c["resolution"] for c in runs[("prog", 0)]["curve"]] == [16, 24, 32]  # rising to full size
+    assert {c["resolution"] for c in runs[("base", 0)]["curve"]} == {32}
+    for run in runs.values():  # the three TTA levels of the model and of its EMA, fractions of 100 test images
+        assert all(0 <= run[w][v] <= 1 and round(run[w][v] * 100, 3).is_integer()
+                   for w in ("model", "ema") for v in ("single", "flip", "flip_translate"))
+    diff = study["paired_vs_base"]["altflip"]["model"]["flip"]
+    expected = [runs[("altflip", s)]["model"]["flip"] - runs[("base", s)]["model"]["flip"] for s in (0, 1)]
+    assert diff["diffs"] == pytest.approx(expected) and diff["low"] <= diff["mean"] <= diff["high"]
+    pooled = study["pooled_vs_base"]["model"]["altflip"]
+    assert pooled["mean"] == pytest.approx(diff["mean"]) and pooled["dof"] == 2
+    before = out.read_text()
+    again = run_cli(*tiny, "--analyze_only", script="bench/recipe_study.py", timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    redone = json.loads(out.read_text())["study"]["base+altflip+prog"]
+    assert redone["runs"] == study["runs"] and redone["command"] == study["command"]  # the runs' own command
+    for weights in ("model", "ema"):  # the same figures from the saved runs (their float32 digits: approx)
+        for variant, figures in study["pooled_vs_base"][weights].items():
+            again = redone["pooled_vs_base"][weights][variant]
+            assert again["verdict"] == figures["verdict"] and again["mean"] == pytest.approx(figures["mean"], abs=1e-6)
+    assert json.loads(before)["study"].keys() == json.loads(out.read_text())["study"].keys()
+
+
+def test_recipe_cpu_profile_says_where_a_training_step_spends_its_time(tmp_path, cifar_subset):
+    out = tmp_path / "p.json"
+    done = run_cli(f"--data_dir={cifar_subset}", f"--work={tmp_path / 'w'}", "--steps=profile", "--batch_sizes=8,16",
+                   "--resolutions=16,32", "--profile_steps=1", "--profile_batch=8", f"--json={out}",
+                   script="bench/recipe_cpu.py", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    profile = json.loads(out.read_text())["profile"]
+    assert set(profile["images_per_second"]) == {"batch8_res16", "batch8_res32", "batch16_res16", "batch16_res32"}
+    assert all(v > 0 for v in profile["images_per_second"].values())
+    assert set(profile["compiled_images_per_second"]) == {"batch8_res16", "batch8_res32"}
+    shares = profile["time_shares_res32"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["convolution backward"] + shares["convolution forward"] > 0.1  # each operator counted once
+    assert all(share >= 0 for share in shares.values())

@@ -270,6 +270,18 @@ def test_failed_download_names_data_dir_and_the_manual_route(tmp_path):
     with pytest.raises(DataError, match="--data_dir .*downloading CIFAR-10 into it failed") as failed:
         download_cifar10(tmp_path / "empty", url=url)
     assert f"download {url} yourself and unpack it there (tar xzf cifar-10-python.tar.gz -C " in str(failed.value)
+    assert list(tmp_path.iterdir()) == []  # the folder it made is gone
+
+
+def test_a_failed_download_removes_every_folder_it_made_relative_paths_too(tmp_path, monkeypatch):
+    """``--data_dir nope/a/b`` left ``nope/a`` behind (issue 37 item 4); a folder that was there stays."""
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    (tmp_path / "kept").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for target in (Path("nope/a/b"), tmp_path / "kept" / "x" / "y"):
+        with pytest.raises(DataError, match="downloading CIFAR-10 into it failed"):
+            download_cifar10(target, url=url)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
 
 
 def test_balanced_subset_is_balanced_and_seeded():
@@ -334,6 +346,51 @@ def test_device_loader_serves_each_image_once_per_epoch():
     assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
     ordered = torch.cat([b[1] for b in DeviceLoader(data, 16, "cpu", train=False)])
     assert torch.equal(ordered, torch.arange(40))  # evaluation keeps order and the last partial batch
+
+
+def _sides(loader: DeviceLoader, images: torch.Tensor) -> dict[int, bool]:
+    """Per image (its label), whether the epoch served it mirrored."""
+    sides = {}
+    for batch, labels in loader:
+        for picture, label in zip(batch, labels.tolist(), strict=True):
+            original = images[label].double() / 255
+            assert torch.equal(picture, original) or torch.equal(picture, original.flip(-1))
+            sides[label] = torch.equal(picture, original.flip(-1))
+    return sides
+
+
+def test_alternate_flips_keep_each_images_side_and_mirror_all_every_other_epoch():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    data = Dataset(images, torch.arange(64), ["x"])
+    loader = DeviceLoader(data, 8, "cpu", train=True, pad=0, seed=5, dtype=torch.float64, flip="alternate")
+    first, second, third = (_sides(loader, images) for _ in range(3))
+    assert 16 < sum(first.values()) < 48  # each image's side drawn once, about half mirrored
+    assert all(second[i] != first[i] for i in range(64)) and third == first  # all mirrored together, then back
+    resumed = DeviceLoader(data, 8, "cpu", train=True, pad=0, seed=5, dtype=torch.float64, flip="alternate")
+    resumed.epoch = 1  # a resumed run sets the epoch: the same side as the run it continues
+    assert _sides(resumed, images) == second
+    random = DeviceLoader(data, 8, "cpu", train=True, pad=0, seed=5, dtype=torch.float64)
+    epochs = [_sides(random, images) for _ in range(3)]
+    assert any(epochs[2][i] == epochs[1][i] for i in range(64)) and epochs[2] != epochs[0]  # independent draws
+    with pytest.raises(ValueError, match="flip must be random or alternate"):
+        DeviceLoader(data, 8, "cpu", train=True, flip="sometimes")
+
+
+def test_a_lower_training_resolution_scales_the_batches_down_with_antialiasing():
+    images = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, :, 16:] = 255  # left half black, right half white
+    loader = DeviceLoader(Dataset(images, torch.zeros(16, dtype=torch.long), ["x"]), 8, "cpu", train=True, pad=0,
+                          flip="alternate")
+    loader.resolution = 16
+    batch, _ = next(iter(loader))
+    assert batch.shape == (8, 3, 16, 16)
+    mirrored = batch[:, 0, 0, 0] > 0.5
+    batch[mirrored] = batch[mirrored].flip(-1)
+    assert torch.allclose(batch[..., :7], torch.zeros(())) and torch.allclose(batch[..., 9:], torch.ones(()))
+    assert torch.allclose(batch.mean(), torch.tensor(0.5, dtype=batch.dtype))  # a filtered, not a cropped, view
+    assert next(iter(DeviceLoader(Dataset(images, torch.zeros(16, dtype=torch.long), ["x"]), 8, "cpu",
+                                  train=False)))[0].shape == (8, 3, 32, 32)  # evaluation stays at full size
 
 
 def test_ranks_split_each_global_batch_of_the_single_process_order():

@@ -218,6 +218,10 @@ def test_the_fragment_a_kill_9_leaves_is_left_out_of_the_sync(small_folder, tmp_
         time.sleep(0.1)
     proc.kill()
     proc.wait()
+    (killed,) = (tmp_path / "wandb").glob("offline-run-*")
+    alone = check_here(capsys, killed)  # never resumed: not complete, whatever it holds (issue 37 item 10)
+    assert alone.returncode == 2 and alone.stderr.startswith("error: 1 of 1 offline runs cannot be synced as they are")
+    assert "never ended" in alone.stderr or "incomplete or corrupt" in alone.stderr, alone.stdout + alone.stderr
     resumed = subprocess.run([sys.executable, "train/run.py", "--resume", str(out / "last.pt")], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -232,6 +236,16 @@ def test_the_fragment_a_kill_9_leaves_is_left_out_of_the_sync(small_folder, tmp_
     assert f"{whole} (run {run_id}, finished): complete" in result.stdout
     assert result.stdout.splitlines()[-1] == f"all complete: sync 1 folder and leave out 1 superseded fragment: " \
                                              f"wandb sync {whole}"
+    by_run_folder = check_here(capsys, out)  # the training run's folder: the W&B run its summary.json names
+    assert by_run_folder.returncode == 0 and by_run_folder.stdout.startswith(f"{whole} (run {run_id}, finished): "
+                                                                              f"complete"), by_run_folder.stdout
+    model = out / "best.pt"
+    blob = bytearray(model.read_bytes())
+    blob[-1] ^= 0xFF  # best.pt replaced after the run logged it as its model artifact
+    model.write_bytes(bytes(blob))
+    changed = check_here(capsys, out)
+    assert changed.returncode == 2 and "best.pt" in changed.stdout and \
+        "changed since the run logged it (its content digest differs)" in changed.stdout, changed.stdout
 
 
 def _children(pid: int) -> list[str]:

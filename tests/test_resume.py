@@ -396,9 +396,21 @@ def test_resume_refuses_data_that_changed_under_the_run(small_folder, tmp_path, 
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(edited, quality=95)
     resume_fails("'ship': images edited (same counts)")
     edited.write_bytes(original)
-    data.rename(tmp_path / "moved")  # the same images elsewhere: the checkpoint's data_dir must hold them, so link it
-    data.symlink_to(tmp_path / "moved")
-    assert main(["--resume", str(out / "last.pt")]) == 0, capsys.readouterr().err[-2000:]
+    first = sorted((data / "train" / "frog").iterdir())
+    renamed = [path.with_name(f"r{path.name}") for path in first]
+    for path, new in zip(first, renamed, strict=True):
+        path.rename(new)
+    resume_fails("'frog': images renamed (same pixels, other file names)")
+    for path, new in zip(first, renamed, strict=True):
+        new.rename(path)
+    data.rename(tmp_path / "moved")  # the same images under another path (issue 37 item 3)
+    assert main(["--resume", str(out / "last.pt")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "(the checkpoint's --data_dir); if the images moved, resume with --data_dir where they are now: the "
+        "checkpoint checks they are the same images")
+    assert not data.exists()  # no download into the stale path
+    assert main(["--resume", str(out / "last.pt"), "--data_dir", str(tmp_path / "moved")]) == 0, \
+        capsys.readouterr().err[-2000:]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 5
 
 
@@ -437,3 +449,15 @@ def test_runs_started_at_the_same_moment_on_one_folder_name_the_one_that_holds_i
     assert len(errors) == 150
     assert all(e.startswith("--out_dir ") and e.endswith(f"is in use by process {os.getpid()}") for e in errors), \
         sorted(set(errors))[:3]
+
+
+def test_resume_auto_without_a_name_never_picks_another_finished_run(trained, small_folder, tmp_path):
+    """``--resume auto`` with neither --out_dir nor --run_name looks under runs/: a finished run there is another
+    run's record, and the job starts a new run instead of answering "nothing to resume" (issue 37 item 10)."""
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    shutil.copy(trained["out"] / "last.pt", tmp_path / "runs" / "old" / "last.pt")  # a finished run's record
+    proc = start("--resume", "auto", *flags(small_folder, epochs=1, wandb_mode="disabled"), cwd=tmp_path)
+    stdout, stderr = communicate(proc, timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert stdout.splitlines()[0] == "--resume auto: no last.pt found, new run" and "nothing to resume" not in stdout
+    assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 1  # the new run's; the old record is untouched

@@ -34,7 +34,14 @@ def test_run_exits_0_and_learns(trained):
     assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
     assert summary["compile_seconds"] == 0.0  # no --compile
     assert "epoch 1/2" in result.stdout and "epoch 2/2" in result.stdout  # one plain line per epoch off a terminal
-    assert "lr 0.03906, 0.4 warm-up epochs" in result.stdout  # 0.1 x 50/128, a fifth of 2 epochs
+    # the resolved recipe: 0.1 x 50/128, a fifth of 2 epochs, the defaults of the rest
+    assert ("batch 50, lr 0.03906, 0.4 warm-up epochs, label smoothing 0.1, random flips, whitened stem, 16->32 px "
+            "over the first epoch; out_dir" in result.stdout)
+    config = json.loads((out / "config.json").read_text())  # the resolved config, as W&B's holds it
+    assert config["batch_size"] == 50 and config["lr"] == 0.0390625 and config["warmup_epochs"] == 0.4
+    assert config["stem_init"] == "whiten"  # auto, resolved
+    logged = wandb_summary(trained["run_dir"])["config"]
+    assert config == {key: value for key, value in logged.items() if key != "_wandb"}
     for picture in ("misclassified.png", "gradcam.png", "confusion_matrix.png"):
         assert (out / picture).stat().st_size > 10_000, picture
     assert summary["explain"]["explained"] == 8
@@ -68,7 +75,7 @@ def test_checkpoints_load_safely_best_holds_the_model_and_last_becomes_a_small_r
                       script="explain/run.py", timeout=300)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: checkpoint {str(out / 'last.pt')!r} is a finished run's record and holds no weights (a run keeps "
-        "its last.pt whole only with --keep_checkpoints all); use the run's best.pt"]
+        f"its last.pt whole only with --keep_checkpoints all); use the run's best.pt ({out / 'best.pt'})"]
     assert not (tmp_path / "x").exists()
 
 
@@ -131,7 +138,8 @@ def test_a_finished_run_is_left_alone(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1].startswith(f"nothing to resume: {out / 'last.pt'} finished all 2")
     again = run_cli("--data_dir", "x", "--out_dir", str(out), env=env, timeout=300)  # a new run into its folder
-    assert again.returncode == 2 and "already holds a run; continue it with --resume" in again.stderr
+    assert again.returncode == 2 and (f"already holds a run; it finished (explain it with python explain/run.py "
+                                      f"--checkpoint {out / 'best.pt'})") in again.stderr  # not --resume: nothing to
     changed = run_cli("--resume", str(out / "last.pt"), "--lr=0.5", env=env, timeout=300)
     assert changed.returncode == 2 and "--lr cannot change when resuming" in changed.stderr
     assert digests(out) == before and set(trained["wandb_dir"].glob("*run-*")) == runs_before  # nothing touched
@@ -187,5 +195,11 @@ def test_keep_checkpoints_all_keeps_the_resumable_state_and_none_keeps_no_weight
         again = run_cli("--resume", "auto", f"--out_dir={out}", env=env, timeout=300)
         assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith(
             f"nothing to resume: {out / 'last.pt'} finished all 1 epochs"), again.stdout + again.stderr
+        if keep == "none":  # its record is no model, and no best.pt exists to send the user to (issue 37 item 7)
+            refused = run_cli("--checkpoint", str(out / "last.pt"), f"--out_dir={tmp_path / 'x'}",
+                              "--wandb_mode=disabled", script="explain/run.py", timeout=300)
+            assert refused.returncode == 2 and refused.stderr.strip().endswith(
+                "and this run kept no weights (--keep_checkpoints none, as sweep trials do): there is no model to "
+                "load; train again with --keep_checkpoints best"), refused.stderr
     staged = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.stat().st_size > 1_000_000]
     assert staged == []

@@ -124,8 +124,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if problem:
         raise CheckpointError(f"{str(path)!r} is not a cifar-insight checkpoint ({problem})")
     if state.get("finished") and not record:
+        best = Path(path).with_name("best.pt")
+        kept = state.get("config", {}).get("keep_checkpoints") if isinstance(state.get("config"), dict) else None
+        hint = (f"use the run's best.pt ({best})" if best.is_file() else
+                "and this run kept no weights (--keep_checkpoints none, as sweep trials do): there is no model to "
+                "load; train again with --keep_checkpoints best" if kept == "none" else
+                f"and its best.pt is not beside it ({best}): load the best.pt of that run, wherever it went")
         raise CheckpointError(f"checkpoint {str(path)!r} is a finished run's record and holds no weights (a run keeps "
-                              f"its last.pt whole only with --keep_checkpoints all); use the run's best.pt")
+                              f"its last.pt whole only with --keep_checkpoints all); {hint}")
     return state
 
 

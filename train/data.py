@@ -194,13 +194,16 @@ def download_cifar10(data_dir: Path, url: str | None = None, md5: str | None = N
 
     if url is None:
         url, md5 = CIFAR10.url, CIFAR10.tgz_md5
-    created = not data_dir.exists()
+    created = data_dir.absolute()  # the topmost folder this call creates: removed whole if the download fails
+    while not created.parent.exists():
+        created = created.parent
+    created = created if not created.exists() else None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(url, download_root=str(data_dir), filename=CIFAR10.filename, md5=md5)
     except Exception as exc:
-        if created:  # leave no empty or half-downloaded folder behind
-            shutil.rmtree(data_dir, ignore_errors=True)
+        if created is not None:  # leave no empty or half-downloaded folder behind, nor the parents made for it
+            shutil.rmtree(created, ignore_errors=True)
         raise DataError(
             f"--data_dir {str(data_dir)!r} has no train/ and test/ folders nor {CIFAR_FOLDER}/, and downloading "
             f"CIFAR-10 into it failed ({type(exc).__name__}: {str(exc)[:200]}); point --data_dir at a data set, "
@@ -711,19 +714,26 @@ def load_split(data_dir: str | os.PathLike, split: str, classes: list[str]) -> D
 def data_fingerprint(train: Dataset, test: Dataset) -> dict[str, dict[str, Any]]:
     """What a checkpoint records of the data it trained on, per class: its train and test image counts and a digest
     of its images (decoded pixels, and the file names within the class folder when there are files). Renaming,
-    swapping, adding or editing a class's images changes its entry; moving the data folder does not."""
+    swapping, adding or editing a class's images changes its entry; moving the data folder does not. ``pixels``
+    digests the images alone, in any order and under any names: the same ``pixels`` with another ``digest`` means
+    the images were renamed (or reordered), not edited."""
     digests = {name: hashlib.blake2b(digest_size=16) for name in train.classes}
+    pixels = {name: hashlib.blake2b(digest_size=16) for name in train.classes}  # names and order left out
     counts = {name: {"train": 0, "test": 0} for name in train.classes}
     for split, dataset in (("train", train), ("test", test)):
         for label, name in enumerate(dataset.classes):
             positions = (dataset.labels == label).nonzero().flatten()
             counts[name][split] = len(positions)
             digests[name].update(f"{split}:{len(positions)}\0".encode())
-            digests[name].update(dataset.images[positions].contiguous().numpy().data)
+            images = dataset.images[positions].contiguous().numpy()
+            digests[name].update(images.data)
+            pixels[name].update(f"{split}:".encode() + b"".join(sorted(
+                hashlib.blake2b(image.tobytes(), digest_size=8).digest() for image in images)))
             if dataset.files is not None:  # "train/cat/0001.jpg" -> "0001.jpg": a swapped folder keeps its digest
                 digests[name].update("\0".join(f.split("/", 2)[-1] for f in (dataset.files[i] for i in
                                                                                positions.tolist())).encode())
-    return {name: {**counts[name], "digest": digests[name].hexdigest()} for name in train.classes}
+    return {name: {**counts[name], "digest": digests[name].hexdigest(), "pixels": pixels[name].hexdigest()}
+            for name in train.classes}
 
 
 def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:

@@ -3,13 +3,14 @@
     python -m train.offline_check                      # every offline run under ./wandb
     python -m train.offline_check runs-wandb/ wandb/offline-run-20261126_120000-abc123
 
-Each argument is a ``wandb/`` folder (all its ``offline-run-*`` folders), a ``WANDB_DIR`` (its ``wandb/`` subfolder)
-or one run folder. Every run's records are read with W&B's own reader (``wandb leet inspect --json``), and every file
-they reference is looked for: the run's media and files (``files/...``, relative to the run folder) and each
-artifact's manifest entries (the tables' JSON and images, the model checkpoint), which W&B records by **absolute**
-path in its staging folder. The report says what a sync would upload (history rows, tables, artifacts, sizes) and,
-for anything missing, where it is expected — and where it is now, when the ``wandb/`` folder was moved or copied
-(W&B's records still name the old place).
+Each argument is a ``wandb/`` folder (all its ``offline-run-*`` folders), a ``WANDB_DIR`` (its ``wandb/`` subfolder),
+one run folder, or a training run's folder (``runs/NAME``: the W&B run its ``summary.json`` names). Every run's
+records are read with W&B's own reader (``wandb leet inspect --json``), and every file they reference is looked for
+(and, for artifacts, checked against the digest the run logged): the run's media and files (``files/...``, relative
+to the run folder) and each artifact's manifest entries (the tables' JSON and images, the model checkpoint), which
+W&B records by **absolute** path in its staging folder. The report says what a sync would upload (history rows,
+tables, artifacts, sizes) and, for anything missing, where it is expected — and where it is now, when the ``wandb/``
+folder was moved or copied (W&B's records still name the old place).
 
 A record file that W&B's reader cannot read whole — empty, cut short (truncated, or its run killed or still
 running), or with corrupt data it skips (a checksum mismatch) — is named as incomplete or corrupt; the other runs are
@@ -70,8 +71,9 @@ class RunCheck:
 
     @property
     def complete(self) -> bool:
-        """Everything a sync of this folder needs is there and readable."""
-        return not self.missing and not self.damaged
+        """Everything a sync of this folder needs is there and readable, and the run ended (an exit record): a run
+        killed and never resumed, or still running, is not complete."""
+        return not self.missing and not self.damaged and self.state != "no exit record"
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -87,6 +89,21 @@ def find_runs(paths: list[str]) -> list[Path]:
             raise CheckError(f"{given!r} does not exist")
         if list(path.glob("run-*.wandb")):
             runs.append(path)
+            continue
+        summary = path / "summary.json"
+        if summary.is_file() and not (path / "wandb").is_dir():  # a training run's folder: its W&B run
+            try:
+                recorded = json.loads(summary.read_text()).get("wandb_run_dir")
+            except (OSError, ValueError, AttributeError):
+                recorded = None
+            if not recorded:
+                raise CheckError(f"{given!r} is a run folder whose summary.json names no W&B run (--wandb_mode "
+                                 f"disabled?)")
+            run_dir = Path(recorded)
+            if not list(run_dir.glob("run-*.wandb")):
+                raise CheckError(f"{given!r} is a run folder whose W&B run {recorded!r} is not there (moved? give its "
+                                 f"folder instead)")
+            runs.append(run_dir)
             continue
         folder = path / "wandb" if (path / "wandb").is_dir() and not list(path.glob("offline-run-*")) else path
         found = sorted(p for p in folder.glob("offline-run-*") if p.is_dir())
@@ -222,6 +239,10 @@ def _check_artifact(artifact: dict[str, Any], run_dir: Path, check: RunCheck) ->
         local = Path(entry["local_path"])
         if local.is_file():
             check.artifact_bytes += local.stat().st_size
+            if entry.get("digest") and _md5(local) != entry["digest"]:  # replaced since it was logged
+                check.missing.append(f"artifact {artifact.get('name', '?')}: {entry.get('path')} at {local} changed "
+                                     f"since the run logged it (its content digest differs): a sync would upload "
+                                     f"other bytes than the run logged")
             continue
         line = f"artifact {artifact.get('name', '?')}: {entry.get('path')} expected at {local}"
         elsewhere = _relocated(local, run_dir)
@@ -229,6 +250,18 @@ def _check_artifact(artifact: dict[str, Any], run_dir: Path, check: RunCheck) ->
             check.moved.append(f"{local} -> {elsewhere}")
             line += f" (now at {elsewhere}: the wandb/ folder moved)"
         check.missing.append(line)
+
+
+def _md5(path: Path) -> str:
+    """The file's digest as W&B's manifests record it (base64 of its MD5)."""
+    import base64
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return base64.b64encode(digest.digest()).decode()
 
 
 def _size(count: int) -> str:
@@ -247,7 +280,9 @@ def report(check: RunCheck) -> list[str]:
                 f"{check.superseded_by} holds every epoch)"]
     artifacts = ", ".join(f"{n} {kind}" for kind, n in sorted(check.artifacts.items())) or "none"
     status = (["record file incomplete or corrupt"] if check.damaged else []) + (
-        [f"{_count(len(check.missing), 'referenced file')} missing"] if check.missing else [])
+        [f"{_count(len(check.missing), 'referenced file')} missing or changed"] if check.missing else []) + (
+        ["never ended: killed (continue it with train/run.py --resume) or still running"]
+        if check.state == "no exit record" and not check.damaged else [])
     lines = [head + ("; ".join(status) or "complete"),
              f"  a sync uploads {_count(check.history_rows, 'history row')}, {_count(check.tables, 'table')}, "
              f"{_count(check.files, 'run file')} "
@@ -270,8 +305,10 @@ def verdict(checks: list[RunCheck]) -> tuple[str, int]:
     failing = [c for c in to_sync if not c.complete]
     if failing:
         damaged, missing = sum(1 for c in failing if c.damaged), sum(len(c.missing) for c in failing)
+        unended = sum(1 for c in failing if c.state == "no exit record" and not c.damaged)
         reasons = ([f"{_count(damaged, 'record file')} incomplete or corrupt"] if damaged else []) + (
-            [f"{missing} referenced files missing"] if missing else [])
+            [f"{missing} referenced files missing or changed"] if missing else []) + (
+            [f"{_count(unended, 'run')} never ended"] if unended else [])
         return (f"error: {len(failing)} of {len(checks)} offline runs cannot be synced as they are "
                 f"({', '.join(reasons)}; see above)"), 2
     if not fragments:

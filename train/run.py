@@ -6,8 +6,9 @@
     python train/run.py --resume runs/NAME/last.pt        # continue an interrupted run, same W&B run id
     torchrun --standalone --nproc_per_node=8 train/run.py # DDP: same flags, --batch_size is the global batch
 
-Writes ``out_dir`` (default ``runs/<run_name>``): ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``summary.json`` and
-the explain pictures, plus a W&B run (offline under ``$WANDB_DIR/wandb`` when there are no W&B credentials).
+Writes ``out_dir`` (default ``runs/<run_name>``): ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``summary.json``,
+``config.json`` (the resolved config) and the explain pictures, plus a W&B run (offline under ``$WANDB_DIR/wandb``
+when there are no W&B credentials).
 Bad input exits with status 2 and one ``error:`` line; SIGTERM and Ctrl-C stop cleanly with a ``stopped:`` line.
 """
 
@@ -99,9 +100,16 @@ def init_distributed() -> tuple[int, int]:
 
     Returns ``(rank, world_size)``; ``(0, 1)`` for a plain single process.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    text = os.environ.get("WORLD_SIZE", "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"WORLD_SIZE={text!r} is not a process count (torchrun sets it; unset it for one process)")
+    world_size = int(text)
     if world_size == 1:
         return 0, 1
+    missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:  # torch.distributed would raise "ValueError ... RANK expected" as a traceback
+        raise ConfigError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start several processes with "
+                          f"torchrun --nproc_per_node={world_size} train/run.py ..., or unset WORLD_SIZE for one")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
@@ -148,7 +156,8 @@ class Run:
             print(*args, flush=True)
 
 
-def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, world_size: int) -> Run:
+def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, world_size: int,
+           given: set[str] = frozenset()) -> Run:
     """Device, seeds, data, the recipe (model, optimizer, schedule), the resumed state and the W&B run."""
     device = resolve_device(config.device)
     if device.type == "cuda" and world_size > 1:
@@ -160,7 +169,14 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
     torch.backends.cudnn.benchmark = not config.deterministic  # autotuned kernels are fastest but may vary
 
     # ---- data: decoded once, resident on the device ----
-    train_set, test_set = load_data(config.data_dir)
+    old_path = checkpoint is not None and "data_dir" not in given  # the checkpoint's path: the data may have moved
+    try:
+        train_set, test_set = load_data(config.data_dir, download=not old_path)  # never download into a stale path
+    except DataError as exc:
+        if old_path:
+            raise DataError(f"{exc} (the checkpoint's --data_dir); if the images moved, resume with --data_dir "
+                            f"where they are now: the checkpoint checks they are the same images") from None
+        raise
     data = data_fingerprint(train_set, test_set)
     if checkpoint:  # a renamed or swapped class folder would make the resumed labels mean other classes
         check_classes(checkpoint["classes"], train_set.classes, config.resume)
@@ -174,7 +190,9 @@ def set_up(config: Config, checkpoint: dict | None, state: RunState, rank: int, 
     test_set = test_set.subset(test_indices)
 
     # ---- the recipe; a CAM typo must fail now, not after hours of training ----
-    recipe = build_recipe(config, train_set, test_set, device, rank=rank, world_size=world_size)
+    batch_source = "checkpoint" if checkpoint is not None and "batch_size" not in given else ""
+    recipe = build_recipe(config, train_set, test_set, device, rank=rank, world_size=world_size,
+                          batch_source=batch_source)
     probes = None
     if config.explain_samples or config.probe_images:
         try:
@@ -265,6 +283,21 @@ def model_checkpoint(run: Run) -> dict[str, Any]:
             "run_uid": run.state.run_uid, "data": run.data}
 
 
+def recipe_words(config: Config, recipe: Recipe) -> str:
+    """What the recipe resolved to, for the start line (W&B's config holds the same values)."""
+    sizes = recipe.resolutions or [recipe.train_loader.size]
+    ramp = sum(size < sizes[-1] for size in sizes)
+    words = [f"batch {config.batch_size}", f"lr {config.lr:.4g}", f"{config.warmup_epochs:g} warm-up epochs",
+             f"label smoothing {config.label_smoothing:g}", f"{config.flip} flips"]
+    if config.stem_init == "whiten":
+        words.append("whitened stem")
+    if config.ema:
+        words.append(f"EMA {config.ema:g}")
+    if ramp:
+        words.append(f"{sizes[0]}->{sizes[-1]} px over the first " + (f"{ramp} epochs" if ramp > 1 else "epoch"))
+    return ", ".join(words)
+
+
 def saved(state: RunState) -> str:
     """What the run has saved, in words."""
     if state.epoch == 0:
@@ -294,6 +327,7 @@ def train_epochs(run: Run) -> None:
     show_bar = sys.stderr.isatty() and run.rank == 0
     for epoch in range(state.epoch + 1, config.epochs + 1):
         run.phase = f"epoch {epoch}"
+        run.recipe.epochs_done = epoch - 1  # the epoch's resolution and flip side, also after a resume
         try:
             train = run.recipe.train_epoch(run.net, progress=show_bar, desc=f"epoch {epoch}/{config.epochs}")
         except NonFiniteLossError as exc:
@@ -403,6 +437,7 @@ def finish(run: Run) -> dict[str, Any]:
                               metadata={"config": config.to_dict(), "metrics": state.history[state.best_epoch - 1],
                                         "epoch": state.best_epoch, "classes": run.train_set.classes})
     try:
+        write_json(run.out_dir / "config.json", config.to_dict())  # the resolved recipe, as W&B's config holds it
         write_json(run.out_dir / "summary.json", summary)
     except OSError as exc:  # a full disk at the very end: the checkpoints are whole, say so
         raise TrainingError(f"writing summary.json in {run.out_dir} failed ({exc.strerror or exc}); {saved(state)}, "
@@ -490,12 +525,11 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
             source = CheckpointFolderLock(config.resume, config.out_dir)
         if rank == 0:
             out_dir = OutDir(config.out_dir, state.run_uid, resuming=checkpoint is not None).open()
-        run = set_up(config, checkpoint, state, rank, world_size)
+        run = set_up(config, checkpoint, state, rank, world_size, given)
         computes = precision_name(run.recipe.amp, run.recipe.channels_last) + cpu_note(run)
         run.say(f"{config.model}: {sum(p.numel() for p in run.recipe.model.parameters()):,} parameters on "
                 f"{run.device} ({computes}); {len(run.train_set):,} train / {len(run.test_set):,} test images, "
-                f"{len(run.train_set.classes)} classes; lr {config.lr:.4g}, "
-                f"{config.warmup_epochs:g} warm-up epochs; out_dir {run.out_dir}"
+                f"{len(run.train_set.classes)} classes; {recipe_words(config, run.recipe)}; out_dir {run.out_dir}"
                 + (f"; {world_size} processes (DDP)" if world_size > 1 else ""))
         # ---- train ----
         train_epochs(run)
@@ -521,9 +555,12 @@ def fit(config: Config, given: set[str]) -> dict[str, Any]:
 
 
 def cpu_note(run: Run) -> str:
-    """Why ``--precision auto`` chose what it did on the CPU (nothing elsewhere)."""
-    if run.device.type != "cpu" or run.config.precision != "auto":
+    """Why ``--precision auto`` chose what it did on the CPU, or that ``--precision bf16`` is emulated there (nothing
+    elsewhere)."""
+    if run.device.type != "cpu" or run.config.precision == "fp32":
         return ""
+    if run.config.precision == "bf16":
+        return "" if cpu_bf16_native() else ": emulated, this CPU has no native bf16 (slower than --precision fp32)"
     return (": this CPU runs bf16 natively" if cpu_bf16_native()
             else ": this CPU has no native bf16 (--precision bf16 would be emulated, slower)")
 

@@ -36,9 +36,11 @@ __all__ = ["RESUME_OVERRIDABLE", "CheckpointFolderLock", "NothingToResume", "Out
            "check_classes", "check_data", "find_last_checkpoint", "resume_config", "resume_state"]
 
 # What a resumed run may change; everything else (data, model, schedule, seed, probes) is the checkpoint's.
-RESUME_OVERRIDABLE = {"resume", "device", "precision", "compile", "eval_batch_size", "out_dir", "wandb_mode",
-                      "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer", "trust",
-                      "trust_images", "label_issues", "keep_checkpoints"}
+# data_dir may change: the same images under another path (a moved folder, another working directory) resume, as
+# the checkpoint's per-class fingerprint of its images tells (check_data).
+RESUME_OVERRIDABLE = {"resume", "data_dir", "device", "precision", "compile", "eval_batch_size", "out_dir",
+                      "wandb_mode", "wandb_project", "wandb_entity", "explain_samples", "cam_method", "cam_layer",
+                      "trust", "trust_images", "label_issues", "keep_checkpoints"}
 LOCK_FILE = ".lock"
 
 
@@ -106,14 +108,15 @@ class RunState:
 
 
 def find_last_checkpoint(config: Config) -> str:
-    """``--resume auto``: the newest ``last.pt`` of this ``out_dir`` (or ``runs/<run_name>``, or any run under
-    ``runs/`` when neither is given); empty when there is none, so the same command starts or continues a run."""
+    """``--resume auto``: the newest ``last.pt`` of this ``out_dir`` (or ``runs/<run_name>``, or the newest unfinished
+    run under ``runs/`` when neither is given: a finished run there is another run's record, not this job's to
+    continue); empty when there is none, so the same command starts or continues a run."""
     if config.out_dir:
         candidates = [Path(config.out_dir) / "last.pt"]
     elif config.run_name:
         candidates = [Path("runs") / config.run_name / "last.pt"]
     else:
-        candidates = list(Path("runs").glob("*/last.pt"))
+        candidates = [path for path in Path("runs").glob("*/last.pt") if path.is_file() and not _finished(path)]
     existing = [path for path in candidates if path.is_file()]
     return str(max(existing, key=lambda path: path.stat().st_mtime)) if existing else ""
 
@@ -226,7 +229,10 @@ def check_data(stored: Any, data: dict[str, dict[str, Any]], source: str) -> Non
             continue
         counts = [f"{split} {old.get(split)} -> {entry[split]}" for split in ("train", "test")
                   if old.get(split) != entry[split]]
-        changes.append(f"{name!r}: " + (f"images {', '.join(counts)}" if counts else "images edited (same counts)"))
+        renamed = not counts and old.get("pixels") is not None and old.get("pixels") == entry.get("pixels")
+        changes.append(f"{name!r}: " + (f"images {', '.join(counts)}" if counts else
+                                        "images renamed (same pixels, other file names)" if renamed else
+                                        "images edited (same counts)"))
     if changes:
         more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
         raise CheckpointError(f"checkpoint {source!r} cannot be resumed: the data changed since it was saved "
@@ -303,6 +309,14 @@ class CheckpointFolderLock:
                 self._path.unlink(missing_ok=True)
 
 
+def _finished(last: Path) -> bool:
+    """Whether ``last`` is a finished run's record (nothing left to resume); unreadable counts as not."""
+    try:
+        return bool(load_checkpoint(last, record=True).get("finished"))
+    except CheckpointError:
+        return False
+
+
 class OutDir:
     """The run's folder, held with an exclusive lock from :meth:`open` to :meth:`close`.
 
@@ -358,8 +372,10 @@ class OutDir:
         last, best = self.path / "last.pt", self.path / "best.pt"
         if not self.resuming:
             if last.exists() or best.exists():
-                hint = (f"continue it with --resume {last}" if last.exists() else
-                        "its first save was cut short (best.pt without last.pt)")
+                hint = ("its first save was cut short (best.pt without last.pt)" if not last.exists() else
+                        "it finished (explain it with python explain/run.py --checkpoint "
+                        f"{best if best.exists() else last})" if _finished(last) else
+                        f"continue it with --resume {last}")
                 raise RunError(f"--out_dir {str(self.path)!r} already holds a run; {hint}, or choose another "
                                f"--out_dir/--run_name")
             return
