@@ -345,6 +345,20 @@ def per_seed(seeds: Sequence[int], run: Callable[[int], T]) -> list[T]:
     return results
 
 
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> list[float]:
+    """The ``confidence`` t interval of the mean of ``values`` (scipy's t quantile); the mean twice with fewer than
+    two values."""
+    import statistics
+
+    from scipy.stats import t
+
+    mean, n = statistics.fmean(values), len(values)
+    if n < 2:
+        return [mean, mean]
+    half = t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(values) / n ** 0.5
+    return [mean - half, mean + half]
+
+
 def spread(values: Sequence[float]) -> dict[str, float] | None:
     """Mean, sample standard deviation (0 for one value), median, min, max and count; None for no values."""
     import statistics

@@ -47,17 +47,6 @@ def one_run(data_dir: Path, precision: str, seed: int, run_args: list[str], work
             "train_seconds": summary["train_seconds"], "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def t_interval(values: list[float]) -> list[float]:
-    """The 95 % t interval of the mean of ``values`` (scipy's t quantile)."""
-    from scipy.stats import t
-
-    mean, n = statistics.fmean(values), len(values)
-    if n < 2:
-        return [mean, mean]
-    half = t.ppf(0.975, n - 1) * statistics.stdev(values) / n ** 0.5
-    return [mean - half, mean + half]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = common.Parser(__doc__)
     parser.add_argument("--data_dir", type=common.folder("train", "test"), default=str(REPO / "cifar10-jpeg"),
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("acc", "acc_no_tta"):
         paired = [next(r[key] for r in runs if r["seed"] == s and r["precision"] == "bf16")
                   - next(r[key] for r in runs if r["seed"] == s and r["precision"] == "fp32") for s in args.seeds]
-        difference[key] = {"mean": statistics.fmean(paired), "ci": t_interval(paired), "per_seed": paired}
+        difference[key] = {"mean": statistics.fmean(paired), "ci": common.t_interval(paired), "per_seed": paired}
     speed = {p: statistics.median(r["train_seconds"] for r in runs if r["precision"] == p) for p in ("fp32", "bf16")}
     result = {"run_args": run_args + FIXED, "seeds": args.seeds, "runs": runs, "difference": difference,
               "train_seconds_median": speed, "speedup": speed["fp32"] / speed["bf16"],

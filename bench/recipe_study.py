@@ -122,15 +122,13 @@ def paired(runs: list[dict], variant: str, weights: str, view: str) -> dict | No
 
 
 def difference(diffs: list[float]) -> dict | None:
-    """Mean of paired differences with its 95 % t interval and a verdict ("better", "worse", "inconclusive")."""
-    from scipy import stats
-
+    """Mean of paired differences with its 95 % t interval (:func:`bench.common.t_interval`) and a verdict
+    ("better", "worse", "inconclusive")."""
     if len(diffs) < 2:
         return None
-    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    half = stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
-    verdict = "better" if mean - half > 0 else "worse" if mean + half < 0 else "inconclusive"
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs), "diffs": diffs,
+    low, high = common.t_interval(diffs)
+    verdict = "better" if low > 0 else "worse" if high < 0 else "inconclusive"
+    return {"mean": statistics.fmean(diffs), "low": low, "high": high, "n": len(diffs), "diffs": diffs,
             "verdict": verdict}
 
 

@@ -79,7 +79,7 @@ from train.data import (
     resize_note,
     special_note,
 )
-from train.engine import amp_dtype, cpu_bf16_native, resolve_device
+from train.engine import EMULATED_BF16, amp_dtype, cpu_bf16_native, resolve_device
 from train.files import write_json
 from train.model import check_model_name
 from train.stops import Stopped, stops_ignored, stops_raise
@@ -256,7 +256,7 @@ def start_line(loaded: Loaded, options: ExplainOptions, what: str, out_dir: Path
                    ", resolved on this machine: its CPU runs bf16 natively" if cpu_bf16_native() else
                    ", resolved on this machine: its CPU has no native bf16, so fp32 even if the run trained in bf16")
     elif config.precision == "bf16" and loaded.device.type == "cpu" and not cpu_bf16_native():
-        source += "; emulated, this CPU has no native bf16 (slower than --precision fp32)"
+        source += f"; {EMULATED_BF16}"
     return (f"explaining {options.checkpoint} (epoch {loaded.state['epoch']}, {config.model}) on {loaded.device} in "
             f"{autocast} ({source}); {what}; out_dir {out_dir}")
 

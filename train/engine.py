@@ -26,9 +26,9 @@ from train.config import CPU_BATCH, DEFAULT_BATCH, Config, ConfigError, resolve
 from train.data import DataError, Dataset
 from train.loader import DeviceLoader
 
-__all__ = ["NonFiniteLossError", "Recipe", "amp_dtype", "build_recipe", "compile_overhead", "epoch_resolutions",
-           "evaluate", "make_optimizer", "make_scheduler", "predict", "resolve_device", "smallest_resolution",
-           "train_one_epoch", "whiten_stem"]
+__all__ = ["EMULATED_BF16", "NonFiniteLossError", "Recipe", "amp_dtype", "build_recipe", "compile_overhead",
+           "epoch_resolutions", "evaluate", "make_optimizer", "make_scheduler", "predict", "resolve_device",
+           "smallest_resolution", "train_one_epoch", "whiten_stem"]
 
 
 WHITEN_IMAGES = 5000  # --stem_init whiten: training images whose patches it whitens (airbench's 5,000)
@@ -67,6 +67,9 @@ def cpu_bf16_native() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
         return False
+
+
+EMULATED_BF16 = "emulated, this CPU has no native bf16 (slower than --precision fp32)"  # what --precision bf16 is there
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -231,6 +231,14 @@ def mark_superseded(checks: list[RunCheck]) -> None:
                 check.superseded_by = later[-1].run_dir
 
 
+def _md5(path: Path) -> str:
+    """The file's digest as W&B's manifests record it, by W&B's own function (imported here: only runs with
+    artifacts pay wandb's import)."""
+    from wandb.sdk.lib.hashutil import md5_file_b64
+
+    return md5_file_b64(str(path))
+
+
 def _check_artifact(artifact: dict[str, Any], run_dir: Path, check: RunCheck) -> None:
     check.artifacts[artifact.get("type", "?")] += 1
     for entry in artifact.get("manifest", {}).get("contents", []):
@@ -239,7 +247,7 @@ def _check_artifact(artifact: dict[str, Any], run_dir: Path, check: RunCheck) ->
         local = Path(entry["local_path"])
         if local.is_file():
             check.artifact_bytes += local.stat().st_size
-            if entry.get("digest") and _md5(local) != entry["digest"]:  # replaced since it was logged
+            if entry.get("digest") and _md5(local) != entry["digest"]:  # replaced since it was logged (W&B's digest)
                 check.missing.append(f"artifact {artifact.get('name', '?')}: {entry.get('path')} at {local} changed "
                                      f"since the run logged it (its content digest differs): a sync would upload "
                                      f"other bytes than the run logged")
@@ -250,18 +258,6 @@ def _check_artifact(artifact: dict[str, Any], run_dir: Path, check: RunCheck) ->
             check.moved.append(f"{local} -> {elsewhere}")
             line += f" (now at {elsewhere}: the wandb/ folder moved)"
         check.missing.append(line)
-
-
-def _md5(path: Path) -> str:
-    """The file's digest as W&B's manifests record it (base64 of its MD5)."""
-    import base64
-    import hashlib
-
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return base64.b64encode(digest.digest()).decode()
 
 
 def _size(count: int) -> str:

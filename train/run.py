@@ -58,6 +58,7 @@ from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state
 from train.config import Config, ConfigError, one_line, parse_args
 from train.data import DataError, Dataset, balanced_subset, data_fingerprint, load_data
 from train.engine import (
+    EMULATED_BF16,
     NonFiniteLossError,
     Recipe,
     build_recipe,
@@ -560,7 +561,7 @@ def cpu_note(run: Run) -> str:
     if run.device.type != "cpu" or run.config.precision == "fp32":
         return ""
     if run.config.precision == "bf16":
-        return "" if cpu_bf16_native() else ": emulated, this CPU has no native bf16 (slower than --precision fp32)"
+        return "" if cpu_bf16_native() else f": {EMULATED_BF16}"
     return (": this CPU runs bf16 natively" if cpu_bf16_native()
             else ": this CPU has no native bf16 (--precision bf16 would be emulated, slower)")
 
