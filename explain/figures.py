@@ -17,10 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.textpath import TextPath
 from torch import Tensor
 
-__all__ = ["ALPHA", "COLORMAP", "DPI", "MAX_MATRIX_CLASSES", "PAGE_HEIGHT", "PNG_ROWS", "SCALE", "cam_grid_figure",
-           "cam_methods_figure", "confusion_figure", "faithfulness_figure", "images_figure", "label_issues_figure",
-           "misclassified_figure", "most_confused_classes", "page_paths", "probes_figure", "sanity_figure",
-           "save_pages", "tile_figure", "tile_pages", "upscale"]
+__all__ = ["ALPHA", "CAM_ROWS", "COLORMAP", "DPI", "MAX_MATRIX_CLASSES", "PAGE_HEIGHT", "PNG_ROWS", "SCALE",
+           "cam_grid_figure", "cam_methods_figure", "confusion_figure", "faithfulness_figure", "images_figure",
+           "label_issues_figure", "misclassified_figure", "most_confused_classes", "page_paths", "probes_figure",
+           "sanity_figure", "save_pages", "tile_figure", "tile_pages", "upscale"]
 
 SCALE = 4  # display upscaling of the overlays (nearest neighbour): 32×32 → 128×128
 DPI = 100  # of the PNG files
@@ -29,9 +29,14 @@ CAM_TRIPLES = 3  # mistakes per row of the CAM grid (9 pictures: ~1,400 px, a la
 NOTE_LINE = 16  # pixels per legend line under a grid's title
 COLORMAP = "jet"  # of every CAM overlay (the reports draw them with it, the colour bars show it)
 ALPHA = 0.5  # weight of the heat layer in the overlays
-PNG_ROWS = 64  # mistakes drawn in misclassified.png and the CAM grid (the W&B table holds all of them)
+PNG_ROWS = 64  # mistakes drawn in misclassified.png (the W&B table holds all of them)
+CAM_ROWS = 32  # mistakes drawn in the CAM grid (gradcam.png: 11 rows of 3, two pages; the W&B table holds every CAM)
 MAX_MATRIX_CLASSES = 50  # classes drawn in confusion_matrix.png: the most confused ones beyond this
-PAGE_HEIGHT = 900  # px: a long grid is split into pages of at most this height (a laptop screen shows one 1:1)
+# px: a long grid is split into pages of at most this height. 900 (a laptop screen 1:1) made a 3-epoch run write 17
+# PNGs, 6 of them CAM pages; at 1,400 a page fitted to a laptop screen still shows 128 px pictures at ~80 px.
+PAGE_HEIGHT = 1400
+PROBE_ROW_CELLS = 10  # probes.png: as many probes side by side as fit in 10 pictures (2 for runs of up to 4 epochs)
+MISTAKE_COLUMNS = 10  # misclassified.png: 64 mistakes in 7 rows of 10 (~1,500 px wide), one page
 GRID_GAP = 20  # px between the pictures of a grid and around it
 RIGHT, WRONG = "tab:green", "tab:red"
 
@@ -143,20 +148,20 @@ def save_pages(pages: list[Figure], path: str | Path) -> list[str]:
 
 
 def misclassified_figure(rows: list[dict[str, Any]], mistakes: int) -> list[Figure]:
-    """The mistakes (the first :data:`PNG_ROWS`) in a grid, captioned with true class (black) and prediction (red);
-    pages of :data:`PAGE_HEIGHT`."""
+    """The mistakes (the first :data:`PNG_ROWS`) in a grid of :data:`MISTAKE_COLUMNS`, captioned with true class
+    (black) and prediction (red); pages of :data:`PAGE_HEIGHT`."""
     rows = rows[:PNG_ROWS]
     cells = [(upscale(row["image"]), [(f"true: {row['true']}", "black"),
                                       (f"pred: {row['pred']} {row['confidence']:.2f}", "tab:red")]) for row in rows]
     title = f"{len(rows)} most confident mistakes (of {mistakes})" if rows else f"no mistakes shown (of {mistakes})"
-    return tile_pages(cells, min(8, len(rows)), title)
+    return tile_pages(cells, min(MISTAKE_COLUMNS, len(rows)), title)
 
 
 def cam_grid_figure(rows: list[dict[str, Any]], method: str, layers: list[str]) -> list[Figure]:
-    """The CAMs of the mistakes (the first :data:`PNG_ROWS`), read row by row like ``misclassified.png``: each
+    """The CAMs of the mistakes (the first :data:`CAM_ROWS`), read row by row like ``misclassified.png``: each
     mistake a triple image | CAM of the prediction | CAM of the true class, :data:`CAM_TRIPLES` triples a row, one
     colour bar; pages of :data:`PAGE_HEIGHT`."""
-    rows = rows[:PNG_ROWS]
+    rows = rows[:CAM_ROWS]
     cells: list[Cell] = []
     for row in rows:
         true, pred = row["true"], row["pred"]
@@ -226,49 +231,68 @@ def _verdict_colour(verdict: str) -> str:
 
 def faithfulness_figure(result: dict[str, Any], bands: dict[str, np.ndarray], figures: dict[str, Any],
                         method: str) -> Figure:
-    """Mean deletion and insertion curves of the maps and of smooth random maps (the null), each with its shaded 95 %
-    band (studentized bootstrap over the images), the gains with their intervals, and the verdict. The y axis is
-    fitted to the curves and their bands; the legends sit under the axes, off the curves.
+    """Deletion and insertion, one column each. Top: the mean curves of the maps and of smooth random maps (the
+    null). Bottom: what the verdict rests on, the paired per-image difference (the map's gain over the random map on
+    the same image, at each fraction) with its 95 % band (studentized bootstrap over the images), and at its right the
+    gain — the mean height of that curve, its AUC — with its interval against the smallest gain that matters.
+
+    Two unpaired bands (each curve's own) overlap even where every image gains: the spread between images is shared
+    by both curves and cancels in the paired difference, so only the difference's band says anything.
 
     Args:
         result: :func:`explain.trust.deletion_insertion`'s curves.
-        bands: Per curve name, its ``[2, steps + 1]`` interval (:func:`explain.trust.bootstrap_interval`).
-        figures: :func:`explain.trust.trust_figures`' figures (gains, intervals, verdict).
+        bands: ``deletion`` and ``insertion``: the ``[2, steps + 1]`` interval of the paired difference curve
+            (random − map for deletion, map − random for insertion; :func:`explain.trust.bootstrap_interval`).
+        figures: :func:`explain.trust.trust_figures`' figures (gains, intervals, verdict, borderline).
         method: The CAM method's name.
     """
-    from explain.trust import COVERAGE, SMALLEST_GAIN, SURVIVES
+    from explain.trust import COVERAGE, SMALLEST_GAIN, SURVIVES, borderline_words
 
-    fig = Figure(figsize=(11, 6), layout="constrained")
-    fractions = result["fractions"]
+    fig = Figure(figsize=(11, 8.5), layout="constrained")
+    fractions = np.asarray(result["fractions"], dtype=float)
     resolution = result.get("null_resolution") or figures.get("null_resolution")
     null = f"random maps ({resolution[0]}×{resolution[1]} noise, upsampled)" if resolution else "random maps"
-    for ax, name, better in zip(fig.subplots(1, 2), ("deletion", "insertion"), ("lower", "higher"), strict=True):
-        shown = []
+    axes = fig.subplots(2, 2, height_ratios=(1, 1.15))
+    for column, name, better in zip(range(2), ("deletion", "insertion"), ("lower", "higher"), strict=True):
+        top, bottom = axes[0, column], axes[1, column]
         for suffix, label, style, colour in (("", method, "-", "tab:blue"), ("_random", null, "--", "tab:gray")):
             auc = f"{name}_auc{suffix}"
-            band = np.asarray(bands[name + suffix], dtype=float)
-            shown.append(band)
-            ax.fill_between(fractions, band[0], band[1], color=colour, alpha=0.2, linewidth=0)
-            ax.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3, color=colour,
-                    label=f"{label}: AUC {figures[auc]:.3f} {_interval(figures[auc + '_ci'])}")
-        low, high = np.nanmin(shown), np.nanmax(shown)
-        if np.isfinite(low) and np.isfinite(high):
-            margin = max(0.05 * (high - low), 0.01)
-            ax.set_ylim(max(low - margin, 0.0), min(high + margin, 1.0))
-        ax.set_xlabel(f"fraction of pixels {'removed' if name == 'deletion' else 'put back'}, most salient first")
-        ax.set_ylabel("mean probability of the explained class")
-        gain = f"{name}_gain"
-        ax.set_title(f"{name.capitalize()} ({better} AUC = more faithful)\ngain over the random maps "
-                     f"{figures[gain]:.3f} {_interval(figures[gain + '_ci'])}", fontsize=11)
-        ax.legend(title="mean over the images, shaded: its 95% interval (the gain is paired per image)",
-                  fontsize=9, title_fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    verdict = figures["trust_verdict"]
-    fig.suptitle(f"{method} on {figures['trust_images']} images: {verdict}\n\n", fontsize=13,
-                 color=_verdict_colour(verdict))
-    fig.text(0.5, 0.94, f"a gain counts when its 95% interval is above {SMALLEST_GAIN} ({COVERAGE})\n"
+            top.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3,
+                     color=colour, label=f"{label}: AUC {figures[auc]:.3f}")
+        top.set_ylabel("mean probability\nof the explained class")
+        top.set_title(f"{name.capitalize()}: pixels {'removed' if name == 'deletion' else 'put back'}, most salient "
+                      f"first ({better} AUC = more faithful)", fontsize=11)
+        top.legend(fontsize=9, loc="best", title="mean over the images", title_fontsize=8)
+        # the paired difference: the gain per image at each fraction, its mean and band
+        sign = 1.0 if name == "insertion" else -1.0
+        difference = sign * (result[name] - result[name + "_random"]).mean(0).numpy()
+        band = np.asarray(bands[name], dtype=float)
+        bottom.fill_between(fractions, band[0], band[1], color="tab:blue", alpha=0.25, linewidth=0,
+                            label="its 95% interval (paired over the images)")
+        bottom.plot(fractions, difference, "-", marker="o", markersize=3, color="tab:blue",
+                    label="mean gain per image at each fraction")
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        bottom.axhline(SMALLEST_GAIN, color="tab:gray", linestyle=":", linewidth=1.2,
+                       label=f"smallest gain that matters ({SMALLEST_GAIN})")
+        gain, (low, high) = figures[f"{name}_gain"], figures[f"{name}_gain_ci"]
+        colour = RIGHT if low > SMALLEST_GAIN else WRONG if high < SMALLEST_GAIN else "tab:orange"
+        x = fractions[-1] + 0.08 * (fractions[-1] - fractions[0])
+        bottom.errorbar([x], [gain], yerr=[[gain - low], [high - gain]], fmt="D", color=colour, capsize=5,
+                        markersize=6, label=f"the gain (the curve's mean height, its AUC) {gain:.3f} "
+                                            f"{_interval((low, high))}")
+        bottom.set_xlim(fractions[0] - 0.03, x + 0.06)
+        bottom.set_xlabel(f"fraction of pixels {'removed' if name == 'deletion' else 'put back'}")
+        bottom.set_ylabel(f"{'random − map' if name == 'deletion' else 'map − random'}\n(the map's gain)")
+        bottom.set_title(f"{name} gain over the random maps, paired per image", fontsize=11)
+        bottom.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    verdict, close = figures["trust_verdict"], borderline_words(figures)
+    notes = [f"a gain counts when its 95% interval lies above {SMALLEST_GAIN} ({COVERAGE})",
              f"randomization {figures['sanity_result']} at {figures['sanity_stage']}: rank corr "
              f"{figures['sanity_rank_corr']:.2f} {_interval(figures['sanity_rank_corr_ci'])} (every stage below "
-             f"{SURVIVES} passes)", ha="center", va="top", fontsize=9)
+             f"{SURVIVES} passes)"] + ([close] if close else [])
+    fig.suptitle(f"{method} on {figures['trust_images']} images: {verdict}{', borderline' if close else ''}"
+                 + "\n" * (len(notes) + 1), fontsize=13, color="tab:orange" if close else _verdict_colour(verdict))
+    fig.text(0.5, 1 - 0.5 / 8.5, "\n".join(notes), ha="center", va="top", fontsize=9)  # under the title's line
     return fig
 
 
@@ -331,23 +355,54 @@ def probes_figure(rows: list[list[tuple[np.ndarray, int, str, float, bool]]], pi
             cells.append((overlay, [(f"epoch {epoch}", "black"), (f"pred {pred}", colour),
                                     (f"p_true {p_true:.2f}", colour)]))
     title = "Probe images by epoch: CAM of the true class, the predicted class and p(true class)"
-    return tile_pages(cells, 1 + max((len(row) for row in rows), default=0), title, colorbar=COLORMAP)
+    per_probe = 1 + max((len(row) for row in rows), default=0)
+    side_by_side = max(1, PROBE_ROW_CELLS // per_probe)  # a short run's probes two a row: half the pages
+    return tile_pages(cells, per_probe * side_by_side, title, group=per_probe, colorbar=COLORMAP)
 
 
 def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray],
-                       headings: list[tuple[str, str, str]], captions: list[str], images: int) -> Figure:
-    """The same images (rows) under each CAM method (columns), each column headed by the method, the methods its
-    paired differences place it above, and its trust verdict (``headings``: ``(method, above, verdict)``)."""
-    cells: list[Cell] = []
-    for i in range(len(pictures)):
-        cells.append((pictures[i], [(captions[i], "black"), ("", "black"), ("", "black")]))
-        cells += [(maps[i], [(method, "black"), (above, "black"), (verdict, _verdict_colour(verdict))])
-                  for (method, above, verdict), maps in zip(headings, overlays.values(), strict=True)]
-    notes = [(f"{len(pictures)} of the {images} images compared; a method is above another only where a paired "
-              f"per-image difference (deletion or insertion AUC,", "black"),
-             ("95% studentized bootstrap, Holm-corrected over all pairs) separates them and none favours the other; "
-              "a method failing the randomization check is never above one passing it", "black")]
-    return tile_figure(cells, len(overlays) + 1, "CAM methods on the same images", notes=notes, colorbar=COLORMAP)
+                       headings: list[tuple[str, str, str]], captions: list[tuple[str, bool]],
+                       images: int) -> Figure:
+    """The same images (columns, each under its test index, class and the model's prediction) under each CAM method
+    (rows, each headed on the left by the method, the methods its paired differences place it above, and its trust
+    verdict: ``headings`` ``(method, above, verdict)``), with the colour bar and how the ranking was made.
+
+    Args:
+        pictures: uint8 ``[k, h, w, 3]`` images (display size).
+        overlays: Per method (in ``headings``' order), uint8 ``[k, h, w, 3]`` overlays of the same images.
+        captions: Per image ``(text, right)``: e.g. ``("#1234 cat\npred dog", False)``; red when ``right`` is False.
+        images: How many images were compared in all (the figures rest on all of them).
+    """
+    rows, cols = len(overlays) + 1, len(pictures)
+    left, column, head, row = 2.3, 1.6, 1.55, 1.4  # inches: the headings, an image's column, the title, a row
+    width, height = left + column * cols, head + row * rows
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    grid = fig.add_gridspec(rows, cols, left=left / width, right=1 - 0.1 / width, top=1 - head / height,
+                            bottom=0.1 / height, hspace=0.1, wspace=0.1)
+    for r, pixels in enumerate([pictures, *overlays.values()]):
+        for c in range(cols):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(pixels[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                text, right = captions[c]
+                ax.set_title(text, fontsize=9, color="black" if right else WRONG)
+        label = [("the images", "black", "")] if r == 0 else \
+            [(headings[r - 1][0], "black", "bold"), (headings[r - 1][1], "black", ""),
+             (headings[r - 1][2], _verdict_colour(headings[r - 1][2]), "")]
+        first = fig.axes[-cols]
+        for j, (text, colour, weight) in enumerate(label):
+            first.text(-0.08, 0.5 + (len(label) / 2 - 0.5 - j) * 0.18, text, transform=first.transAxes, ha="right",
+                       va="center", fontsize=10, color=colour, fontweight=weight or "normal")
+    fig.suptitle("CAM methods on the same images", fontsize=13, y=1 - 0.1 / height)
+    fig.text(0.5, 1 - 0.45 / height,
+             f"{cols} of the {images} images compared (the figures rest on all {images}); red: the model's prediction "
+             "is wrong\na method is above another only where a paired per-image difference (deletion or insertion "
+             "AUC, 95% studentized bootstrap,\nHolm-corrected over all pairs) separates them; a method failing the "
+             "randomization check is never above one passing it\nCAM colours: blue low, red high, each map scaled to "
+             "its own range", ha="center", va="top", fontsize=9)
+    return fig
 
 
 def images_figure(thumbnails: list[np.ndarray], inputs: np.ndarray, overlays: np.ndarray,

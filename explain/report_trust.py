@@ -45,7 +45,7 @@ CPU_TRUST_IMAGES = 32
 GPU_TRUST_IMAGES = 256
 TRUST_STEPS = 6  # 7 points per curve: the step resolution matters less than the number of images
 SANITY_IMAGES = 4  # images shown in sanity.png
-COMPARE_IMAGES = 4  # images shown in cam_methods.png (rows: 4 keep it under 900 px tall)
+COMPARE_IMAGES = 8  # images shown in cam_methods.png (columns: ~1,300 px wide)
 
 
 def default_trust_images(device: torch.device | str) -> int:
@@ -123,8 +123,8 @@ def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, method: s
     if available is not None:  # how many images a larger --trust_images could use (the advice is empty without more)
         figures["trust_available"] = available
     figures["trust_line"] = verdict_line(figures, method)
-    bands = {name: bootstrap_interval(faithful[name], seed=seed) for name in
-             ("deletion", "deletion_random", "insertion", "insertion_random")}
+    bands = {"deletion": bootstrap_interval(faithful["deletion_random"] - faithful["deletion"], seed=seed),
+             "insertion": bootstrap_interval(faithful["insertion"] - faithful["insertion_random"], seed=seed)}
     faithfulness_figure(faithful, bands, figures, method).savefig(out_dir / "faithfulness.png", dpi=DPI)
     pick = spread_out(len(images), SANITY_IMAGES)
     shown = images[pick].cpu()
@@ -150,11 +150,12 @@ def measure_trust(model: nn.Module, images: Tensor, class_idx: Tensor, method: s
 
 def compare_cam_methods(model: nn.Module, images: Tensor, class_idx: Tensor, methods: Sequence[str],
                         layers: list[str], out_dir: Path, row: dict[str, Any] | None, *,
-                        seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0, captions: Sequence[tuple[str, bool]] | None = None) -> dict[str, Any]:
     """:func:`explain.trust.compare_methods`, written as ``cam_methods.json`` (``methods``: each method's figures with
     their intervals, ``rank``, ``above`` and ``below``; ``pairs``: every pair's paired difference per metric with its
     Holm-level interval and p-values), ``cam_methods.png`` (the same images, one column per method) and, in the W&B
-    ``row``, the Tables ``explain/cam_methods`` and ``explain/cam_method_pairs``."""
+    ``row``, the Tables ``explain/cam_methods`` and ``explain/cam_method_pairs``. ``captions``: per image its
+    ``(text, right)`` in the picture (:func:`explain.figures.cam_methods_figure`); default its position."""
     compared, pairs = compare_methods(model, images, class_idx, methods, layers, steps=TRUST_STEPS, seed=seed)
     keys = ["method", "rank", "above", "below", *TRUST_KEYS, "seconds_per_image"]
     table = [{key: entry[key] for key in keys} for entry in compared]
@@ -167,8 +168,9 @@ def compare_cam_methods(model: nn.Module, images: Tensor, class_idx: Tensor, met
                                              scale=SCALE) for entry in compared}
     headings = [(e["method"], f"above {', '.join(e['above'])}" if e["above"] else "above none", e["trust_verdict"])
                 for e in compared]
-    cam_methods_figure(_upscale(to_hwc_uint8(shown)), overlays, headings,
-                       [f"image {i + 1}" for i in range(len(shown))], len(images)).savefig(
+    labels = [captions[i] for i in pick.tolist()] if captions is not None else \
+        [(f"image {i + 1}", True) for i in pick.tolist()]
+    cam_methods_figure(_upscale(to_hwc_uint8(shown)), overlays, headings, labels, len(images)).savefig(
         out_dir / "cam_methods.png", dpi=DPI)
     if row is not None:
         import wandb
