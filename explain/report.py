@@ -21,9 +21,9 @@ Example:
     ```python
     from pathlib import Path
     import timm, train
-    from explain.report import explain_model
+    from explain.report import ExplainSettings, explain_model
     model = timm.create_model("resnet18_cifar", num_classes=10)
-    result = explain_model(model, test_set, out_dir=Path("runs/x"), tracker=tracker, samples=64)
+    result = explain_model(model, test_set, ExplainSettings(samples=64), out_dir=Path("runs/x"), tracker=tracker)
     ```
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ from train.tracking import Tracker
 __all__ = [
     "COLUMNS",
     "SCALE",
+    "ExplainSettings",
     "cams_for_pred_and_true",
     "check_cam_settings",
     "confusion_matrix",
@@ -160,49 +162,78 @@ def cams_for_pred_and_true(model: nn.Module, images: Tensor, preds: Tensor, labe
     return cams[: len(images)], cams[len(images):]
 
 
-def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, tracker: Tracker | None = None,
-                  samples: int = 64, cam_method: str = "gradcam", cam_layer: str | Sequence[str] = "layer4",
-                  device: torch.device | str = "cpu", amp: torch.dtype | None = None, batch_size: int = 1024,
-                  indices: Tensor | None = None, epoch: int | None = None, trust: bool = True,
-                  trust_images: int | None = None, compare: Sequence[str] = (),
-                  commit: bool = True, label_issues: bool = True, tta: bool = False, seed: int = 0,
-                  in_sample: bool = False) -> dict[str, Any]:
-    """Explain the model's mistakes on ``test_set``: one W&B row (see the module docstring) and PNG files.
+@dataclass(frozen=True)
+class ExplainSettings:
+    """What the explain step does — one object, from the run's :class:`train.config.Config`
+    (:meth:`from_config`) or built directly; :func:`explain_model` takes it with the model and the images.
+
+    Attributes:
+        samples: How many of the most confident mistakes to explain (0: no mistakes table or pictures; the confusion
+            matrix, trust figures and label issues are still made).
+        cam_method: A name of :data:`explain.cam.CAM_METHODS`.
+        cam_layer: Module name(s) the CAM is computed on; comma-separated names (or a list) are fused.
+        batch_size: Images per prediction pass (the CAMs use :func:`explain.cam.compute_cams`' default 256).
+        trust: Measure the trust figures (:mod:`explain.report_trust`) of the CAMs of the predicted class on a
+            seeded, class-stratified sample of ``trust_images`` of the images (right and wrong predictions).
+        trust_images: Size of that sample (each image costs a few dozen forwards); None = sized to the device
+            (:func:`explain.report_trust.default_trust_images`).
+        compare: CAM methods to compare on that same sample (``cam_methods.json``/``.png``, W&B table).
+        label_issues: Find the images whose label is likely wrong (:mod:`explain.labels`, cleanlab):
+            ``label_issues.json``/``.png``, the Table ``explain/label_issues`` and the ``label_quality`` and
+            ``likely_label_error`` columns (None without it, or when the images hold a single class).
+        tta: Find label issues on the flip-TTA probabilities (image and mirror, as ``val/acc``), and report that
+            accuracy beside the single-pass one; the table stays single-pass.
+        seed: Seeds the trust sample and its bootstrap intervals.
+        in_sample: The model trained on these images (``explain/run.py --split train`` on its training folder):
+            every label issues output says its flags are not to be trusted (``label_issues_in_sample``).
+    """
+
+    samples: int = 64
+    cam_method: str = "gradcam"
+    cam_layer: str | Sequence[str] = "layer4"
+    batch_size: int = 1024
+    trust: bool = True
+    trust_images: int | None = None
+    compare: Sequence[str] = ()
+    label_issues: bool = True
+    tta: bool = False
+    seed: int = 0
+    in_sample: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any, **changes: Any) -> ExplainSettings:
+        """The settings a run's config (``train/run.py``'s, or the checkpoint's in ``explain/run.py``) names, with
+        ``changes`` (e.g. the resolved ``cam_layer``, ``compare``, ``in_sample``)."""
+        named = cls(samples=config.explain_samples, cam_method=config.cam_method, cam_layer=config.cam_layer,
+                    batch_size=config.eval_batch_size, trust=config.trust, trust_images=config.trust_images,
+                    label_issues=config.label_issues, tta=config.tta, seed=config.seed)
+        return replace(named, **changes)
+
+
+def explain_model(model: nn.Module, test_set: Dataset, settings: ExplainSettings | None = None, *,
+                  out_dir: str | Path, tracker: Tracker | None = None, device: torch.device | str = "cpu",
+                  amp: torch.dtype | None = None, indices: Tensor | None = None, epoch: int | None = None,
+                  commit: bool = True, **changes: Any) -> dict[str, Any]:
+    """Explain the model's mistakes on ``test_set`` as ``settings`` say: one W&B row (see the module docstring) and
+    PNG files.
 
     Predictions are single-pass (no test-time augmentation), so the table shows what the network itself does.
-    The model is left in eval mode. ``samples=0`` leaves out the mistakes (no ``misclassified.png``, CAM grid or
-    ``explain/misclassified`` table, as a training run at ``explain_samples=0``, which skips explain altogether) and
-    still makes the confusion matrix, the trust figures and the label issues.
+    The model is left in eval mode.
 
     Args:
         model: The classifier, on ``device`` (DDP or ``torch.compile`` wrappers are looked through).
         test_set: The images to predict and explain.
+        settings: What to do (:class:`ExplainSettings`; default its defaults); ``changes`` are fields of it
+            replaced for this call (``explain_model(model, images, out_dir=..., samples=16, trust=False)``).
         out_dir: Where the PNG files (and ``cam_methods.json``) are written.
         tracker: Where the W&B row goes (None or a disabled tracker: only the files).
-        samples: How many of the most confident mistakes to explain.
-        cam_method: A name of :data:`explain.cam.CAM_METHODS`.
-        cam_layer: Module name(s) the CAM is computed on; comma-separated names (or a list) are fused.
         device: Where the predictions and CAMs are computed.
         amp: Autocast dtype of the prediction pass (None = fp32); the CAMs are always fp32.
-        batch_size: Images per prediction pass (the CAMs use :func:`explain.cam.compute_cams`' default 256).
         indices: Position of each ``test_set`` image in the full test set (e.g. a ``--test_subset``'s indices),
             logged as ``index``; default ``0..N-1``.
         epoch: Logged as ``epoch`` in the row when given (the epoch of the explained weights).
-        trust: Measure the trust figures (:mod:`explain.report_trust`) of the CAMs of the predicted class on a
-            seeded, class-stratified sample of ``trust_images`` of the images (right and wrong predictions).
-        trust_images: Size of that sample (each image costs a few dozen forwards); None = sized to ``device``
-            (:func:`explain.report_trust.default_trust_images`).
-        compare: CAM methods to compare on that same sample (``cam_methods.json``/``.png``, W&B table).
         commit: Commit the W&B row; False leaves it open for more keys of the same step (a training run adds the
             probe summary, then commits).
-        label_issues: Find the images whose label is likely wrong (:mod:`explain.labels`, cleanlab):
-            ``label_issues.json``/``.png``, the Table ``explain/label_issues`` and the ``label_quality`` and
-            ``likely_label_error`` columns (None without it, or when the images hold a single class).
-        in_sample: The model trained on ``test_set`` (``explain/run.py --split train`` on its training folder):
-            every label issues output says its flags are not to be trusted (``label_issues_in_sample``).
-        tta: Find label issues on the flip-TTA probabilities (image and mirror, as ``val/acc``), and report that
-            accuracy beside the single-pass one; the table stays single-pass.
-        seed: Seeds the trust sample and its bootstrap intervals.
 
     Returns:
         ``images``, ``acc`` (single pass), ``mistakes`` (count), ``explained`` (table rows), the PNG paths
@@ -215,7 +246,14 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
 
     Raises:
         ValueError: If ``samples`` is negative, ``indices`` has the wrong length, or the CAM settings are invalid.
+        TypeError: If ``changes`` names no field of :class:`ExplainSettings`.
     """
+    chosen_settings = replace(settings or ExplainSettings(), **changes)
+    samples, cam_method, cam_layer, batch_size = (chosen_settings.samples, chosen_settings.cam_method,
+                                                  chosen_settings.cam_layer, chosen_settings.batch_size)
+    trust, trust_images, compare, label_issues = (chosen_settings.trust, chosen_settings.trust_images,
+                                                  chosen_settings.compare, chosen_settings.label_issues)
+    tta, seed, in_sample = chosen_settings.tta, chosen_settings.seed, chosen_settings.in_sample
     if samples < 0:
         raise ValueError(f"samples must be >= 0, got {samples}")
     if indices is not None and len(indices) != len(test_set):
@@ -286,8 +324,10 @@ def explain_model(model: nn.Module, test_set: Dataset, *, out_dir: str | Path, t
             if logged:
                 tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
         if compare:
+            captions = [(f"#{int(positions[i])} {classes[int(labels[i])]}\npred {classes[int(preds[i])]}",
+                         bool(preds[i] == labels[i])) for i in sample.tolist()]
             result["cam_methods"] = compare_cam_methods(model, sample_images, sample_preds, compare, layers, out_dir,
-                                                        row if logged else None, seed=seed)
+                                                        row if logged else None, seed=seed, captions=captions)
     if issues is not None:
         result.update(report_label_issues(model, test_set, issues, positions, out_dir=out_dir,
                                           row=row if logged else None, cam_method=cam_method, layers=layers,
@@ -455,8 +495,10 @@ def explain_images(model: nn.Module, images: Images | Iterable[Images], classes:
     return result
 
 
-def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) -> dict[str, str]:
-    """``probes.png`` (probes × at most :data:`PROBE_COLUMNS` epochs spread evenly, 0 and the last included),
+def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None,
+                 pictures: bool = True) -> dict[str, str]:
+    """``probes.png`` (probes × at most :data:`PROBE_COLUMNS` epochs spread evenly, 0 and the last included; not
+    with ``pictures`` False: a run at ``--explain_samples 0``, such as a sweep trial, writes no pictures),
     ``probes.json`` (:meth:`explain.probes.Probes.summary` with the indices and epochs) and, when tracked, the W&B
     Table ``probes/summary`` in the open row (the caller commits it)."""
     summary = probes.summary()
@@ -469,7 +511,8 @@ def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) 
               entry["epochs"][str(epoch)]["pred"] == entry["class"]) for epoch in shown]
             for p, entry in enumerate(summary)]
     labels = [f"#{entry['index']} {entry['class']}" for entry in summary]
-    pages = save_pages(probes_figure(rows, upscale_all(to_hwc_uint8(probes.images)), labels), out_dir / "probes.png")
+    pages = save_pages(probes_figure(rows, upscale_all(to_hwc_uint8(probes.images)), labels),
+                       out_dir / "probes.png") if pictures else []
     if tracker is not None and tracker.id is not None and probes.epochs:
         import wandb
 
@@ -479,7 +522,8 @@ def write_probes(probes: Probes, out_dir: Path, tracker: Tracker | None = None) 
                  " ".join(f"{epoch}:{v['p_true']:.2f}" for epoch, v in e["epochs"].items())] for e in summary]
         tracker.log({"epoch": probes.epochs[-1], "probes/summary": wandb.Table(columns=columns, data=data)},
                     commit=False)
-    return {"probes_png": pages[0], "probes_png_pages": pages, "probes_json": str(out_dir / "probes.json")}
+    return {**({"probes_png": pages[0], "probes_png_pages": pages} if pages else {}),
+            "probes_json": str(out_dir / "probes.json")}
 
 
 def upscale_all(pictures: np.ndarray) -> np.ndarray:

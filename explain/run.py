@@ -53,6 +53,7 @@ from explain.cam import CAM_METHODS
 from explain.report import (
     IMAGES_PER_PASS,
     SHOWN_IMAGES,
+    ExplainSettings,
     check_cam_settings,
     explain_images,
     explain_model,
@@ -328,13 +329,10 @@ def explain_checkpoint(options: ExplainOptions, given: dict[str, Any]) -> dict[s
                               out_dir)), flush=True)
     tracker = tracker_for(loaded, options)
     with writing(out_dir):
-        result = explain_model(loaded.model, data.subset(indices), out_dir=out_dir, tracker=tracker,
-                               samples=config.explain_samples, cam_method=config.cam_method,
-                               cam_layer=loaded.layers, device=loaded.device, amp=loaded.amp,
-                               batch_size=config.eval_batch_size, indices=indices, epoch=loaded.state["epoch"],
-                               trust=config.trust, compare=compared(options), label_issues=config.label_issues,
-                               tta=config.tta, trust_images=config.trust_images, seed=config.seed,
-                               in_sample=in_sample)
+        settings = ExplainSettings.from_config(config, cam_layer=loaded.layers, compare=compared(options),
+                                               in_sample=in_sample)
+        result = explain_model(loaded.model, data.subset(indices), settings, out_dir=out_dir, tracker=tracker,
+                               device=loaded.device, amp=loaded.amp, indices=indices, epoch=loaded.state["epoch"])
     split = options.split
     accuracy = {f"{split}_acc": result.get("acc_tta", result["acc"]), f"{split}_acc_no_tta": result["acc"]}
     tracker.summary({f"{split}_acc_no_tta": result["acc"], "in_sample": in_sample, "mistakes": result["mistakes"],

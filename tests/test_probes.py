@@ -60,12 +60,10 @@ def test_every_probe_is_logged_every_epoch(trained, cifar_subset):
         assert rows[epoch]["probes/acc"] == pytest.approx(sum(right) / len(right))
     learned = [p["learned_epoch"] for p in saved["probes"]]
     assert all(e is None or e in (0, 1, 2) for e in learned)
-    heights = []
-    for page in sorted(out.glob("probes*.png")):  # a row per probe, on pages a laptop screen shows whole
-        with Image.open(page) as picture:
-            assert picture.size[1] <= PAGE_HEIGHT and picture.size[0] < 1500
-            heights.append(picture.size[1])
-    assert sum(heights) > 10 * 128 and (out / "probes.png").is_file()
+    pages = sorted(out.glob("probes*.png"))  # two probes a row (image + 3 epochs each): 5 rows, one page
+    assert pages == [out / "probes.png"]
+    with Image.open(pages[0]) as picture:
+        assert 5 * 128 < picture.size[1] <= PAGE_HEIGHT and 8 * 128 < picture.size[0] < 1600
     table = logged_summary(records)  # a plain table: in the summary, not in the epoch's history row
     assert table["probes/summary._type"] == "table-file" and table["probes/summary.nrows"] == 10
     assert "probes/summary._type" not in rows[2]
@@ -166,3 +164,15 @@ def test_an_images_cam_is_compute_cams_of_the_same_input(mixed_folder, tmp_path)
     result = explain_images(model, images, classes, out_dir=tmp_path, target_class=3, trust=False)
     torch.testing.assert_close(result["cams"], compute_cams(model, images.pixels, 3))
     assert [row["cam_class"] for row in result["rows"]] == ["3"] * len(images.names)
+
+
+def test_a_run_at_explain_samples_0_writes_no_probe_pictures(small_folder, tmp_path):
+    """A sweep trial (--explain_samples 0) wrote probes.png pages although it asked for no pictures (issue 37 item
+    13): now it keeps probes.json (the probes' record) and no PNG at all."""
+    out = tmp_path / "out"
+    result = run_cli("--data_dir", str(small_folder), "--epochs=1", "--batch_size=40", "--explain_samples=0",
+                     "--probe_images=4", "--wandb_mode=disabled", "--out_dir", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list(out.glob("*.png"))
+    saved = json.loads((out / "probes.json").read_text())
+    assert len(saved["probes"]) == 4 and saved["epochs"] == [0, 1]

@@ -18,10 +18,27 @@ from PIL import Image
 
 import train  # noqa: F401  (registers resnet18_cifar)
 from explain.cam import compute_cams
-from explain.figures import PAGE_HEIGHT, cam_grid_figure, misclassified_figure, page_paths, save_pages, tile_pages
+from explain.figures import (
+    CAM_ROWS,
+    PAGE_HEIGHT,
+    cam_grid_figure,
+    misclassified_figure,
+    page_paths,
+    save_pages,
+    tile_pages,
+)
 from explain.overlay import overlay_cam
-from explain.report import COLUMNS, SCALE, check_cam_settings, confusion_matrix, explain_model, find_mistakes
+from explain.report import (
+    COLUMNS,
+    SCALE,
+    ExplainSettings,
+    check_cam_settings,
+    confusion_matrix,
+    explain_model,
+    find_mistakes,
+)
 from tests.conftest import copy_images, history, logged_summary, wandb_records
+from train.config import Config
 from train.data import CIFAR10_CLASSES, Dataset, load_data
 from train.tracking import Tracker
 
@@ -263,7 +280,7 @@ def test_pictures_are_written(explained):
         with Image.open(page) as picture:
             assert picture.size[0] < 1500 and picture.size[1] <= PAGE_HEIGHT
             heights.append(picture.size[1])
-    assert sum(heights) > math.ceil(SAMPLES / 3) * 32 * SCALE
+    assert sum(heights) > math.ceil(min(SAMPLES, CAM_ROWS) / 3) * 32 * SCALE
     drawn = {name for name in os.listdir(out_dir) if name.startswith(("gradcam", "misclassified"))}
     assert drawn == {Path(p).name for key in ("misclassified_png_pages", "cam_png_pages") for p in result[key]}
 
@@ -310,17 +327,19 @@ def test_a_grid_narrower_than_its_title_is_widened_until_every_word_shows():
 
 
 def test_long_grids_are_split_into_pages_a_screen_high_and_every_mistake_is_drawn_once(tmp_path):
-    """Issue 28 item 13: 64 mistakes made one 4,400 px tall gradcam.png; now pages of at most PAGE_HEIGHT, titled
-    page k of n, with every mistake on exactly one of them; a rewrite with fewer pages leaves no stale page."""
+    """Issue 28 item 13: 64 mistakes made one 4,400 px tall gradcam.png; then 6 pages of 900 px (issue 37: 17 PNGs
+    for a 3-epoch run). Now the CAM grid draws CAM_ROWS on two pages of at most PAGE_HEIGHT, titled page k of n, every
+    mistake on exactly one of them, and misclassified.png all 64 on one; a rewrite with fewer pages leaves no stale
+    page."""
     pages = cam_grid_figure(_mistakes(64), "gradcam", ["layer4"])
-    assert len(pages) > 1
+    assert len(pages) == 2
     drawn = 0
     for k, page in enumerate(pages, 1):
         width, height = page.get_size_inches() * page.dpi
         assert height <= PAGE_HEIGHT and width < 1500
         assert " ".join(t.get_text() for t in page.texts).endswith(f"(page {k} of {len(pages)})")
         drawn += sum(t.get_text() == "CAM of pred" for t in page.axes[0].texts)
-    assert drawn == 64
+    assert drawn == CAM_ROWS == 32
     written = save_pages(pages, tmp_path / "gradcam.png")
     assert written == [str(p) for p in page_paths(tmp_path / "gradcam.png", len(pages))] and \
         sorted(os.listdir(tmp_path)) == sorted(Path(p).name for p in written)
@@ -330,7 +349,7 @@ def test_long_grids_are_split_into_pages_a_screen_high_and_every_mistake_is_draw
     assert os.listdir(tmp_path) == ["gradcam.png"]  # the pages of the longer grid are gone
     shown = misclassified_figure(_mistakes(64), 64)
     assert sum(sum(t.get_text().startswith("pred: dog") for t in page.axes[0].texts) for page in shown) == 64
-    assert all(page.get_size_inches()[1] * page.dpi <= PAGE_HEIGHT for page in shown)
+    assert len(shown) == 1 and shown[0].get_size_inches()[1] * shown[0].dpi <= PAGE_HEIGHT
 
 
 def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):
@@ -347,6 +366,23 @@ def test_no_samples_and_no_tracker_still_writes_the_pictures(data, tmp_path):
     assert result["trust_mistakes"] + result["trust_correct"] == 20
     with pytest.raises(ValueError, match="samples must be >= 0"):
         explain_model(model, test, out_dir=tmp_path, samples=-1)
+
+
+def test_the_explain_step_takes_its_settings_as_one_object_from_the_runs_config(data, tmp_path):
+    """Issue 37 item 19: explain_model took 19 keyword arguments; a run's Config now becomes one ExplainSettings,
+    and what the config says is what the step does (4 mistakes, no trust pictures, no label issues, fused layers)."""
+    _, test = load_data(data)
+    model = timm.create_model("resnet18_cifar", num_classes=10)
+    config = Config(explain_samples=4, trust=False, label_issues=False, cam_method="layercam",
+                    cam_layer="layer3,layer4", eval_batch_size=32, seed=3)
+    settings = ExplainSettings.from_config(config)
+    assert (settings.samples, settings.cam_method, settings.batch_size, settings.seed) == (4, "layercam", 32, 3)
+    result = explain_model(model, test.subset(torch.arange(0, 200, 5)), settings, out_dir=tmp_path / "out")
+    assert result["explained"] == 4 and result["cam_png"] == str(tmp_path / "out" / "layercam.png")
+    assert sorted(os.listdir(tmp_path / "out")) == ["confusion_matrix.png", "layercam.png", "misclassified.png",
+                                                    "predictions.npz"]
+    with pytest.raises(TypeError):
+        explain_model(model, test, settings, out_dir=tmp_path, smaples=3)  # a misspelt setting is refused
 
 
 def test_a_thousand_classes_stay_bounded(tmp_path):

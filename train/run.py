@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from explain.probes import Probes, choose_probes
-from explain.report import check_cam_settings, explain_model, explain_summary, write_probes
+from explain.report import ExplainSettings, check_cam_settings, explain_model, explain_summary, write_probes
 from explain.report_labels import LABEL_KEYS
 from train.checkpoint import CheckpointError, checkpoint_bytes, load_model_state, save_checkpoint, unwrap
 from train.config import Config, ConfigError, one_line, parse_args
@@ -236,7 +236,8 @@ def start_stream(run: Run) -> None:
     probes at epoch 0 (the initial model)."""
     probes, state = run.probes, run.state
     rows = ([{"epoch": 0, **probes.row(0)}] if probes and 0 in probes.epochs else []) + state.history
-    run.tracker.continue_from(rows, [probes.images_for(int(row["epoch"])) for row in rows] if probes else None)
+    run.tracker.continue_from(rows, [probes.images_for(int(row["epoch"])) for row in rows] if probes else None,
+                              leave_open=bool(state.history) and state.epoch >= run.config.epochs)  # to the finish
     if probes and not probes.epochs:
         probes.observe(run.recipe.evaluated, 0)
         state.probes = probes.to_dict()
@@ -388,13 +389,9 @@ def finish(run: Run) -> dict[str, Any]:
     explained = {}
     try:
         if config.explain_samples:
-            explained = explain_model(run.recipe.evaluated, run.test_set, out_dir=run.out_dir, tracker=run.tracker,
-                                      samples=config.explain_samples, cam_method=config.cam_method,
-                                      cam_layer=config.cam_layer, device=run.device, amp=run.recipe.amp,
-                                      batch_size=config.eval_batch_size, indices=run.test_indices,
-                                      epoch=state.epoch, trust=config.trust, trust_images=config.trust_images,
-                                      commit=False, label_issues=config.label_issues, tta=config.tta,
-                                      seed=config.seed)
+            explained = explain_model(run.recipe.evaluated, run.test_set, ExplainSettings.from_config(config),
+                                      out_dir=run.out_dir, tracker=run.tracker, device=run.device,
+                                      amp=run.recipe.amp, indices=run.test_indices, epoch=state.epoch, commit=False)
             if "trust_line" in explained:
                 line = explained["trust_line"]
                 print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
@@ -403,7 +400,7 @@ def finish(run: Run) -> dict[str, Any]:
                 for note in explained["label_issues_notes"]:
                     print(f"warning: label issues: {note}", file=sys.stderr, flush=True)
         if run.probes:
-            write_probes(run.probes, run.out_dir, run.tracker)
+            write_probes(run.probes, run.out_dir, run.tracker, pictures=bool(config.explain_samples))
     except OSError as exc:  # a full disk while writing the pictures: the checkpoints are whole, say so
         raise TrainingError(f"the explain step could not write in {run.out_dir} ({exc.strerror or exc}); "
                             f"{saved(state)} and best.pt is the model, summary.json was not written; explain it "
@@ -417,7 +414,8 @@ def finish(run: Run) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "tta": config.tta,
         "epochs": state.epoch,
-        "train_seconds": round(state.loop_seconds, 3),
+        "train_seconds": round(state.loop_seconds, 3),  # whole epochs, the per-epoch evaluation included
+        "train_step_seconds": round(state.train_seconds, 3),  # the training steps alone (airbench's timer's scope)
         "train_images_per_second": round(state.train_images / max(state.train_seconds, 1e-9), 1),
         "compile_seconds": compile_overhead([r["epoch_seconds"] for r in state.history[run.first_epoch - 1:]])
         if config.compile else 0.0,
