@@ -188,6 +188,34 @@ def test_a_damaged_record_file_is_named_and_the_others_still_reported(two_runs, 
     assert f"{good} (run good, finished): complete\n  a sync uploads 3 history rows" in result.stdout
 
 
+LATE = """
+import sys, wandb
+run = wandb.init(mode="offline", project="late", dir=sys.argv[1], id="late")
+for step in (1, 2):
+    run.log({"epoch": step, "val/acc": step / 10}, step=step)
+run.log({"epoch": 1, "explain/confusion": 0.5}, step=1)  # behind W&B's step: W&B ignores it
+run.step  # the run goes on: its next call to W&B's service (train.tracking.Tracker.log makes this one)
+run.log({"epoch": 3, "val/acc": 0.3}, step=3)
+run.finish()
+"""
+
+
+def test_a_run_whose_rows_wandb_ignored_is_not_complete(tmp_path, capsys):
+    """Issue 37 item 1: a row logged to a step W&B had committed is ignored (W&B says so only in the run's captured
+    output, and not under WANDB_SILENT) and is in no record a sync uploads: the check must not call that run
+    complete. (train.tracking.Tracker no longer logs behind W&B's step: tests/test_resume.py.)"""
+    loud = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # W&B says it only when not silenced
+    subprocess.run([sys.executable, "-c", LATE, str(tmp_path)], check=True, timeout=300, capture_output=True, env=loud)
+    (late,) = (tmp_path / "wandb").glob("offline-run-*")
+    result = check_here(capsys, late)
+    assert result.returncode == 2, result.stdout
+    assert f"{late} (run late, finished): W&B ignored 1 logged row (logged to a step it had committed): the run " \
+           f"lacks them" in result.stdout
+    assert "  ignored by W&B: Tried to log to step 1 that is less than the current step 2" in result.stdout
+    assert result.stderr == "error: 1 of 1 offline runs cannot be synced as they are (1 run lacking rows W&B " \
+                            "ignored; see above)\n"
+
+
 def test_earlier_folders_of_a_run_that_a_later_one_holds_are_left_out(tmp_path, capsys):
     """W&B's folders for three runs: one whole; one stopped after 2 epochs and resumed (the later folder replays
     them); one whose later folder lacks the earlier epochs (both are needed)."""

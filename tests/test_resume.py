@@ -19,6 +19,7 @@ import torch
 import wandb
 
 from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
+from train import offline_check
 from train.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -178,6 +179,13 @@ def test_a_stop_during_the_explain_step_finishes_the_wandb_run_and_resume_finish
     assert len(parts) == 2 and wandb_summary(parts[-1])["exit_code"] == 0
     rows = history(wandb_records(parts[-1]))
     assert [row["epoch"] for row in rows if "train/loss" in row] == [1]  # the epoch once, not trained again
+    # the explain row joined epoch 1's row: W&B ignored none of it (issue 37 item 1: it did, three tables lost)
+    assert "Tried to log to step" not in stdout + stderr
+    (last_row,) = [row for row in rows if row.get("epoch") == 1]
+    for key in ("explain/confusion_matrix", "explain/faithfulness_curves", "explain/label_issues"):
+        assert any(name.startswith(key) for name in last_row), key
+    assert "train/loss" in last_row
+    assert offline_check.main([str(out)]) == 0  # the run folder: the W&B run its summary.json names
     last = start(*args, "--resume=auto")
     stdout, _ = communicate(last)
     assert last.returncode == 0 and "nothing to resume" in stdout

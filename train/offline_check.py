@@ -14,7 +14,10 @@ folder was moved or copied (W&B's records still name the old place).
 
 A record file that W&B's reader cannot read whole — empty, cut short (truncated, or its run killed or still
 running), or with corrupt data it skips (a checksum mismatch) — is named as incomplete or corrupt; the other runs are
-still reported. W&B's offline mode cannot reopen a run, so ``train/run.py --resume`` of an offline run writes a second
+still reported. A run whose captured output holds W&B's "Tried to log to step N that is less than the current step"
+lacks what that call logged (W&B ignored it: nothing in the record file, nothing for a sync) and is not complete
+either (W&B prints that warning, and so records it, only when ``WANDB_SILENT`` is not set; ``train/run.py`` never
+logs behind W&B's step). W&B's offline mode cannot reopen a run, so ``train/run.py --resume`` of an offline run writes a second
 folder with the same run id that replays every finished epoch: an earlier folder of a run whose every epoch a later
 folder holds is a **superseded fragment**, to leave out of the sync, and the last line names the folders to sync.
 
@@ -43,6 +46,7 @@ STAGING = Path("artifacts") / "staging"
 TABLE_TYPES = ("table-file", "partitioned-table", "incremental-table-file")  # history values W&B gives a table
 READER = "wandb leet inspect: "  # how W&B's reader starts what it says about a record file (on stderr, exit 0)
 READ_TIMEOUT = 300  # seconds for W&B's reader on one run
+DROPPED = "Tried to log to step"  # how W&B's service says, in the run's captured output, that it ignored a row
 
 
 class CheckError(ValueError):
@@ -67,13 +71,14 @@ class RunCheck:
     missing: list[str] = field(default_factory=list)  # one line per missing file: what, and where it is expected
     moved: list[str] = field(default_factory=list)  # missing at its recorded path, found beside this folder
     damaged: list[str] = field(default_factory=list)  # what keeps W&B's reader from reading the record file whole
+    dropped: list[str] = field(default_factory=list)  # W&B's own words, in the run's output, on data it ignored
     superseded_by: Path | None = None  # a later folder of the same run that holds every step this one holds
 
     @property
     def complete(self) -> bool:
         """Everything a sync of this folder needs is there and readable, and the run ended (an exit record): a run
         killed and never resumed, or still running, is not complete."""
-        return not self.missing and not self.damaged and self.state != "no exit record"
+        return not self.missing and not self.damaged and not self.dropped and self.state != "no exit record"
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -206,6 +211,9 @@ def check_run(run_dir: Path) -> RunCheck:
                     check.missing.append(f"run file {entry['path']} expected at {path}")
         elif kind == "artifact":
             _check_artifact(record["artifact"], run_dir, check)
+        elif kind == "output_raw" and DROPPED in record["output_raw"].get("line", ""):
+            # logged to a step W&B had committed: not in the record file at all, so a sync cannot upload it
+            check.dropped.append(record["output_raw"]["line"].strip().removeprefix("wandb: WARNING "))
     check.tables += len(summary_tables)
     if records and not check.has_run_record:
         check.damaged.append("no run record among what W&B's reader could read: a sync cannot create the run")
@@ -278,12 +286,15 @@ def report(check: RunCheck) -> list[str]:
     status = (["record file incomplete or corrupt"] if check.damaged else []) + (
         [f"{_count(len(check.missing), 'referenced file')} missing or changed"] if check.missing else []) + (
         ["never ended: killed (continue it with train/run.py --resume) or still running"]
-        if check.state == "no exit record" and not check.damaged else [])
+        if check.state == "no exit record" and not check.damaged else []) + (
+        [f"W&B ignored {_count(len(check.dropped), 'logged row')} (logged to a step it had committed): the run "
+         f"lacks them"] if check.dropped else [])
     lines = [head + ("; ".join(status) or "complete"),
              f"  a sync uploads {_count(check.history_rows, 'history row')}, {_count(check.tables, 'table')}, "
              f"{_count(check.files, 'run file')} "
              f"({_size(check.file_bytes)}), artifacts: {artifacts} ({_size(check.artifact_bytes)} present)"]
     lines += [f"  record file: {line}" for line in check.damaged]
+    lines += [f"  ignored by W&B: {line}" for line in check.dropped[:5]]
     lines += [f"  missing: {line}" for line in check.missing[:20]]
     if len(check.missing) > 20:
         lines.append(f"  ... and {len(check.missing) - 20} more")
@@ -304,7 +315,9 @@ def verdict(checks: list[RunCheck]) -> tuple[str, int]:
         unended = sum(1 for c in failing if c.state == "no exit record" and not c.damaged)
         reasons = ([f"{_count(damaged, 'record file')} incomplete or corrupt"] if damaged else []) + (
             [f"{missing} referenced files missing or changed"] if missing else []) + (
-            [f"{_count(unended, 'run')} never ended"] if unended else [])
+            [f"{_count(unended, 'run')} never ended"] if unended else []) + (
+            [f"{_count(ignored, 'run')} lacking rows W&B ignored"] if (ignored := sum(
+                1 for c in failing if c.dropped)) else [])
         return (f"error: {len(failing)} of {len(checks)} offline runs cannot be synced as they are "
                 f"({', '.join(reasons)}; see above)"), 2
     if not fragments:

@@ -230,8 +230,16 @@ class Tracker:
             if tables:
                 self.run.summary.update(tables)
             rest = {key: value for key, value in row.items() if key not in tables}
+            at = step
+            if rest and at is not None and at < self.run.step:
+                # W&B drops data logged to a step it has committed ("Tried to log to step 1 that is less than the
+                # current step 2"): log it at W&B's next step instead. The row keeps its `epoch`, which every chart
+                # plots against (define_metric), so nothing moves; only W&B's internal step differs.
+                _warn(f"W&B: epoch {at}'s row was already committed; logging these keys at the next W&B step "
+                      f"({', '.join(sorted(rest)[:4])}{', ...' if len(rest) > 4 else ''})")
+                at = None
             if rest:
-                self.run.log(rest, step=step, commit=commit)
+                self.run.log(rest, step=at, commit=commit)
 
         self._guard("log", log)
 
@@ -260,19 +268,22 @@ class Tracker:
             self.log(self._wandb_row(row, images), commit=commit)
 
     def continue_from(self, rows: list[dict[str, Any]],
-                      images: list[dict[str, tuple[np.ndarray, str]]] | None = None) -> None:
+                      images: list[dict[str, tuple[np.ndarray, str]]] | None = None, leave_open: bool = False) -> None:
         """Start the stream of a resumed run with its finished epochs' ``rows`` (and their ``images``).
 
         ``metrics.jsonl`` is rewritten to hold exactly those rows (a killed process may have appended one more).
         Offline W&B cannot reopen a run, and a killed process may not have flushed its last rows: the resumed
         offline part logs the finished epochs again (same steps), so it alone holds the whole run. Online, W&B
-        resumes the run in place and nothing is logged again.
+        resumes the run in place and nothing is logged again. ``leave_open``: the last row stays open (``commit``
+        False), as the last epoch's row of a run that goes on to its finish: the explain row joins it there (logged
+        committed, the explain row's step would be behind W&B's and dropped).
         """
         if self.metrics_file is not None:
             atomic_write(self.metrics_file, "".join(_json_line(row) for row in rows))
         if self.run is not None and self.mode == "offline":
             for i, row in enumerate(rows):
-                self.log(self._wandb_row(row, images[i] if images else None))
+                self.log(self._wandb_row(row, images[i] if images else None),
+                         commit=not (leave_open and i == len(rows) - 1))
 
     def log_model(self, path: str | os.PathLike, metadata: dict[str, Any], aliases: list[str]) -> None:
         """Log a checkpoint file as a W&B Artifact of type ``model`` named ``model-<run id>``."""
