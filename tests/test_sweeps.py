@@ -83,7 +83,7 @@ def test_engine_pitfalls_are_real():
     assert sweeps.schema_violations_from_proposed_config(nested) == []
     assert "opt" not in sweeps.next_run(nested, [], validate=True).config  # validation drops nested parameters
     proposal = sweeps.next_run(lr_spec(), [])
-    assert isinstance(proposal.config["lr"]["value"], np.floating)  # numpy scalars, not plain floats
+    assert isinstance(proposal.config["lr_base"]["value"], np.floating)  # numpy scalars, not plain floats
     grid = {"method": "grid", "parameters": {"lr": {"values": [0.1, 0.2]}}}
     def done(value) -> sweeps.SweepRun:
         return sweeps.SweepRun(name=str(value), state="finished", config={"lr": {"value": value}})
@@ -120,9 +120,9 @@ def test_local_proposals_are_plain_reproducible_and_in_the_agents_form():
     assert argv[3:] == [f"--{k}={v}" for k, v in first.items()] + ["--epochs=2"]
     config, _ = parse_args(argv[3:])
     assert all(getattr(config, k) == v for k, v in first.items())
-    pinned_spec, overrides = lr_spec(), {"lr": "0.1", "epochs": "2"}
-    assert local.pin_parameters(pinned_spec, overrides) == ["lr"] and overrides == {"epochs": "2"}
-    assert local.propose(local.check_spec(pinned_spec, "lr.yaml"), [], seed=None, index=1)["lr"] == 0.1
+    pinned_spec, overrides = lr_spec(), {"lr_base": "0.1", "epochs": "2"}
+    assert local.pin_parameters(pinned_spec, overrides) == ["lr_base"] and overrides == {"epochs": "2"}
+    assert local.propose(local.check_spec(pinned_spec, "lr.yaml"), [], seed=None, index=1)["lr_base"] == 0.1
     grid = local.check_spec({"method": "grid", "metric": {"name": "val/acc"}, "parameters": {"lr": {"values": [0.1]}}},
                             "grid.yaml")
     done = local.Trial(name="g-001", index=1, config={"lr": 0.1}, state="finished")
@@ -350,7 +350,7 @@ def test_local_sweep_continues_where_it_stopped(cifar_subset, tmp_path):
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["sweep"] == "lr" and sweep["metric"] == {"name": "val/acc", "goal": "maximize"}
     assert len(trials) == 2 and {t["state"] for t in trials} == {"finished"}
-    assert len({t["config"]["lr"] for t in trials}) == 2  # distinct proposals
+    assert len({t["config"]["lr_base"] for t in trials}) == 2  # distinct proposals
     assert all(set(t["config"]) == set(lr_spec()["parameters"]) for t in trials)
     metrics = [t["metric"] for t in trials]
     assert metrics == sorted(metrics, reverse=True) and [t["rank"] for t in trials] == [1, 2]
@@ -367,6 +367,9 @@ def test_local_sweep_continues_where_it_stopped(cifar_subset, tmp_path):
         assert all(run["config"][k] == pytest.approx(v) for k, v in trial["config"].items())  # trained with them
         summary = json.loads((Path(trial["out_dir"]) / "summary.json").read_text())
         assert summary["test_acc"] == pytest.approx(trial["metric"])
+        resolved = json.loads((Path(trial["out_dir"]) / "config.json").read_text())  # the range follows the batch
+        assert resolved["lr"] == pytest.approx(trial["config"]["lr_base"] * resolved["batch_size"] / 128)
+        assert not list(Path(trial["out_dir"]).glob("*.png"))  # --explain_samples 0: no pictures, probes included
 
 
 @pytest.mark.slow

@@ -31,7 +31,9 @@ def test_run_exits_0_and_learns(trained):
         assert key in summary
     assert summary["epochs"] == 2
     assert 0.15 < summary["test_acc"] <= 1 and summary["test_acc"] <= summary["best_test_acc"] <= 1  # chance: 0.10
-    assert summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
+    assert summary["train_seconds"] > summary["train_step_seconds"] > 0 and summary["train_images_per_second"] > 0
+    # images/s is over the steps alone: 1,000 images x 2 epochs
+    assert summary["train_images_per_second"] == pytest.approx(2000 / summary["train_step_seconds"], rel=0.01)
     assert summary["compile_seconds"] == 0.0  # no --compile
     assert "epoch 1/2" in result.stdout and "epoch 2/2" in result.stdout  # one plain line per epoch off a terminal
     # the resolved recipe: 0.1 x 50/128, a fifth of 2 epochs, the defaults of the rest
