@@ -61,16 +61,18 @@ COVERS = {
 
 COMPARE = ("python", "explain/run.py", "--compare=gradcam,gradcampp,layercam", "--trust_images=64",
            "--explain_samples=0", "--label_issues=False", "--wandb_mode=offline")
+COMPARE_IMAGES = 64  # the real run's trust sample (--compare_trust_images: fewer for a quick check of the step)
 
 
-def real_run(run: Path, data: Path, work: Path, dest: Path) -> list[str]:
+def real_run(run: Path, data: Path, work: Path, dest: Path, images: int = COMPARE_IMAGES) -> list[str]:
     """``docs/real-run/`` from the default run: its small outputs (pictures, JSON, ``metrics.jsonl``,
     ``predictions.npz``, ``config.json``; no checkpoint, no W&B folder) and an ``explain/run.py --compare`` pass over
     its ``best.pt`` (``cam_methods.json``/``.png``, ``explain-summary.json``); the files copied."""
     from bench.run_phases import copy_outputs
 
     explained = work / "real-run-explain"
-    command = [sys.executable, *COMPARE[1:], f"--checkpoint={run / 'best.pt'}", f"--data_dir={data}",
+    command = [sys.executable, *[f"--trust_images={images}" if flag.startswith("--trust_images=") else flag
+                                 for flag in COMPARE[1:]], f"--checkpoint={run / 'best.pt'}", f"--data_dir={data}",
                f"--out_dir={explained}"]
     if subprocess.run(command, cwd=REPO).returncode:
         common.fail("real run: explain/run.py --compare failed")
@@ -101,7 +103,8 @@ def run_ours(name: str, flags: list[str], data: Path, work: Path, existing: Path
     summary = json.loads((existing / "summary.json").read_text())
     config = json.loads((existing / "config.json").read_text()) if (existing / "config.json").exists() else {}
     return {"acc": summary["test_acc"], "acc_single": summary["test_acc_no_tta"], "seconds": step_seconds(existing),
-            "seconds_with_evaluation": summary["train_seconds"], "wall_seconds": wall, "epochs": summary["epochs"],
+            "seconds_with_evaluation": summary["train_seconds"], "epochs": summary["epochs"],
+            **({"wall_seconds": wall} if wall is not None else {}),  # a run read back keeps the file's earlier wall
             "command": " ".join(["python", *command[1:]]), "run": str(existing), "recipe": config,
             "seconds_cover": COVERS[name]}
 
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the batch torch.profiler and torch.compile are measured at")
     parser.add_argument("--default_run", type=common.folder("summary.json"), default=None,
                         help="a finished default run to read instead of training one")
+    parser.add_argument("--compare_trust_images", type=common.count(2), default=COMPARE_IMAGES,
+                        help="images of --real_run_to's explain/run.py --compare pass")
     parser.add_argument("--hour_run", type=common.folder("summary.json"), default=None,
                         help="a finished one-hour run to read instead of training one")
     parser.add_argument("--real_run_to", type=common.out_folder, default=None,
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.real_run_to is not None:
                 result["default_20"]["real_run"] = {"to": str(args.real_run_to), "compare": " ".join(COMPARE),
                                                     "files": real_run(Path(result["default_20"]["run"]), data, work,
-                                                                      args.real_run_to)}
+                                                                      args.real_run_to, args.compare_trust_images)}
         else:
             result["hour"] = run_ours(step, list(HOUR_FLAGS), data, work, args.hour_run)
         measured = True
