@@ -260,8 +260,8 @@ def faithfulness_figure(result: dict[str, Any], bands: dict[str, np.ndarray], fi
             top.plot(fractions, result[name + suffix].mean(0).numpy(), style, marker="o", markersize=3,
                      color=colour, label=f"{label}: AUC {figures[auc]:.3f}")
         top.set_ylabel("mean probability\nof the explained class")
-        top.set_title(f"{name.capitalize()}: pixels {'removed' if name == 'deletion' else 'put back'}, most salient "
-                      f"first ({better} AUC = more faithful)", fontsize=11)
+        top.set_xlabel(f"fraction of pixels {'removed' if name == 'deletion' else 'put back'}, most salient first")
+        top.set_title(f"{name.capitalize()} ({better} AUC = more faithful)", fontsize=11)
         top.legend(fontsize=9, loc="best", title="mean over the images", title_fontsize=8)
         # the paired difference: the gain per image at each fraction, its mean and band
         sign = 1.0 if name == "insertion" else -1.0
