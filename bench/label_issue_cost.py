@@ -43,7 +43,7 @@ import explain.report
 import train  # noqa: F401  (registers resnet18_cifar)
 from bench import common
 from explain.labels import find_label_issues, probabilities
-from explain.report import explain_model
+from explain.report import ExplainSettings, explain_model
 from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from train.data import DataError, balanced_subset, load_data
 from train.engine import predict
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test_subset", type=common.count(0), default=1000,
                         help="test images, class-balanced (0: all)")
     parser.add_argument("--explain_samples", type=common.count(0), default=64)
+    parser.add_argument("--trust_images", type=common.count(2), default=None,
+                        help="the explain step's trust sample (default: sized to the device, as a run's)")
     parser.add_argument("--tta", type=common.boolean, default="True")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=common.count(1), default=3, help="pairs of steps (off, on) after the warm-up")
@@ -127,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         SPENT.update(labels=0.0, wandb=0.0)
         with tempfile.TemporaryDirectory() as out_dir:
             start = time.perf_counter()
-            result = explain_model(model, images, out_dir=out_dir, tracker=tracker, samples=args.explain_samples,
-                                   device=device, indices=indices, label_issues=label_issues, tta=tta)
+            settings = ExplainSettings(samples=args.explain_samples, trust_images=args.trust_images,
+                                       label_issues=label_issues, tta=tta)
+            result = explain_model(model, images, settings, out_dir=out_dir, tracker=tracker, device=device,
+                                   indices=indices)
             seconds = time.perf_counter() - start
         tracker.finish()
         return {"seconds": seconds, **SPENT, "flagged": result.get("label_issues", 0)}

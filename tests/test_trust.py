@@ -577,14 +577,14 @@ def test_a_training_run_reports_how_far_its_cams_can_be_trusted(trained):
 def test_compare_ranks_only_what_paired_differences_separate(trained, tmp_path):
     out = tmp_path / "compare"
     args = ("--checkpoint", str(trained["out"] / "best.pt"), "--compare", "gradcam,layercam,gradcampp",
-            "--explain_samples=4", "--trust_images=16", "--trust=False", "--label_issues=False", f"--out_dir={out}",
+            "--explain_samples=4", "--trust_images=12", "--trust=False", "--label_issues=False", f"--out_dir={out}",
             "--wandb_mode=offline")  # the comparison alone (it draws its own sample): the rest is tested elsewhere
     compared = run_cli(*args, script="explain/run.py", env={"WANDB_DIR": str(tmp_path)})
     assert compared.returncode == 0, compared.stderr[-2000:]
     result = json.loads((out / "cam_methods.json").read_text())
     table, pairs = result["methods"], result["pairs"]
     assert sorted(r["method"] for r in table) == ["gradcam", "gradcampp", "layercam"]
-    assert len(pairs) == 3 * 2 and result["correction"] == "holm" and result["images"] == 16
+    assert len(pairs) == 3 * 2 and result["correction"] == "holm" and result["images"] == 12
     for row in table:  # above another only with a paired difference for it and none against it
         for other in row["above"]:
             between = [p for p in pairs if {p["a"], p["b"]} == {row["method"], other}]
@@ -595,7 +595,7 @@ def test_compare_ranks_only_what_paired_differences_separate(trained, tmp_path):
         assert row["rank"] == 1 + len(row["below"])
     for pair in pairs:
         assert (pair["favours"] is not None) == (pair["ci"][0] > 0 or pair["ci"][1] < 0)
-    assert all(r["seconds_per_image"] > 0 and r["trust_images"] == 16 for r in table)
+    assert all(r["seconds_per_image"] > 0 and r["trust_images"] == 12 for r in table)
     for method in ("gradcam", "gradcampp", "layercam"):
         assert any(line.split()[:1] == [method] or f" {method} " in line for line in compared.stdout.splitlines())
     with Image.open(out / "cam_methods.png") as picture:  # images in columns, one row per method: wide, not white

@@ -13,13 +13,14 @@ tables, artifacts, sizes) and, for anything missing, where it is expected — an
 folder was moved or copied (W&B's records still name the old place).
 
 A record file that W&B's reader cannot read whole — empty, cut short (truncated, or its run killed or still
-running), or with corrupt data it skips (a checksum mismatch) — is named as incomplete or corrupt; the other runs are
-still reported. A run whose captured output holds W&B's "Tried to log to step N that is less than the current step"
-lacks what that call logged (W&B ignored it: nothing in the record file, nothing for a sync) and is not complete
-either (W&B prints that warning, and so records it, only when ``WANDB_SILENT`` is not set; ``train/run.py`` never
-logs behind W&B's step). W&B's offline mode cannot reopen a run, so ``train/run.py --resume`` of an offline run writes a second
-folder with the same run id that replays every finished epoch: an earlier folder of a run whose every epoch a later
-folder holds is a **superseded fragment**, to leave out of the sync, and the last line names the folders to sync.
+running), or with corrupt data it skips (a checksum mismatch) — is named as incomplete or corrupt; the other runs
+are still reported. A run whose captured output holds W&B's "Tried to log to step N that is less than the current
+step" lacks what that call logged (W&B ignored it: nothing in the record file, nothing for a sync) and is not
+complete either (W&B prints that warning, and so records it, only when ``WANDB_SILENT`` is not set; ``train/run.py``
+never logs behind W&B's step). W&B's offline mode cannot reopen a run, so ``train/run.py --resume`` of an offline
+run writes a second folder with the same run id that replays every finished epoch: an earlier folder of a run whose
+every epoch a later folder holds is a **superseded fragment**, to leave out of the sync, and the last line names the
+folders to sync.
 
 Exit status 0 when every run to sync is complete, 2 with an ``error:`` line at the end when not. Ctrl-C (or SIGTERM)
 at any moment prints one ``stopped:`` line and exits with 128 + the signal's number (130 for Ctrl-C): never 0, which
