@@ -341,21 +341,39 @@ def randomization_test(model: nn.Module, images: Tensor, class_idx: Sequence[int
             "rank_corr_per_image": per_image, "maps": torch.stack(maps)}
 
 
-def _bootstrap_t(values: Tensor | np.ndarray, seed: int, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _bootstrap_t(values: Tensor | np.ndarray, seed: int, axis: int,
+                 fisher_z: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The mean and standard error over ``axis`` (moved last) and the studentized resamples ``t* = (mean* − mean) /
     se*`` (``[..., RESAMPLES]``, NaN where a resample has no spread). The same resampled images serve every other
-    entry (a curve's points, a cascade's stages), as they are measured on the same images."""
+    entry (a curve's points, a cascade's stages), as they are measured on the same images. With ``fisher_z`` (the
+    values are correlations) the statistic is ``atanh(mean)`` and its standard error ``se / (1 − mean²)`` (the delta
+    method), for the resamples alike; a mean of exactly ±1 is kept a hair inside, where ``atanh`` is finite."""
     data = np.moveaxis(np.asarray(values.double().cpu() if isinstance(values, Tensor) else values, dtype=np.float64),
                        axis, -1)
+    if fisher_z:
+        data = np.clip(data, -1.0, 1.0)
     n = data.shape[-1]
-    mean = data.mean(-1)
-    se = data.std(-1, ddof=1) / math.sqrt(n)
     picks = np.random.default_rng(seed).integers(0, n, (RESAMPLES, n))
     resampled = data[..., picks]  # [..., RESAMPLES, n]
-    se_star = resampled.std(-1, ddof=1) / math.sqrt(n)
+    mean, mean_star = data.mean(-1), resampled.mean(-1)
+    se, se_star = data.std(-1, ddof=1) / math.sqrt(n), resampled.std(-1, ddof=1) / math.sqrt(n)
+    if fisher_z:
+        edge = 1 - 1e-12
+        mean, mean_star = np.clip(mean, -edge, edge), np.clip(mean_star, -edge, edge)
+        se, se_star = se / (1 - mean ** 2), se_star / (1 - mean_star ** 2)
+        mean, mean_star = np.arctanh(mean), np.arctanh(mean_star)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_star = (resampled.mean(-1) - mean[..., None]) / np.where(se_star > 0, se_star, np.nan)
+        t_star = (mean_star - mean[..., None]) / np.where(se_star > 0, se_star, np.nan)
     return mean, se, t_star
+
+
+def _studentized(mean: np.ndarray, se: np.ndarray, t_star: np.ndarray, confidence: float) -> np.ndarray:
+    """``[mean − q(1 − a/2)·se, mean − q(a/2)·se]`` with ``q`` the quantiles of ``t_star`` (``[2, ...]``)."""
+    alpha = 1 - confidence
+    with warnings.catch_warnings():  # an entry whose every resample has no spread (all values equal) is all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low_q, high_q = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=-1)
+    return np.stack([mean - high_q * se, mean - low_q * se])
 
 
 def bootstrap_interval(values: Tensor | np.ndarray, *, seed: int = 0, axis: int = 0,
@@ -378,12 +396,7 @@ def bootstrap_interval(values: Tensor | np.ndarray, *, seed: int = 0, axis: int 
     if data.shape[axis] < 2:
         return np.full((2, *np.delete(data.shape, axis)), np.nan)
     mean, se, t_star = _bootstrap_t(data, seed, axis)
-    alpha = 1 - confidence
-    with warnings.catch_warnings():  # an entry whose every resample has no spread (all values equal) is all NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low_q, high_q = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=-1)
-    interval = np.stack([mean - high_q * se, mean - low_q * se])
-    return np.where(se > 0, interval, np.stack([mean, mean]))  # all values equal: the interval is the value
+    return np.where(se > 0, _studentized(mean, se, t_star, confidence), np.stack([mean, mean]))  # no spread: the value
 
 
 def correlation_interval(values: Tensor | np.ndarray, *, seed: int = 0, axis: int = 0,
@@ -402,24 +415,9 @@ def correlation_interval(values: Tensor | np.ndarray, *, seed: int = 0, axis: in
     data = np.asarray(values.double().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
     if data.shape[axis] < 2:
         return np.full((2, *np.delete(data.shape, axis)), np.nan)
-    data = np.moveaxis(np.clip(data, -1.0, 1.0), axis, -1)
-    n, edge = data.shape[-1], 1 - 1e-12  # a mean of exactly ±1 has no z: kept a hair inside
-    mean = data.mean(-1)
-    se = data.std(-1, ddof=1) / math.sqrt(n)
-    picks = np.random.default_rng(seed).integers(0, n, (RESAMPLES, n))  # the same draws as bootstrap_interval
-    resampled = data[..., picks]
-    mean_star = np.clip(resampled.mean(-1), -edge, edge)
-    se_star = resampled.std(-1, ddof=1) / math.sqrt(n) / (1 - mean_star ** 2)
-    z = np.arctanh(np.clip(mean, -edge, edge))
-    se_z = se / (1 - np.clip(mean, -edge, edge) ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_star = (np.arctanh(mean_star) - z[..., None]) / np.where(se_star > 0, se_star, np.nan)
-    alpha = 1 - confidence
-    with warnings.catch_warnings():  # an entry whose every resample has no spread (all values equal) is all NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low_q, high_q = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=-1)
-    interval = np.tanh(np.stack([z - high_q * se_z, z - low_q * se_z]))
-    return np.where(se > 0, interval, np.stack([mean, mean]))
+    z, se_z, t_star = _bootstrap_t(data, seed, axis, fisher_z=True)
+    mean = np.clip(data, -1.0, 1.0).mean(axis)
+    return np.where(se_z > 0, np.tanh(_studentized(z, se_z, t_star, confidence)), np.stack([mean, mean]))
 
 
 def bootstrap_p_value(values: Tensor | np.ndarray, *, seed: int = 0) -> float:
