@@ -377,11 +377,11 @@ def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray],
     left, column, head, row = 2.3, 1.6, 1.55, 1.4  # inches: the headings, an image's column, the title, a row
     width, height = left + column * cols, head + row * rows
     fig = Figure(figsize=(width, height), dpi=DPI)
-    grid = fig.add_gridspec(rows, cols, left=left / width, right=1 - 0.1 / width, top=1 - head / height,
-                            bottom=0.1 / height, hspace=0.1, wspace=0.1)
+    axes = fig.add_gridspec(rows, cols, left=left / width, right=1 - 0.1 / width, top=1 - head / height,
+                            bottom=0.1 / height, hspace=0.1, wspace=0.1).subplots(squeeze=False)
     for r, pixels in enumerate([pictures, *overlays.values()]):
         for c in range(cols):
-            ax = fig.add_subplot(grid[r, c])
+            ax = axes[r, c]
             ax.imshow(pixels[c], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -391,10 +391,9 @@ def cam_methods_figure(pictures: np.ndarray, overlays: dict[str, np.ndarray],
         label = [("the images", "black", "")] if r == 0 else \
             [(headings[r - 1][0], "black", "bold"), (headings[r - 1][1], "black", ""),
              (headings[r - 1][2], _verdict_colour(headings[r - 1][2]), "")]
-        first = fig.axes[-cols]
         for j, (text, colour, weight) in enumerate(label):
-            first.text(-0.08, 0.5 + (len(label) / 2 - 0.5 - j) * 0.18, text, transform=first.transAxes, ha="right",
-                       va="center", fontsize=10, color=colour, fontweight=weight or "normal")
+            axes[r, 0].text(-0.08, 0.5 + (len(label) / 2 - 0.5 - j) * 0.18, text, transform=axes[r, 0].transAxes,
+                            ha="right", va="center", fontsize=10, color=colour, fontweight=weight or "normal")
     fig.suptitle("CAM methods on the same images", fontsize=13, y=1 - 0.1 / height)
     fig.text(0.5, 1 - 0.45 / height,
              f"{cols} of the {images} images compared (the figures rest on all {images}); red: the model's prediction "

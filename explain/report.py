@@ -248,19 +248,14 @@ def explain_model(model: nn.Module, test_set: Dataset, settings: ExplainSettings
         ValueError: If ``samples`` is negative, ``indices`` has the wrong length, or the CAM settings are invalid.
         TypeError: If ``changes`` names no field of :class:`ExplainSettings`.
     """
-    chosen_settings = replace(settings or ExplainSettings(), **changes)
-    samples, cam_method, cam_layer, batch_size = (chosen_settings.samples, chosen_settings.cam_method,
-                                                  chosen_settings.cam_layer, chosen_settings.batch_size)
-    trust, trust_images, compare, label_issues = (chosen_settings.trust, chosen_settings.trust_images,
-                                                  chosen_settings.compare, chosen_settings.label_issues)
-    tta, seed, in_sample = chosen_settings.tta, chosen_settings.seed, chosen_settings.in_sample
-    if samples < 0:
-        raise ValueError(f"samples must be >= 0, got {samples}")
+    settings = replace(settings or ExplainSettings(), **changes)
+    if settings.samples < 0:
+        raise ValueError(f"samples must be >= 0, got {settings.samples}")
     if indices is not None and len(indices) != len(test_set):
         raise ValueError(f"indices must hold one position per test image ({len(test_set)}), got {len(indices)}")
     model, device, out_dir = unwrap(model), torch.device(device), Path(out_dir)
-    layers = check_cam_settings(model, cam_method, cam_layer, tuple(test_set.images.shape[-2:]))
-    for method in compare:
+    layers = check_cam_settings(model, settings.cam_method, settings.cam_layer, tuple(test_set.images.shape[-2:]))
+    for method in settings.compare:
         check_cam_settings(model, method, layers)
     classes = list(test_set.classes)
     positions = (torch.arange(len(test_set)) if indices is None else indices).cpu()
@@ -268,20 +263,20 @@ def explain_model(model: nn.Module, test_set: Dataset, settings: ExplainSettings
     # ---- predictions: one pass, softmax, mistakes, then CAMs for the predicted and the true class, batched ----
     channels_last = use_channels_last(device)  # as the training run evaluates: the same predictions in bf16
     logits, mirrored, labels = predict(model.to(memory_format=torch.channels_last) if channels_last else model,
-                                       DeviceLoader(test_set, batch_size, device, train=False), amp=amp,
+                                       DeviceLoader(test_set, settings.batch_size, device, train=False), amp=amp,
                                        channels_last=channels_last, tta=True)  # the mirror's go to predictions.npz
-    flipped = mirrored if tta else None
+    flipped = mirrored if settings.tta else None
     probs, labels = logits.float().softmax(1).cpu(), labels.cpu()
     preds = probs.argmax(1)
     counts = confusion_matrix(labels, preds, len(classes))
-    chosen = find_mistakes(probs, labels, samples)
+    chosen = find_mistakes(probs, labels, settings.samples)
     images = test_set.images[chosen]
     cams_pred, cams_true = cams_for_pred_and_true(model, images.to(device), preds[chosen], labels[chosen],
-                                                  method=cam_method, layer=layers)
+                                                  method=settings.cam_method, layer=layers)
     # ---- label issues: cleanlab on the same out-of-sample probabilities (flip-TTA with `tta`) ----
     issues: LabelIssues | None = None
-    if label_issues and len(torch.unique(labels)) > 1:  # a single class has nothing to be confused with
-        issues = find_label_issues(probabilities(logits, flipped), labels, in_sample=in_sample)
+    if settings.label_issues and len(torch.unique(labels)) > 1:  # a single class has nothing to be confused with
+        issues = find_label_issues(probabilities(logits, flipped), labels, in_sample=settings.in_sample)
     rows = _mistake_rows(images, cams_pred, cams_true, probs[chosen], labels[chosen], positions[chosen], classes,
                          mistake_columns(issues, chosen))
 
@@ -292,12 +287,12 @@ def explain_model(model: nn.Module, test_set: Dataset, settings: ExplainSettings
     acc_tta = int((((logits + flipped) / 2).argmax(1).cpu() == labels).sum()) / len(labels) \
         if flipped is not None and len(labels) else None
     paths = {f"{name}_png": out_dir / f"{name}.png" for name in ("misclassified", "confusion_matrix")}
-    paths["cam_png"] = out_dir / f"{cam_method}.png"  # gradcam.png, layercam.png, ...
+    paths["cam_png"] = out_dir / f"{settings.cam_method}.png"  # gradcam.png, layercam.png, ...
     mistakes = len(labels) - correct
     written: dict[str, list[str]] = {}  # the pages of each picture, with samples
-    if samples:  # samples=0: no mistakes table or pictures
+    if settings.samples:  # samples=0: no mistakes table or pictures
         pages = {"misclassified_png": misclassified_figure(rows, mistakes),
-                 "cam_png": cam_grid_figure(rows, cam_method, layers)}
+                 "cam_png": cam_grid_figure(rows, settings.cam_method, layers)}
         written = {f"{key}_pages": save_pages(figures, paths[key]) for key, figures in pages.items()}
     else:
         del paths["misclassified_png"], paths["cam_png"]
@@ -309,29 +304,30 @@ def explain_model(model: nn.Module, test_set: Dataset, settings: ExplainSettings
               **written}
     logged = tracker is not None and tracker.id is not None  # untracked: skip building the W&B objects
     row = _wandb_row(rows, counts, classes, labels, preds, paths["confusion_matrix_png"], epoch) if logged else {}
-    if not samples:
+    if not settings.samples:
         row.pop("explain/misclassified", None)
 
     # ---- how far the maps can be trusted (and other methods): a stratified sample, right and wrong predictions ----
-    sample = trust_sample(labels, trust_images or default_trust_images(device), seed, preds=preds)
-    if (trust or compare) and len(sample) >= 2:  # an interval needs two images
+    sample = trust_sample(labels, settings.trust_images or default_trust_images(device), settings.seed, preds=preds)
+    if (settings.trust or settings.compare) and len(sample) >= 2:  # an interval needs two images
         sample_images, sample_preds = test_set.images[sample].to(device), preds[sample]
-        if trust:  # the CAM of the predicted class: what the explain step shows
-            figures = measure_trust(model, sample_images, sample_preds, cam_method, layers, out_dir,
-                                    row if logged else None, seed=seed, available=len(labels))
+        if settings.trust:  # the CAM of the predicted class: what the explain step shows
+            figures = measure_trust(model, sample_images, sample_preds, settings.cam_method, layers, out_dir,
+                                    row if logged else None, seed=settings.seed, available=len(labels))
             mistakes_in_sample = int((sample_preds != labels[sample]).sum())
             result.update(figures, trust_mistakes=mistakes_in_sample, trust_correct=len(sample) - mistakes_in_sample)
             if logged:
                 tracker.summary({f"explain/{key}": result[key] for key in TRUST_KEYS})
-        if compare:
+        if settings.compare:
             captions = [(f"#{int(positions[i])} {classes[int(labels[i])]}\npred {classes[int(preds[i])]}",
                          bool(preds[i] == labels[i])) for i in sample.tolist()]
-            result["cam_methods"] = compare_cam_methods(model, sample_images, sample_preds, compare, layers, out_dir,
-                                                        row if logged else None, seed=seed, captions=captions)
+            result["cam_methods"] = compare_cam_methods(model, sample_images, sample_preds, settings.compare, layers,
+                                                        out_dir, row if logged else None, seed=settings.seed,
+                                                        captions=captions)
     if issues is not None:
         result.update(report_label_issues(model, test_set, issues, positions, out_dir=out_dir,
-                                          row=row if logged else None, cam_method=cam_method, layers=layers,
-                                          device=device, limit=samples,
+                                          row=row if logged else None, cam_method=settings.cam_method, layers=layers,
+                                          device=device, limit=settings.samples,
                                           known=known_cams(chosen, preds[chosen], cams_pred)))
     if logged:
         tracker.log(row, commit=commit)
