@@ -59,8 +59,8 @@ COVERS = {
 }
 
 
-COMPARE = ("python", "explain/run.py", "--compare=gradcam,gradcampp,layercam", "--trust_images=64",
-           "--explain_samples=0", "--label_issues=False", "--wandb_mode=offline")
+COMPARE = ("python", "explain/run.py", "--compare=gradcam,gradcampp,layercam", "--explain_samples=0",
+           "--label_issues=False", "--wandb_mode=offline")  # and --trust_images (COMPARE_IMAGES)
 COMPARE_IMAGES = 64  # the real run's trust sample (--compare_trust_images: fewer for a quick check of the step)
 
 
@@ -71,9 +71,8 @@ def real_run(run: Path, data: Path, work: Path, dest: Path, images: int = COMPAR
     from bench.run_phases import copy_outputs
 
     explained = work / "real-run-explain"
-    command = [sys.executable, *[f"--trust_images={images}" if flag.startswith("--trust_images=") else flag
-                                 for flag in COMPARE[1:]], f"--checkpoint={run / 'best.pt'}", f"--data_dir={data}",
-               f"--out_dir={explained}"]
+    command = [sys.executable, *COMPARE[1:], f"--trust_images={images}", f"--checkpoint={run / 'best.pt'}",
+               f"--data_dir={data}", f"--out_dir={explained}"]
     if subprocess.run(command, cwd=REPO).returncode:
         common.fail("real run: explain/run.py --compare failed")
     dest.mkdir(parents=True, exist_ok=True)
@@ -239,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         elif step == "default_20":
             result["default_20"] = run_ours(step, list(DEFAULT_FLAGS), data, work, args.default_run)
             if args.real_run_to is not None:
-                result["default_20"]["real_run"] = {"to": str(args.real_run_to), "compare": " ".join(COMPARE),
-                                                    "files": real_run(Path(result["default_20"]["run"]), data, work,
-                                                                      args.real_run_to, args.compare_trust_images)}
+                images = args.compare_trust_images
+                files = real_run(Path(result["default_20"]["run"]), data, work, args.real_run_to, images)
+                result["default_20"]["real_run"] = {"to": str(args.real_run_to), "files": files,
+                                                    "compare": " ".join([*COMPARE, f"--trust_images={images}"])}
         else:
             result["hour"] = run_ours(step, list(HOUR_FLAGS), data, work, args.hour_run)
         measured = True
