@@ -149,7 +149,7 @@ class Tracker:
     def __init__(self, config: dict[str, Any], *, mode: str = "auto", project: str = "cifar-insight",
                  entity: str = "", name: str = "", run_id: str | None = None, job_type: str = "train",
                  group: str | None = None, enabled: bool = True, metrics_file: str | os.PathLike | None = None):
-        self.run, self.mode = None, "disabled"
+        self.run, self.mode, self._step = None, "disabled", 0
         self.metrics_file = Path(metrics_file) if metrics_file and enabled else None
         if not enabled:
             return
@@ -173,6 +173,9 @@ class Tracker:
                 self.run = wandb.init(mode="offline", **kwargs)
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")
+            # W&B's next step (past 0 for a run resumed online), asked once while the run is surely alive: `run.step`
+            # is a round trip to W&B's service that hangs 30 s once the run has ended under us; `log` keeps it
+            self._step = self.run.step
         stage_beside(Path(self.run.dir).parents[1])
 
     @property
@@ -231,7 +234,7 @@ class Tracker:
                 self.run.summary.update(tables)
             rest = {key: value for key, value in row.items() if key not in tables}
             at = step
-            if rest and at is not None and at < self.run.step:
+            if rest and at is not None and at < self._step:
                 # W&B drops data logged to a step it has committed ("Tried to log to step 1 that is less than the
                 # current step 2"): log it at W&B's next step instead. The row keeps its `epoch`, which every chart
                 # plots against (define_metric), so nothing moves; only W&B's internal step differs.
@@ -240,6 +243,8 @@ class Tracker:
                 at = None
             if rest:
                 self.run.log(rest, step=at, commit=commit)
+                # as W&B counts: a row logged open stays the next step, a committed one moves it past
+                self._step = (self._step if at is None else at) + (1 if commit else 0)
 
         self._guard("log", log)
 
