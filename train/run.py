@@ -565,6 +565,8 @@ def cpu_note(run: Run) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, train, and turn user errors into one ``error:`` line and exit status 2."""
+    global RUN_ENDED
+    RUN_ENDED = False  # a second main() in one process (a notebook, a test) starts a run not yet ended
     ended = False  # a stop after fit() returned finds the run over (one between fit's return and this flag too)
     try:  # Stopped is caught outside the block, so a stop that lands while the block exits is caught as well
         with stops_raise():
