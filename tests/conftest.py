@@ -27,9 +27,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist each worker (and every program a test starts, which inherits this) computes on one thread:
-    # with -n auto there is a worker per core already, and two workers of two OpenMP threads each on two cores run
-    # slower than one thread each. Set before anything imports torch.
+    # with -n auto there are more workers than cores already, and two workers of two OpenMP threads each on two cores
+    # run slower than one thread each. Set before anything imports torch.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker per core plus one. Tests wait on training subprocesses, W&B's service and signals; on
+    the 2-core CI machine two workers kept the cores 89 % busy, three 98 % (the suite in 579 s)."""
+    return (os.cpu_count() or 1) + 1
+
+
 ARCHIVE = Path(os.environ.get("CIFAR_JPEG_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
 
 
@@ -119,6 +127,60 @@ def run_cli(*args: str, script: str = "train/run.py", timeout: float = 900, env:
     """Run an entry point as a user would, from the repo root, capturing its output; ``env`` adds variables."""
     return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=os.environ | (env or {}), **kwargs)
+
+
+def call_cli(*args: str, script: str = "train/run.py", env: dict[str, str] | None = None) -> SimpleNamespace:
+    """``run_cli`` without the process: the entry point's ``main(args)`` called in this worker, from the repo root,
+    with ``env`` added to the environment, its stdout and stderr captured; ``returncode``, ``stdout``, ``stderr``.
+
+    Each ``python script`` costs ~4 s of CPU importing torch, timm and W&B and starting W&B's service: on two cores
+    the suite's ~150 of them were a quarter of its time. Tests whose subject is the program's work (its files, its
+    W&B record, its messages) call it here; the command-line path itself (``__main__`` blocks, signals, exit codes,
+    fresh-process behaviour) is proved through ``run_cli`` by the tests about it."""
+    import importlib
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    name = Path(script).with_suffix("").as_posix().replace("/", ".")
+    module = importlib.import_module(name) if not name.startswith("sweeps.") else _load_file(REPO / script)
+    # W&B reads its WANDB_* variables once per process (its first wandb.init): a test that sets them gets a W&B
+    # set up afresh, and the next test one set up from the session's variables again
+    fresh_wandb = any(k.startswith("WANDB_") and os.environ.get(k) != v for k, v in (env or {}).items())
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        if fresh_wandb:
+            _wandb_teardown()
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                try:
+                    code = module.main(list(args))
+                except SystemExit as exit:  # argparse's --help
+                    code = exit.code
+        finally:
+            if fresh_wandb:
+                _wandb_teardown()
+    return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def _load_file(path: Path):
+    """A script of a folder that is no package (``sweeps/``: W&B's sweeps engine owns the name ``sweeps``), loaded
+    from its file once under a name of its own."""
+    import importlib.util
+
+    name = f"_cli_{path.parent.name}_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def _wandb_teardown() -> None:
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 def user_env(home: Path) -> dict[str, str]:

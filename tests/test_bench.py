@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, built_once, run_cli, wandb_summary
+from tests.conftest import REPO, built_once, call_cli, run_cli, wandb_summary
 from train.tracking import Tracker
 
 pytestmark = pytest.mark.slow
@@ -104,12 +104,12 @@ def test_wandb_overhead_runs_both_modes_interleaved(cifar_subset, tmp_path):
     assert result["run_args"] == run and "offline W&B vs disabled (medians of 1)" in done.stdout
 
     before = out.read_bytes()
-    bad = run_cli("--repeats=1", f"--json={out}", "--", "--lr=fast", script="bench/wandb_overhead.py", timeout=300)
+    bad = call_cli("--repeats=1", f"--json={out}", "--", "--lr=fast", script="bench/wandb_overhead.py")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --lr expects float, got 'fast'"  # before any run
     assert bad.stdout == "" and out.read_bytes() == before
     (tmp_path / "a-file").write_text("not a data folder")
-    failed = run_cli("--repeats=1", f"--json={out}", "--", f"--data_dir={tmp_path / 'a-file'}", "--device=cpu",
-                     script="bench/wandb_overhead.py", timeout=300)  # a flag train/run.py refuses only when it runs
+    failed = call_cli("--repeats=1", f"--json={out}", "--", f"--data_dir={tmp_path / 'a-file'}", "--device=cpu",
+                      script="bench/wandb_overhead.py")  # a flag train/run.py refuses only when it runs
     assert failed.returncode == 2
     assert failed.stderr.strip().startswith("error: train/run.py failed in offline mode (exit 2): error: --data_dir")
     assert len(failed.stderr.strip().splitlines()) == 1 and out.read_bytes() == before
@@ -198,7 +198,7 @@ def test_airbench94_port_trains_on_the_cpu_and_reports_its_three_tta_levels(tmp_
     (the subset twice: airbench's batch is 1,024), its 9.9 epochs, one seed."""
     from bench.cifar_sets import to_airbench
 
-    done = run_cli("--data", str(tmp_path), f"--json={tmp_path / 'a.json'}", script="bench/airbench94.py", timeout=60)
+    done = call_cli("--data", str(tmp_path), f"--json={tmp_path / 'a.json'}", script="bench/airbench94.py")
     assert done.returncode == 2 and done.stderr.strip() == (
         f"error: --data {str(tmp_path)!r} has no cifar10/train.pt or cifar10/test.pt "
         f"(python bench/cifar_sets.py makes them)")
@@ -220,10 +220,10 @@ def test_recipe_cpu_reads_finished_runs_and_writes_each_rows_time_and_command(tr
     out = tmp_path / "r.json"
     run = trained["out"]
     real = tmp_path / "real-run"
-    code = run_cli(f"--data_dir={cifar_subset}", f"--work={tmp_path / 'w'}", "--steps=default_20,hour",
-                   f"--default_run={run}", f"--hour_run={run}", f"--real_run_to={real}", f"--json={out}",
-                   "--compare_trust_images=12",  # the real run's 64 made this the suite's slowest test (100 s)
-                   script="bench/recipe_cpu.py", timeout=900)
+    code = call_cli(f"--data_dir={cifar_subset}", f"--work={tmp_path / 'w'}", "--steps=default_20,hour",
+                    f"--default_run={run}", f"--hour_run={run}", f"--real_run_to={real}", f"--json={out}",
+                    "--compare_trust_images=12",  # the real run's 64 made this the suite's slowest test (100 s)
+                    script="bench/recipe_cpu.py")
     assert code.returncode == 0, code.stderr[-3000:]
     result = json.loads(out.read_text())
     summary = json.loads((run / "summary.json").read_text())
@@ -389,17 +389,15 @@ def test_headline_merges_the_steps_it_ran_into_the_results_file(headline_work, t
 
 
 def test_speed_refuses_an_unknown_compile_mode(tmp_path):
-    done = run_cli("--compile_modes=default,fast", f"--json={tmp_path / 's.json'}", script="bench/speed.py",
-                   timeout=120)
+    done = call_cli("--compile_modes=default,fast", f"--json={tmp_path / 's.json'}", script="bench/speed.py")
     assert done.returncode == 2 and done.stderr.strip() == "error: --compile_modes has unknown mode(s) fast"
 
 
 def test_label_issue_cost_times_the_feature_inside_paired_steps(cifar_subset, tmp_path):
     out = tmp_path / "l.json"
-    done = run_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=1",
-                   "--trust_images=12", "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py",
-                   timeout=900,
-                   env={"WANDB_DIR": str(tmp_path / "wandb")})
+    done = call_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=1",
+                    "--trust_images=12", "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py",
+                                        env={"WANDB_DIR": str(tmp_path / "wandb")})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["images"] == 40 and result["repeats"] == len(result["pairs"]) == 1
@@ -612,9 +610,9 @@ def test_cpu_times_every_configuration_side_by_side(cifar_subset, tmp_path):
 
     out = tmp_path / "results" / "cpu.json"
     out.parent.mkdir()
-    done = run_cli("--data_dir", str(cifar_subset), "--batch_size=16", "--eval_batch_size=32", "--steps=1",
-                   "--compile_steps=1", "--rounds=1", "--cam_images=8", "--compile_backend=eager",
-                   "--end_to_end_images=1000", f"--json={out}", script="bench/cpu.py", timeout=600)
+    done = call_cli("--data_dir", str(cifar_subset), "--batch_size=16", "--eval_batch_size=32", "--steps=1",
+                    "--compile_steps=1", "--rounds=1", "--cam_images=8", "--compile_backend=eager",
+                    "--end_to_end_images=1000", f"--json={out}", script="bench/cpu.py")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     pairs = [f"{p}_{layout}" for p in ("fp32", "bf16") for layout in ("nchw", "channels_last")]
@@ -660,8 +658,8 @@ def test_label_quality_scores_a_runs_flags_and_every_variant_against_the_verdict
     csv_path.write_text("cifar_test_index,file,human_verdict\n"
                         + "".join(f"{i},{name},{v}\n" for i, (name, v) in enumerate(verdicts.items())))
     out, png = tmp_path / "lq.json", tmp_path / "lq.png"
-    done = run_cli(str(run), f"--candidates={csv_path}", f"--data_dir={cifar_subset}", f"--png={png}",
-                   f"--json={out}", script="bench/label_quality.py", timeout=300)
+    done = call_cli(str(run), f"--candidates={csv_path}", f"--data_dir={cifar_subset}", f"--png={png}",
+                    f"--json={out}", script="bench/label_quality.py")
     assert done.returncode == 0, done.stderr[-3000:]
     own = json.loads(out.read_text())[run.name]["run_method"]
     assert own["errors"] == 3 and own["kept"] == 2 and own["flags"] == len(flags)
@@ -736,7 +734,7 @@ def test_recipe_study_pairs_each_variant_with_base_by_seed_and_reanalyzes_withou
     out = tmp_path / "s.json"
     tiny = [f"--data_dir={cifar_subset}", "--variants=base,altflip,prog", "--seeds=0,1", "--train_subset=100",
             "--test_subset=100", "--epochs=2", "--prog_epochs=3", "--batch_size=50", f"--json={out}"]
-    done = run_cli(*tiny, script="bench/recipe_study.py", timeout=900)
+    done = call_cli(*tiny, script="bench/recipe_study.py")
     assert done.returncode == 0, done.stderr[-3000:]
     study = json.loads(out.read_text())["study"]["base+altflip+prog"]
     runs = {(r["variant"], r["seed"]): r for r in study["runs"]}
@@ -752,7 +750,7 @@ def test_recipe_study_pairs_each_variant_with_base_by_seed_and_reanalyzes_withou
     pooled = study["pooled_vs_base"]["model"]["altflip"]
     assert pooled["mean"] == pytest.approx(diff["mean"]) and pooled["dof"] == 2
     before = out.read_text()
-    again = run_cli(*tiny, "--analyze_only", script="bench/recipe_study.py", timeout=120)
+    again = call_cli(*tiny, "--analyze_only", script="bench/recipe_study.py")
     assert again.returncode == 0, again.stderr[-3000:]
     redone = json.loads(out.read_text())["study"]["base+altflip+prog"]
     assert redone["runs"] == study["runs"] and redone["command"] == study["command"]  # the runs' own command
@@ -767,7 +765,7 @@ def test_recipe_cpu_profile_says_where_a_training_step_spends_its_time(tmp_path,
     out = tmp_path / "p.json"
     done = run_cli(f"--data_dir={cifar_subset}", f"--work={tmp_path / 'w'}", "--steps=profile", "--batch_sizes=8,16",
                    "--resolutions=16,32", "--profile_steps=1", "--profile_batch=8", f"--json={out}",
-                   script="bench/recipe_cpu.py", timeout=600)
+                   script="bench/recipe_cpu.py", timeout=600)  # its own process: 12 s; in a test worker it took 72
     assert done.returncode == 0, done.stderr[-3000:]
     profile = json.loads(out.read_text())["profile"]
     assert set(profile["images_per_second"]) == {"batch8_res16", "batch8_res32", "batch16_res16", "batch16_res32"}

@@ -21,7 +21,7 @@ from explain import run as explain_run
 from explain.report import COLUMNS
 from explain.report_labels import LABEL_KEYS
 from explain.trust import TRUST_KEYS
-from tests.conftest import CLASSES, history, logged_summary, run_cli, wandb_records, wandb_summary
+from tests.conftest import CLASSES, call_cli, history, logged_summary, run_cli, wandb_records, wandb_summary
 from tests.test_report import explain_row, image_cell, logged_table
 from train.checkpoint import save_checkpoint
 from train.config import Config
@@ -43,7 +43,7 @@ def explained(trained, tmp_path_factory):
     folder = root / "copy"
     shutil.copytree(trained["out"], folder)
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    result = run_cli("--checkpoint", str(folder / "best.pt"), script="explain/run.py", env={"WANDB_DIR": str(root)})
+    result = call_cli("--checkpoint", str(folder / "best.pt"), script="explain/run.py", env={"WANDB_DIR": str(root)})
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -124,8 +124,8 @@ def test_explain_measures_the_accuracy_training_measured_in_the_checkpoints_prec
     stored, measured = (torch.load(checkpoint, weights_only=True)[key] for key in ("config", "metrics"))
     stored, measured = stored["precision"], measured["val/acc_no_tta"]
     fast = ["--trust=False", "--label_issues=False", "--explain_samples=0", "--wandb_mode=disabled"]
-    result = run_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "a"), *fast,
-                     script="explain/run.py", timeout=600)
+    result = call_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "a"), *fast,
+                      script="explain/run.py")
     assert result.returncode == 0, result.stderr[-3000:]
     autocast = "bf16 autocast" if amp_dtype(stored, resolve_device("auto")) else "fp32"
     assert f"in {autocast} (the checkpoint's --precision {stored}" in result.stdout.splitlines()[0]
@@ -136,8 +136,8 @@ def test_explain_measures_the_accuracy_training_measured_in_the_checkpoints_prec
     assert summary["test_acc_no_tta"] == measured
     # --precision wins over the checkpoint's
     other = "fp32" if autocast != "fp32" else "bf16"
-    given = run_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "b"), f"--precision={other}", *fast,
-                    script="explain/run.py", timeout=600)
+    given = call_cli("--checkpoint", str(checkpoint), "--out_dir", str(tmp_path / "b"), f"--precision={other}", *fast,
+                     script="explain/run.py")
     assert given.returncode == 0, given.stderr[-3000:]
     assert f"in {'fp32' if other == 'fp32' else 'bf16 autocast'} (--precision {other} given)" in \
         given.stdout.splitlines()[0]
@@ -147,8 +147,8 @@ def test_explain_measures_the_accuracy_training_measured_in_the_checkpoints_prec
 
 @pytest.mark.slow
 def test_explain_refuses_an_out_dir_that_holds_a_run(trained, tmp_path):
-    result = run_cli("--checkpoint", str(trained["out"] / "best.pt"), f"--out_dir={trained['out']}",
-                     "--wandb_mode=disabled", script="explain/run.py", timeout=300)
+    result = call_cli("--checkpoint", str(trained["out"] / "best.pt"), f"--out_dir={trained['out']}",
+                      "--wandb_mode=disabled", script="explain/run.py")
     assert result.returncode == 2 and result.stderr.startswith("error: --out_dir ")
     assert "already holds a run's outputs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -347,29 +347,28 @@ def _noise_images(folder, count: int, size: int = 40) -> None:
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
 
 
-def test_many_images_are_explained_in_batches_and_the_picture_stays_bounded(checkpoint, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_many_images_are_explained_in_batches_and_the_picture_stays_bounded(checkpoint, tmp_path):
     """600 images (3 batches): images.json holds all, images.png the first 48 and says so, the W&B table grows batch
     by batch to all 600 rows; the figure no longer grows with the input (it was 73,644 px tall for 300 images)."""
     folder = tmp_path / "many"
     _noise_images(folder, 600)
     out = tmp_path / "out"
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # this run's folder alone
-    assert explain_run.main(["--checkpoint", str(checkpoint), "--images", str(folder), "--out_dir", str(out),
-                             "--trust=False", "--wandb_mode=offline"]) == 0
-    captured = capsys.readouterr()
-    printed = [line for line in captured.out.splitlines() if line.startswith(str(folder))]
+    captured = call_cli("--checkpoint", str(checkpoint), "--images", str(folder), "--out_dir", str(out),
+                        "--trust=False", "--wandb_mode=offline", script="explain/run.py",
+                        env={"WANDB_DIR": str(tmp_path)})  # this run's folder alone
+    assert captured.returncode == 0, captured.stderr[-2000:]
+    printed = [line for line in captured.stdout.splitlines() if line.startswith(str(folder))]
     assert len(printed) == 600 and printed[0].startswith(f"{folder / '0000.png'}: ")
-    assert captured.out.startswith(f"explaining {checkpoint} (epoch 1, resnet18_cifar) on ")
+    assert captured.stdout.startswith(f"explaining {checkpoint} (epoch 1, resnet18_cifar) on ")
     assert f"explained 600 images; wrote {out}/images.png (the first 48), images.json (all) and summary.json" in \
-        captured.out
+        captured.stdout
     summary = json.loads((out / "summary.json").read_text())  # what applies: no accuracy, the images have no labels
     assert summary["checkpoint"] == str(checkpoint.resolve()) and summary["inputs"] == [str(folder)]
     assert summary["images"] == 600 and summary["skipped"] == 0 and summary["target_class"] is None
     assert summary["explain"] == {"images": 600}  # --trust=False: nothing else measured
     assert summary["precision_from"] == "checkpoint" and summary["precision"] in ("bf16", "fp32")
     assert summary["seconds"] > 0 and not [key for key in summary if "acc" in key or key in ("split", "in_sample")]
-    assert "resized 600 images from 40×40 to 32×32 (bilinear)" in captured.out
+    assert "resized 600 images from 40×40 to 32×32 (bilinear)" in captured.stdout
     rows = json.loads((out / "images.json").read_text())
     assert [Path(r["file"]).name for r in rows] == [f"{i:04d}.png" for i in range(600)]
     with Image.open(out / "images.png") as picture:
@@ -425,9 +424,9 @@ def test_explain_samples_0_leaves_out_the_mistakes_and_says_so(small_checkpoint,
     CAM grid used to say "no misclassified images to explain" with 36 mistakes); the rest is made, and the line says
     the mistakes were left out."""
     out = tmp_path / "out"
-    result = run_cli("--checkpoint", str(small_checkpoint), "--out_dir", str(out), "--explain_samples=0",
-                     "--trust=False", "--wandb_mode=offline", script="explain/run.py", timeout=600,
-                     env={"WANDB_DIR": str(tmp_path)})
+    result = call_cli("--checkpoint", str(small_checkpoint), "--out_dir", str(out), "--explain_samples=0",
+                      "--trust=False", "--wandb_mode=offline", script="explain/run.py",
+                      env={"WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "label_issues.json", "label_issues.png",
                                                     "predictions.npz", "summary.json"]
@@ -452,8 +451,8 @@ def test_split_train_names_the_accuracy_after_the_split_and_says_in_sample(small
     found = {}
     for split in ("train", "test"):
         wandb_dir, out = tmp_path / f"w-{split}", tmp_path / split
-        result = run_cli(*common, f"--split={split}", "--out_dir", str(out), script="explain/run.py", timeout=600,
-                         env={"WANDB_DIR": str(wandb_dir)})
+        result = call_cli(*common, f"--split={split}", "--out_dir", str(out), script="explain/run.py",
+                          env={"WANDB_DIR": str(wandb_dir)})
         assert result.returncode == 0, result.stderr[-3000:]
         (run_dir,) = (wandb_dir / "wandb").glob("offline-run-*")
         found[split] = (json.loads((out / "summary.json").read_text()), wandb_summary(run_dir)["summary"], result)
@@ -480,8 +479,8 @@ def test_a_write_that_fails_says_what_was_written(small_checkpoint, small_folder
     checkpoint = tmp_path / "cifar.pt"
     shutil.copy(small_checkpoint, checkpoint)
     before = checkpoint.read_bytes()
-    result = run_cli("--checkpoint", str(checkpoint), "--data_dir", str(small_folder), "--out_dir", str(out),
-                     "--wandb_mode=disabled", "--trust=False", script="explain/run.py", timeout=300)
+    result = call_cli("--checkpoint", str(checkpoint), "--data_dir", str(small_folder), "--out_dir", str(out),
+                      "--wandb_mode=disabled", "--trust=False", script="explain/run.py")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     line = result.stderr.strip()
     assert line.startswith(f"error: writing {out / 'gradcam.png'} in {out} failed (Is a directory); written before "

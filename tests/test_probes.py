@@ -18,7 +18,7 @@ from explain import compute_cams
 from explain.figures import PAGE_HEIGHT
 from explain.probes import Probes, choose_probes
 from explain.report import explain_images
-from tests.conftest import history, logged_summary, run_cli, wandb_records, wandb_summary
+from tests.conftest import call_cli, history, logged_summary, wandb_records, wandb_summary
 from train.data import load_data, read_images
 
 pytestmark = pytest.mark.slow
@@ -110,9 +110,9 @@ def mixed_folder(cifar_subset, tmp_path_factory) -> Path:
 
 def test_images_of_any_size_and_mode_are_explained(trained, mixed_folder, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("--checkpoint", str(trained["out"] / "best.pt"), "--images", str(mixed_folder),
-                     "--out_dir", str(out), "--wandb_mode=offline", script="explain/run.py",
-                     env={"WANDB_DIR": str(tmp_path)})
+    result = call_cli("--checkpoint", str(trained["out"] / "best.pt"), "--images", str(mixed_folder),
+                      "--out_dir", str(out), "--wandb_mode=offline", script="explain/run.py",
+                      env={"WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert "resized 2 images from 64×48 (1), 100×100 (1) to 32×32 (bilinear)" in lines
@@ -142,16 +142,16 @@ def test_a_non_image_is_refused_or_skipped(trained, mixed_folder, tmp_path):
     Image.open(mixed_folder / "sub" / "cat.jpg").save(bad / "cat.jpg")
     common = ["--checkpoint", str(trained["out"] / "best.pt"), "--out_dir", str(tmp_path / "o"),
               "--wandb_mode=disabled"]
-    refused = run_cli(*common, "--images", str(bad), script="explain/run.py", timeout=300)
+    refused = call_cli(*common, "--images", str(bad), script="explain/run.py")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip() == f"error: cannot read image {bad / 'fake.png'} (UnidentifiedImageError: " \
                                     f"cannot identify image file)"
-    skipped = run_cli(*common, "--images", str(bad), "--skip_bad=True", "--target_class", "dog",
-                      script="explain/run.py", timeout=300)
+    skipped = call_cli(*common, "--images", str(bad), "--skip_bad=True", "--target_class", "dog",
+                       script="explain/run.py")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert f"skipped {bad / 'fake.png'}: cannot read image" in skipped.stdout
     assert re.search(r"cat\.jpg: \w+ \d\.\d\d .*; CAM of dog$", skipped.stdout, flags=re.MULTILINE)
-    unknown = run_cli(*common, "--images", str(bad / "cat.jpg"), "--target_class", "dgo", script="explain/run.py")
+    unknown = call_cli(*common, "--images", str(bad / "cat.jpg"), "--target_class", "dgo", script="explain/run.py")
     assert unknown.returncode == 2 and "--target_class 'dgo' is not a class of the checkpoint (did you mean dog?)" \
         in unknown.stderr
 
@@ -170,8 +170,8 @@ def test_a_run_at_explain_samples_0_writes_no_probe_pictures(small_folder, tmp_p
     """A sweep trial (--explain_samples 0) wrote probes.png pages although it asked for no pictures (issue 37 item
     13): now it keeps probes.json (the probes' record) and no PNG at all."""
     out = tmp_path / "out"
-    result = run_cli("--data_dir", str(small_folder), "--epochs=1", "--batch_size=40", "--explain_samples=0",
-                     "--probe_images=4", "--wandb_mode=disabled", "--out_dir", str(out))
+    result = call_cli("--data_dir", str(small_folder), "--epochs=1", "--batch_size=40", "--explain_samples=0",
+                      "--probe_images=4", "--wandb_mode=disabled", "--out_dir", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert not list(out.glob("*.png"))
     saved = json.loads((out / "probes.json").read_text())

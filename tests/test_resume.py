@@ -18,7 +18,7 @@ import pytest
 import torch
 import wandb
 
-from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
+from tests.conftest import REPO, call_cli, history, run_cli, wandb_records, wandb_summary
 from train import offline_check
 from train.tracking import read_metrics
 
@@ -320,8 +320,8 @@ def test_a_failed_write_in_the_explain_step_says_what_is_saved(small_folder, tmp
     error line saying the checkpoints are whole and how to explain later; no traceback."""
     out = tmp_path / "out"
     (out / "misclassified.png").mkdir(parents=True)
-    result = run_cli(*flags(small_folder, epochs=1, explain_samples="4", trust="False", wandb_mode="disabled"),
-                     "--out_dir", str(out), timeout=600)
+    result = call_cli(*flags(small_folder, epochs=1, explain_samples="4", trust="False", wandb_mode="disabled"),
+                      "--out_dir", str(out))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: the explain step could not write in {out} (Is a directory); epoch 1 is saved and best.pt is the "

@@ -20,7 +20,7 @@ import yaml
 from wandb.sdk.launch.sweeps import utils as agent_utils
 from wandb.sdk.lib import config_util
 
-from tests.conftest import REPO, history, run_cli, wandb_records, wandb_summary
+from tests.conftest import REPO, call_cli, history, wandb_records, wandb_summary
 from train.config import Config, parse_args
 
 LR_YAML = REPO / "sweeps" / "lr.yaml"
@@ -188,8 +188,8 @@ def test_a_missing_program_names_each_place_it_was_looked_for_once(tmp_path, cap
 
 
 def test_bad_input_from_the_command_line(tmp_path):
-    result = run_cli(_write(tmp_path, _lr_with(parameters={"lrr": {"values": [1]}})), "--count=1",
-                     script="sweeps/local.py", timeout=120)
+    result = call_cli(_write(tmp_path, _lr_with(parameters={"lrr": {"values": [1]}})), "--count=1",
+                      script="sweeps/local.py")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
@@ -279,8 +279,8 @@ def test_a_partly_valid_spec_is_one_error_line_before_any_trial(tmp_path, no_ima
     spec = lr_spec()
     spec["parameters"]["lr"] = {"values": [0.1, 0.2, 0.0]}
     out = tmp_path / "out"
-    result = run_cli(_write(tmp_path, spec), "--count=3", f"--out_dir={out}", f"--data_dir={no_images}",
-                     script="sweeps/local.py", timeout=300)
+    result = call_cli(_write(tmp_path, spec), "--count=3", f"--out_dir={out}", f"--data_dir={no_images}",
+                      script="sweeps/local.py")
     assert result.returncode == 2 and result.stdout == "" and not out.exists()
     assert result.stderr == (f"error: {tmp_path / 'spec.yaml'}: parameter 'lr': value 0.0 is refused by train/run.py "
                              f"(--lr must be > 0, got 0.0)\n")
@@ -338,12 +338,12 @@ def test_a_run_started_with_the_agents_argv_trains_with_the_sweep_values(cifar_s
 def test_local_sweep_continues_where_it_stopped(cifar_subset, tmp_path):
     """One trial, then one more into the same folder: the sweep continues where it stopped."""
     out = tmp_path / "sweep"
-    first = run_cli(str(LR_YAML), "--count", "1", "--seed=0", f"--out_dir={out}", *tiny(cifar_subset),
-                    script="sweeps/local.py")
+    first = call_cli(str(LR_YAML), "--count", "1", "--seed=0", f"--out_dir={out}", *tiny(cifar_subset),
+                     script="sweeps/local.py")
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("rank  trial") == 1  # a leaderboard after every trial
-    result = run_cli(str(LR_YAML), "--count=1", "--seed=0", f"--out_dir={out}", *tiny(cifar_subset),
-                     script="sweeps/local.py")
+    result = call_cli(str(LR_YAML), "--count=1", "--seed=0", f"--out_dir={out}", *tiny(cifar_subset),
+                      script="sweeps/local.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 earlier trials" in result.stdout
     trials = json.loads((out / "leaderboard.json").read_text())
@@ -386,8 +386,8 @@ def test_hyperband_stops_a_clearly_worse_trial(cifar_subset, tmp_path):
             "parameters": {"lr": {"values": [0.01, 0.02, 0.5]}},
             "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2}}
     out = tmp_path / "sweep"
-    result = run_cli(_write(tmp_path, spec), f"--out_dir={out}", *tiny(cifar_subset, train=60, test=10, epochs=3),
-                     script="sweeps/local.py")
+    result = call_cli(_write(tmp_path, spec), f"--out_dir={out}", *tiny(cifar_subset, train=60, test=10, epochs=3),
+                      script="sweeps/local.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "grid exhausted after 3 trials" in result.stdout
     board = json.loads((out / "leaderboard.json").read_text())
@@ -420,7 +420,7 @@ def test_a_sweep_whose_trials_all_fail_exits_non_zero(cifar_subset, tmp_path):
     out = tmp_path / "sweep"
     flags = [f"--data_dir={cifar_subset}", "--train_subset=20", "--test_subset=20", "--epochs=1", "--batch_size=500",
              "--probe_images=0", "--explain_samples=0"]
-    result = run_cli(_write(tmp_path, spec), f"--out_dir={out}", *flags, script="sweeps/local.py", timeout=600)
+    result = call_cli(_write(tmp_path, spec), f"--out_dir={out}", *flags, script="sweeps/local.py")
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.splitlines()[-1] == "error: all 2 trials failed (see their output above)"
     assert [t["state"] for t in json.loads((out / "leaderboard.json").read_text())] == ["failed", "failed"]

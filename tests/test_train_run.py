@@ -14,7 +14,7 @@ import timm
 import torch
 
 import train  # noqa: F401
-from tests.conftest import REPO, history, logged_summary, run_cli, wandb_records, wandb_summary
+from tests.conftest import REPO, call_cli, history, logged_summary, wandb_records, wandb_summary
 from train.config import Config
 from train.tracking import read_metrics
 
@@ -73,8 +73,8 @@ def test_checkpoints_load_safely_best_holds_the_model_and_last_becomes_a_small_r
     __import__("os").umask(mask)
     assert (out / "last.pt").stat().st_mode & 0o777 == 0o666 & ~mask  # like any other file, not 0600
     # the record is no model: a user of the model is sent to best.pt
-    refused = run_cli("--checkpoint", str(out / "last.pt"), f"--out_dir={tmp_path / 'x'}", "--wandb_mode=disabled",
-                      script="explain/run.py", timeout=300)
+    refused = call_cli("--checkpoint", str(out / "last.pt"), f"--out_dir={tmp_path / 'x'}", "--wandb_mode=disabled",
+                       script="explain/run.py")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: checkpoint {str(out / 'last.pt')!r} is a finished run's record and holds no weights (a run keeps "
         f"its last.pt whole only with --keep_checkpoints all); use the run's best.pt ({out / 'best.pt'})"]
@@ -136,13 +136,13 @@ def test_a_finished_run_is_left_alone(trained, tmp_path):
     out, before = trained["out"], digests(trained["out"])
     runs_before = set(trained["wandb_dir"].glob("*run-*"))
     env = trained["env"]
-    done = run_cli("--resume", str(out / "last.pt"), "--explain_samples=0", env=env, timeout=300)
+    done = call_cli("--resume", str(out / "last.pt"), "--explain_samples=0", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1].startswith(f"nothing to resume: {out / 'last.pt'} finished all 2")
-    again = run_cli("--data_dir", "x", "--out_dir", str(out), env=env, timeout=300)  # a new run into its folder
+    again = call_cli("--data_dir", "x", "--out_dir", str(out), env=env)  # a new run into its folder
     assert again.returncode == 2 and (f"already holds a run; it finished (explain it with python explain/run.py "
                                       f"--checkpoint {out / 'best.pt'})") in again.stderr  # not --resume: nothing to
-    changed = run_cli("--resume", str(out / "last.pt"), "--lr=0.5", env=env, timeout=300)
+    changed = call_cli("--resume", str(out / "last.pt"), "--lr=0.5", env=env)
     assert changed.returncode == 2 and "--lr cannot change when resuming" in changed.stderr
     assert digests(out) == before and set(trained["wandb_dir"].glob("*run-*")) == runs_before  # nothing touched
 
@@ -162,9 +162,9 @@ def test_the_default_batch_is_fitted_to_a_small_training_set_and_recorded(cifar_
     steps at lr 0.4, diverged: bench/results/small_data.json); without --batch_size the run fits it and W&B, the
     checkpoint and the start line say what trained."""
     out = tmp_path / "out"
-    done = run_cli("--data_dir", str(cifar_subset), "--train_subset=200", "--test_subset=100", "--epochs=1",
-                   "--explain_samples=0", "--probe_images=0", f"--out_dir={out}", "--wandb_mode=offline",
-                   env={"WANDB_DIR": str(tmp_path)}, timeout=600)
+    done = call_cli("--data_dir", str(cifar_subset), "--train_subset=200", "--test_subset=100", "--epochs=1",
+                    "--explain_samples=0", "--probe_images=0", f"--out_dir={out}", "--wandb_mode=offline",
+                    env={"WANDB_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     config = torch.load(out / "best.pt", weights_only=True)["config"]
     assert config["batch_size"] == 32 and config["lr"] == pytest.approx(0.025)  # 6 steps, lr scaled with it
@@ -183,7 +183,7 @@ def test_keep_checkpoints_all_keeps_the_resumable_state_and_none_keeps_no_weight
     env = {"WANDB_DIR": str(tmp_path), "WANDB_DATA_DIR": str(tmp_path / "data")}
     for keep in ("all", "none"):
         out = tmp_path / keep
-        done = run_cli(*tiny, f"--out_dir={out}", f"--keep_checkpoints={keep}", env=env, timeout=600)
+        done = call_cli(*tiny, f"--out_dir={out}", f"--keep_checkpoints={keep}", env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         last = torch.load(out / "last.pt", weights_only=True)
         models = [r for r in wandb_records(json.loads((out / "summary.json").read_text())["wandb_run_dir"])
@@ -194,12 +194,12 @@ def test_keep_checkpoints_all_keeps_the_resumable_state_and_none_keeps_no_weight
         else:
             assert last["finished"] is True and "model" not in last and not (out / "best.pt").exists()
             assert models == [] and sum(p.stat().st_size for p in out.iterdir()) < 1_000_000
-        again = run_cli("--resume", "auto", f"--out_dir={out}", env=env, timeout=300)
+        again = call_cli("--resume", "auto", f"--out_dir={out}", env=env)
         assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith(
             f"nothing to resume: {out / 'last.pt'} finished all 1 epochs"), again.stdout + again.stderr
         if keep == "none":  # its record is no model, and no best.pt exists to send the user to (issue 37 item 7)
-            refused = run_cli("--checkpoint", str(out / "last.pt"), f"--out_dir={tmp_path / 'x'}",
-                              "--wandb_mode=disabled", script="explain/run.py", timeout=300)
+            refused = call_cli("--checkpoint", str(out / "last.pt"), f"--out_dir={tmp_path / 'x'}",
+                               "--wandb_mode=disabled", script="explain/run.py")
             assert refused.returncode == 2 and refused.stderr.strip().endswith(
                 "and this run kept no weights (--keep_checkpoints none, as sweep trials do): there is no model to "
                 "load; train again with --keep_checkpoints best"), refused.stderr

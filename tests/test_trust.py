@@ -39,7 +39,7 @@ from explain.trust import (
     verdict,
     verdict_line,
 )
-from tests.conftest import history, logged_summary, run_cli, wandb_records, wandb_summary
+from tests.conftest import call_cli, history, logged_summary, wandb_records, wandb_summary
 from tests.test_cam import TinyNet, patch_images
 
 
@@ -579,7 +579,7 @@ def test_compare_ranks_only_what_paired_differences_separate(trained, tmp_path):
     args = ("--checkpoint", str(trained["out"] / "best.pt"), "--compare", "gradcam,layercam,gradcampp",
             "--explain_samples=4", "--trust_images=12", "--trust=False", "--label_issues=False", f"--out_dir={out}",
             "--wandb_mode=offline")  # the comparison alone (it draws its own sample): the rest is tested elsewhere
-    compared = run_cli(*args, script="explain/run.py", env={"WANDB_DIR": str(tmp_path)})
+    compared = call_cli(*args, script="explain/run.py", env={"WANDB_DIR": str(tmp_path)})
     assert compared.returncode == 0, compared.stderr[-2000:]
     result = json.loads((out / "cam_methods.json").read_text())
     table, pairs = result["methods"], result["pairs"]
@@ -604,7 +604,7 @@ def test_compare_ranks_only_what_paired_differences_separate(trained, tmp_path):
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     row = logged_summary(wandb_records(run_dir))
     assert row["explain/cam_methods.nrows"] == 3 and row["explain/cam_method_pairs.nrows"] == 6
-    again = run_cli(*args[:-2], f"--out_dir={tmp_path / 'again'}", "--wandb_mode=disabled", script="explain/run.py")
+    again = call_cli(*args[:-2], f"--out_dir={tmp_path / 'again'}", "--wandb_mode=disabled", script="explain/run.py")
     assert again.returncode == 0, again.stderr[-2000:]
     repeated = json.loads((tmp_path / "again" / "cam_methods.json").read_text())
     for rows in (repeated["methods"], table):
