@@ -373,9 +373,7 @@ def test_many_images_are_explained_in_batches_and_the_picture_stays_bounded(chec
     assert [Path(r["file"]).name for r in rows] == [f"{i:04d}.png" for i in range(600)]
     with Image.open(out / "images.png") as picture:
         assert picture.size[1] < 6000 and picture.size[0] < 1600  # 24 rows of two images
-    # W&B keeps the folder of the first run of a process (another test's, when they share one): find this run
-    runs = sorted(p for p in tmp_path.parents[1].rglob("offline-run-*") if p.is_dir() and list(p.glob("run-*.wandb")))
-    run_dir = next(r for r in reversed(runs) if wandb_summary(r)["config"].get("images") == [str(folder)])
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")  # call_cli sets W&B up afresh for a new WANDB_DIR
     logged = [r for r in history(wandb_records(run_dir)) if "explain/images._type" in r]
     assert [r["explain/images._type"] for r in logged] == ["incremental-table-file"] * 3  # one increment a batch
     assert [r["explain/images.nrows"] for r in logged] == [256, 512, 600]
