@@ -149,8 +149,8 @@ def call_cli(*args: str, script: str = "train/run.py", env: dict[str, str] | Non
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
-        for name, value in (env or {}).items():
-            patch.setenv(name, value)
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
         if fresh_wandb:
             _wandb_teardown()
         try:

@@ -33,21 +33,13 @@ def stock_image(tmp_path) -> dict[str, str]:
     return {"PYTHONPATH": str(blocker)}
 
 
-def call_main(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
-    """``bench/<script>``'s ``main(argv)`` called in this process, as its command line calls it: its exit status,
+def call_main(script: str, argv: list[str]) -> tuple[int, str, str]:
+    """``bench/<script>``'s ``main(argv)`` called in this process (:func:`tests.conftest.call_cli`): its exit status,
     stdout and stderr. The flag checks run before any measurement, so calling them here tests the same code a
     subprocess would without paying ~4 s of imports each; ``test_a_bench_command_line_refuses_a_bad_flag_in_one_line``
     proves the command-line path itself."""
-    import importlib
-
-    module = importlib.import_module(f"bench.{Path(script).stem}")
-    capsys.readouterr()
-    try:
-        code = module.main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    done = call_cli(*argv, script=f"bench/{Path(script).name}")
+    return done.returncode, done.stdout, done.stderr
 
 
 def test_time_to_acc_stops_at_the_target_per_seed_and_writes_the_curve(cifar_subset, tmp_path):
@@ -85,8 +77,8 @@ def test_time_to_acc_stops_at_the_target_per_seed_and_writes_the_curve(cifar_sub
     (["--epochs=zero"], "error: --epochs"),
     (["--seed=3"], "error: --seed is not used here: give --seeds (one run per seed)"),  # not an abbreviated --seeds
 ])
-def test_time_to_acc_bad_flags(args, message, tmp_path, capsys):
-    code, _, stderr = call_main("time_to_acc.py", [*args, f"--json={tmp_path / 't.json'}"], capsys)
+def test_time_to_acc_bad_flags(args, message, tmp_path):
+    code, _, stderr = call_main("time_to_acc.py", [*args, f"--json={tmp_path / 't.json'}"])
     assert code == 2 and stderr.strip().startswith(message) and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "t.json").exists()
 
@@ -323,7 +315,7 @@ EARLIER = {"device": "cpu", "default": {"acc": [0.9], "acc_no_tta": [0.89], "tra
     (["--", "--epoch=2"], "error: unknown flag --epoch (did you mean --epochs?)"),  # train/run.py's own parser
     (["--", "--seed=2"], "error: --seed is not used here: give --seeds (one run per seed)"),
 ])
-def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path, capsys):
+def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path):
     """Every flag is checked first: one `error:` line, exit status 2, no step started, nothing made, and the results
     file already there untouched."""
     (tmp_path / "tmp").mkdir()
@@ -333,7 +325,7 @@ def test_headline_refuses_a_bad_flag_before_any_work(args, message, tmp_path, ca
     before = out.read_bytes()
     args = [arg.replace("{tmp}", str(tmp_path / "tmp")) for arg in args]
     own = [f"--archives={fake_archives(tmp_path / 'archives')}", f"--work={work}", f"--json={out}"]
-    code, stdout, stderr = call_main("headline.py", [*own, *args], capsys)
+    code, stdout, stderr = call_main("headline.py", [*own, *args])
     assert code == 2, stdout[-2000:] + stderr[-2000:]
     assert stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp")))
     assert len(stderr.strip().splitlines()) == 1 and stdout == ""
@@ -397,7 +389,7 @@ def test_label_issue_cost_times_the_feature_inside_paired_steps(cifar_subset, tm
     out = tmp_path / "l.json"
     done = call_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=1",
                     "--trust_images=12", "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py",
-                                        env={"WANDB_DIR": str(tmp_path / "wandb")})
+                    env={"WANDB_DIR": str(tmp_path / "wandb")})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["images"] == 40 and result["repeats"] == len(result["pairs"]) == 1
@@ -482,7 +474,7 @@ BAD_FLAG = {  # a bad value of one of each script's own flags, and the start of 
 }
 
 
-def refused(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, str, str, bytes, Path]:
+def refused(script: str, args: list[str], tmp_path: Path) -> tuple[int, str, str, bytes, Path]:
     """``bench/<script>``'s ``main`` (:func:`call_main`) with ``args`` ({tmp}: a folder holding one file) and an
     earlier results file; its exit status, stdout, stderr, the file's bytes before, and the file."""
     tmp = tmp_path / "tmp"
@@ -492,7 +484,7 @@ def refused(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, 
     out.write_text('{"earlier": "figures"}\n')
     before = out.read_bytes()
     args = [arg.replace("{tmp}", str(tmp)) for arg in args]
-    return *call_main(script, [*args, f"{OUT_FLAG.get(script, '--json')}={out}"], capsys), before, out
+    return *call_main(script, [*args, f"{OUT_FLAG.get(script, '--json')}={out}"]), before, out
 
 
 def test_every_bench_script_has_a_bad_flag_case():
@@ -500,9 +492,9 @@ def test_every_bench_script_has_a_bad_flag_case():
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_refuses_a_bad_flag_before_any_work(script, tmp_path, capsys):
+def test_bench_script_refuses_a_bad_flag_before_any_work(script, tmp_path):
     args, message = BAD_FLAG[script]
-    code, stdout, stderr, before, out = refused(script, args, tmp_path, capsys)
+    code, stdout, stderr, before, out = refused(script, args, tmp_path)
     assert code == 2, stdout[-2000:] + stderr[-2000:]
     assert stderr.strip().startswith(message.replace("{tmp}", str(tmp_path / "tmp"))), stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
@@ -510,9 +502,9 @@ def test_bench_script_refuses_a_bad_flag_before_any_work(script, tmp_path, capsy
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_refuses_a_results_file_in_a_missing_folder(script, tmp_path, capsys):
+def test_bench_script_refuses_a_results_file_in_a_missing_folder(script, tmp_path):
     flag = OUT_FLAG.get(script, "--json")
-    code, stdout, stderr = call_main(script, [f"{flag}={tmp_path / 'missing' / 'r.json'}"], capsys)
+    code, stdout, stderr = call_main(script, [f"{flag}={tmp_path / 'missing' / 'r.json'}"])
     assert code == 2, stdout[-2000:] + stderr[-2000:]
     assert stderr.strip() == (f"error: {flag} '{tmp_path / 'missing' / 'r.json'}' is in a folder that does "
                               f"not exist ('{tmp_path / 'missing'}')")
@@ -678,15 +670,15 @@ def test_label_quality_scores_a_runs_flags_and_every_variant_against_the_verdict
         assert picture.format == "PNG" and min(picture.size) > 300
 
 
-def test_label_quality_refuses_a_bad_candidates_file_in_one_line(trained, tmp_path, capsys):
+def test_label_quality_refuses_a_bad_candidates_file_in_one_line(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("cifar_test_index,file,human_verdict\n1,test/cat/0001.jpg,maybe\n")
     code, _, stderr = call_main("label_quality.py", [str(trained["out"]), f"--candidates={bad}",
-                                                     f"--json={tmp_path / 'x.json'}"], capsys)
+                                                     f"--json={tmp_path / 'x.json'}"])
     assert code == 2 and stderr.strip() == (f"error: --candidates {str(bad)!r}: human_verdict must be label_error or "
                                             f"label_kept, got 'maybe'")
     code, _, stderr = call_main("label_quality.py", [str(trained["out"]), f"--png={tmp_path / 'x.png'}",
-                                                     f"--json={tmp_path / 'x.json'}"], capsys)
+                                                     f"--json={tmp_path / 'x.json'}"])
     assert code == 2 and stderr.strip() == "error: --png needs --data_dir (the images the run checked)"
     assert not (tmp_path / "x.json").exists()
 
@@ -710,7 +702,7 @@ def test_ctrl_c_on_a_bench_script_is_one_stopped_line_not_a_traceback(cifar_subs
     assert "Traceback" not in stderr and not out.exists()
 
 
-def test_a_lesser_measurement_never_replaces_a_results_file_without_replace(tmp_path, capsys):
+def test_a_lesser_measurement_never_replaces_a_results_file_without_replace(tmp_path):
     """``bench/trust_speed.py`` with small flags replaced the real-data figure (32 images, 7.43x) with a 12-image one
     and exited 0 (issue 37 item 2): refused before any work, unless --replace says so."""
     out = tmp_path / "trust_speed.json"
@@ -718,15 +710,15 @@ def test_a_lesser_measurement_never_replaces_a_results_file_without_replace(tmp_
     out.write_text(json.dumps({**committed, "threads": torch.get_num_threads()}))  # this worker's, as if measured here
     before = out.read_bytes()
     small = ["--images=20", "--samples=4", "--trust_images=12", "--repeats=1", f"--json={out}"]
-    code, stdout, stderr = call_main("trust_speed.py", small, capsys)
+    code, stdout, stderr = call_main("trust_speed.py", small)
     assert code == 2 and stdout == "" and out.read_bytes() == before
     assert stderr.strip() == (f"error: {out} holds figures measured under other conditions (trust_images 32 there, 12 "
                               f"here); pass --replace to replace them, or write elsewhere with --json")
-    code, stdout, stderr = call_main("trust_speed.py", [*small, "--replace"], capsys)
+    code, stdout, stderr = call_main("trust_speed.py", [*small, "--replace"])
     assert code == 0, stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["trust_images"] == 12 and result["conditions"]["trust_images"] == 12
-    code, _, stderr = call_main("trust_speed.py", [*small, "--samples=5"], capsys)  # now the file's conditions
+    code, _, stderr = call_main("trust_speed.py", [*small, "--samples=5"])  # now the file's conditions
     assert code == 2 and "(samples 4 there, 5 here)" in stderr
 
 
