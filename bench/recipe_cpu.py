@@ -121,11 +121,13 @@ def step_seconds(run: Path) -> float:
                  3)
 
 
-def profile(batch_sizes: list[int], resolutions: list[int], steps: int, batch: int = 128) -> dict:
+def profile(batch_sizes: list[int], resolutions: list[int], steps: int, batch: int = 128,
+            compile_backend: str = "inductor") -> dict:
     """Where a training step's time goes (``torch.profiler``, self CPU time by operator group, at batch 128 and full
     size), training images/s at each batch size and resolution (bf16 autocast and channels-last where native, as
     ``train/run.py``; fused SGD; random pixels: the cost does not depend on them), and ``torch.compile``'s images/s
-    at batch 128 per resolution with its first (compiling) step's seconds."""
+    (``compile_backend``; ``"none"`` skips it) at batch 128 per resolution with its first (compiling) step's
+    seconds."""
     import timm
     import torch
     from torch import nn
@@ -161,8 +163,8 @@ def profile(batch_sizes: list[int], resolutions: list[int], steps: int, batch: i
             speed[name] = steps * size_of_batch / (time.perf_counter() - start)
             print(f"  batch {size_of_batch}, {size}x{size}: {speed[name]:.0f} img/s", flush=True)
     # torch.compile at the profiled batch, every resolution (a shape each: static graphs, one compile each)
-    compiled_net, compiled, compile_seconds = torch.compile(model, dynamic=False), {}, {}
-    for size in resolutions:
+    compiled_net, compiled, compile_seconds = torch.compile(model, dynamic=False, backend=compile_backend), {}, {}
+    for size in resolutions if compile_backend != "none" else []:
         start = time.perf_counter()
         step(batch, size, compiled_net)  # compiles this shape
         compile_seconds[f"res{size}"] = time.perf_counter() - start
@@ -183,7 +185,8 @@ def profile(batch_sizes: list[int], resolutions: list[int], steps: int, batch: i
         shares[group] += spent / total
     top = sorted(events, key=lambda e: -e[1])[:12]
     return {"precision": "bf16 autocast" if amp else "fp32", "images_per_second": speed, "steps": steps,
-            "compiled_images_per_second": compiled, "compile_first_step_seconds": compile_seconds,
+            "compile_backend": compile_backend, "compiled_images_per_second": compiled,
+            "compile_first_step_seconds": compile_seconds,
             "profiled_batch": batch, "time_shares_res32": shares,
             "top_ops_res32": [{"op": key, "share": t / total} for key, t in top]}
 
@@ -203,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile_steps", type=common.count(1), default=6, help="timed steps per configuration")
     parser.add_argument("--profile_batch", type=common.count(1), default=128,
                         help="the batch torch.profiler and torch.compile are measured at")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile's backend in the profile step (inductor; eager or aot_eager for a quick "
+                             "check), none: skip it")
     parser.add_argument("--default_run", type=common.folder("summary.json"), default=None,
                         help="a finished default run to read instead of training one")
     parser.add_argument("--compare_trust_images", type=common.count(2), default=COMPARE_IMAGES,
@@ -214,13 +220,20 @@ def main(argv: list[str] | None = None) -> int:
                              "explain/run.py --compare pass")
     parser.add_json(REPO / "bench" / "results" / "recipe_cpu.json")
     args = parser.parse(argv)
+    if "profile" in args.steps and args.compile_backend != "none":
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile_backend not in backends:
+            parser.error(f"--compile_backend {args.compile_backend!r} is not one of {', '.join(backends)}, none")
     data, work = args.data_dir.resolve(), args.work.resolve()
     results = common.Results(args.json, common.machine("cpu"))
     result = {**common.machine("cpu"), **common.stamp("bench/recipe_cpu.py", argv)}
     measured = False
     for step in args.steps:
         if step == "profile":
-            result["profile"] = profile(args.batch_sizes, args.resolutions, args.profile_steps, args.profile_batch)
+            result["profile"] = profile(args.batch_sizes, args.resolutions, args.profile_steps, args.profile_batch,
+                                        args.compile_backend)
         elif step == "airbench94":
             from bench.cifar_sets import to_airbench
 

@@ -755,14 +755,22 @@ def test_recipe_study_pairs_each_variant_with_base_by_seed_and_reanalyzes_withou
 
 def test_recipe_cpu_profile_says_where_a_training_step_spends_its_time(tmp_path, cifar_subset):
     out = tmp_path / "p.json"
+    bad = call_cli(f"--data_dir={cifar_subset}", "--steps=profile", "--compile_backend=fast", f"--json={out}",
+                   script="bench/recipe_cpu.py")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --compile_backend 'fast' is not one of ")
+    assert not out.exists()
+    # torch.compile through its eager backend (dynamo's capture, no code generation): inductor's C++ compile of two
+    # shapes took 60 s of CPU on a machine without a compile cache (the CI's), 12 s with one
     done = run_cli(f"--data_dir={cifar_subset}", f"--work={tmp_path / 'w'}", "--steps=profile", "--batch_sizes=8,16",
-                   "--resolutions=16,32", "--profile_steps=1", "--profile_batch=8", f"--json={out}",
-                   script="bench/recipe_cpu.py", timeout=600)  # its own process: 12 s; in a test worker it took 72
-    assert done.returncode == 0, done.stderr[-3000:]
+                   "--resolutions=16,32", "--profile_steps=1", "--profile_batch=8", "--compile_backend=eager",
+                   f"--json={out}", script="bench/recipe_cpu.py", timeout=600)  # its own process: in a test worker
+    assert done.returncode == 0, done.stderr[-3000:]  # the profiler took 6x as long
     profile = json.loads(out.read_text())["profile"]
     assert set(profile["images_per_second"]) == {"batch8_res16", "batch8_res32", "batch16_res16", "batch16_res32"}
     assert all(v > 0 for v in profile["images_per_second"].values())
+    assert profile["compile_backend"] == "eager" and set(profile["compile_first_step_seconds"]) == {"res16", "res32"}
     assert set(profile["compiled_images_per_second"]) == {"batch8_res16", "batch8_res32"}
+    assert all(v > 0 for v in profile["compiled_images_per_second"].values())
     shares = profile["time_shares_res32"]
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["convolution backward"] + shares["convolution forward"] > 0.1  # each operator counted once
