@@ -163,8 +163,9 @@ def profile(batch_sizes: list[int], resolutions: list[int], steps: int, batch: i
             speed[name] = steps * size_of_batch / (time.perf_counter() - start)
             print(f"  batch {size_of_batch}, {size}x{size}: {speed[name]:.0f} img/s", flush=True)
     # torch.compile at the profiled batch, every resolution (a shape each: static graphs, one compile each)
-    compiled_net, compiled, compile_seconds = torch.compile(model, dynamic=False, backend=compile_backend), {}, {}
-    for size in resolutions if compile_backend != "none" else []:
+    compiled, compile_seconds = {}, {}
+    compiled_net = torch.compile(model, dynamic=False, backend=compile_backend) if compile_backend != "none" else None
+    for size in resolutions if compiled_net is not None else []:
         start = time.perf_counter()
         step(batch, size, compiled_net)  # compiles this shape
         compile_seconds[f"res{size}"] = time.perf_counter() - start

@@ -771,6 +771,13 @@ def test_recipe_cpu_profile_says_where_a_training_step_spends_its_time(tmp_path,
     assert profile["compile_backend"] == "eager" and set(profile["compile_first_step_seconds"]) == {"res16", "res32"}
     assert set(profile["compiled_images_per_second"]) == {"batch8_res16", "batch8_res32"}
     assert all(v > 0 for v in profile["compiled_images_per_second"].values())
+    skipped = call_cli(f"--data_dir={cifar_subset}", "--steps=profile", "--batch_sizes=8", "--resolutions=16",
+                       "--profile_steps=1", "--profile_batch=8", "--compile_backend=none", f"--json={out}",
+                       script="bench/recipe_cpu.py")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["compile_backend"] == "none" and profile["compiled_images_per_second"] == {}
+    assert set(profile["images_per_second"]) == {"batch8_res16"}
     shares = profile["time_shares_res32"]
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["convolution backward"] + shares["convolution forward"] > 0.1  # each operator counted once
