@@ -44,11 +44,14 @@ def unpack(archive: Path, dest: Path, per_class: dict[str, int] | None = None, a
     archive (labels, manifest) are kept. A folder already unpacked (marked by ``.unpacked`` beside it) is reused.
     """
     with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        top = Path(members[0].name).parts[0]
+        first = tar.next()  # the top folder's name, without reading the whole (xz) archive when already unpacked
+        if first is None:
+            raise tarfile.TarError(f"{archive} is empty")
+        top = Path(first.name).parts[0]
         root, done = dest / top, dest / f".{top}.unpacked"
         if done.is_file():
             return root
+        members = tar.getmembers()  # the first and all the others
         if per_class:
             members = _first_per_class(members, per_class, also)
         tar.extractall(dest, members=members, filter="data")

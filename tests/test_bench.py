@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,11 @@ def test_cifar_sets_twins_and_airbench_format(tmp_path):
     (jpeg / "test" / "cat" / "0000.jpg").unlink()  # an original without its twin
     with pytest.raises(DataError, match="has no JPEG twin"):
         jpeg_twins(png, jpeg, tmp_path / "twins-2")
+    assert unpack(ARCHIVES[0], tmp_path) == jpeg and not (jpeg / "test" / "cat" / "0000.jpg").exists()  # reused
+    with tarfile.open(tmp_path / "empty.tar.xz", "w:xz"):
+        pass
+    with pytest.raises(tarfile.TarError, match="empty.tar.xz is empty"):
+        unpack(tmp_path / "empty.tar.xz", tmp_path / "e")
 
 
 def test_airbench94_port_trains_on_the_cpu_and_reports_its_three_tta_levels(tmp_path, cifar_subset):
