@@ -8,8 +8,9 @@ candidates were judged, so a flag outside them is not known to be wrong, and is 
 
 Scored: the run's own ``label_issues.json`` (the method it ran), and, from its ``predictions.npz`` (the logits of
 every checked image and of its mirror image), the variants of the method (:func:`variants`): which views are
-averaged, how the probabilities are made (softmax; less label smoothing's floor; a temperature fitted out of sample
-by two-fold cross-fitting on the given labels), cleanlab's filter (``filter_by``) and ranking (``rank_by``).
+averaged (``flip_translate`` too where ``bench/tta_views.py --out`` added the shifted views), how the probabilities
+are made (softmax; less label smoothing's floor; a temperature fitted out of sample by two-fold cross-fitting on the
+given labels), cleanlab's filter (``filter_by``) and ranking (``rank_by``).
 Figures per method: ``errors_flagged`` (of ``errors``), errors in the top 25 / 50 / 100 flags, ``kept_flagged`` (of
 ``kept``), ``flags``. With ``--data_dir`` (the JPEG copy) and ``--png``, a picture: the errors the run flagged beside
 the kept labels it flagged, each with its given and suggested class.
@@ -94,8 +95,12 @@ def variants(saved) -> list[dict]:
     cleanlab = _cleanlab()
     labels = saved["label"].astype(np.int64)
     single, mirror = saved["logits"].astype(np.float64), saved["logits_flip"].astype(np.float64)
+    views = [("single", single), ("flip", (single + mirror) / 2)]
+    if "logits_translate" in saved:  # bench/tta_views.py --out: airbench's tta_level 2, half flip, half translate
+        translate = (saved["logits_translate"].astype(np.float64) + saved["logits_translate_flip"].astype(np.float64))
+        views.append(("flip_translate", (single + mirror) / 4 + translate / 4))
     rows = []
-    for view, logits in (("single", single), ("flip", (single + mirror) / 2)):
+    for view, logits in views:
         scaled, temperatures = fitted_temperature(logits, labels)
         for probs_name, probs in (("softmax", softmax(logits, axis=1)),
                                   ("without_floor", without_floor(softmax(logits, axis=1))),
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         result["variants"] = rows
         print(f"{len(rows)} variants from {npz}, best first (errors in the top 100, then errors flagged):")
         for row in rows[:args.top]:
-            print(f"  {row['view']:6} {row['probs']:13} {row['filter_by']:19} {row['rank_by']:17} {line(row)}")
+            print(f"  {row['view']:14} {row['probs']:13} {row['filter_by']:19} {row['rank_by']:17} {line(row)}")
     else:
         print(f"(no {npz}: only the run's own flags are scored)")
     if args.png is not None:

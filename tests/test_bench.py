@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -476,6 +477,7 @@ BAD_FLAG = {  # a bad value of one of each script's own flags, and the start of 
     "time_to_acc.py": (["--target=2"], "error: --target must be a number >= 0 and <= 1, got '2'"),
     "trust_coverage.py": (["--sizes=1,8"], "error: --sizes must be a comma-separated list of integers >= 2, got '1,8'"),
     "trust_speed.py": (["--checkpoint={tmp}"], "error: --checkpoint '{tmp}' is not a file"),
+    "tta_views.py": (["{tmp}"], "error: run '{tmp}' has no predictions.npz"),
     "wandb_overhead.py": (["--repeats=0"], "error: --repeats must be an integer >= 1, got '0'"),
 }
 
@@ -687,6 +689,81 @@ def test_label_quality_refuses_a_bad_candidates_file_in_one_line(trained, tmp_pa
                                                      f"--json={tmp_path / 'x.json'}"])
     assert code == 2 and stderr.strip() == "error: --png needs --data_dir (the images the run checked)"
     assert not (tmp_path / "x.json").exists()
+
+
+# bench/tta_views.py: flip + translate TTA against flip TTA on a finished run's images
+
+
+def test_tta_views_reads_the_runs_own_figures_and_adds_the_translate_views_for_label_quality(trained, cifar_subset,
+                                                                                            tmp_path):
+    import numpy as np
+
+    run, out, views = trained["out"], tmp_path / "t.json", tmp_path / "views"
+    done = call_cli(str(run), f"--data_dir={cifar_subset}", f"--out={views}", f"--json={out}",
+                    script="bench/tta_views.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())[run.name]
+    summary = trained["summary"]  # the six views' first two are the run's own evaluation, to the image
+    assert result["images"] == 200 and result["acc"]["flip"] == summary["test_acc"]
+    assert result["acc"]["single"] == summary["test_acc_no_tta"]
+    paired = result["flip_translate_vs_flip"]
+    assert paired["diff"] == pytest.approx(result["acc"]["flip_translate"] - result["acc"]["flip"])
+    assert paired["ci95"][0] <= paired["diff"] <= paired["ci95"][1] and paired["images"] == 200
+    with np.load(run / "predictions.npz") as before, np.load(views / "predictions.npz") as after:
+        assert all(np.array_equal(before[name], after[name]) for name in before.files)  # the run's arrays, kept
+        assert after["logits_translate"].shape == after["logits_translate_flip"].shape == before["logits"].shape
+        assert not np.array_equal(after["logits_translate"], before["logits"])  # other views, other logits
+    scored = call_cli(str(views), f"--json={tmp_path / 'lq.json'}", script="bench/label_quality.py")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    rows = json.loads((tmp_path / "lq.json").read_text())[views.name]["variants"]
+    assert {row["view"] for row in rows} == {"single", "flip", "flip_translate"} and len(rows) == 3 * 3 * 5 * 2
+
+    again = call_cli(str(run), f"--data_dir={cifar_subset}", f"--out={views}", f"--json={out}",
+                     script="bench/tta_views.py")  # a second pass into the same folder
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"error: --out {str(views)!r} is not empty (a run never overwrites another)")
+    other = tmp_path / "other"
+    (other / "test" / "cat").mkdir(parents=True)
+    shutil.copy(next((cifar_subset / "test" / "cat").iterdir()), other / "test" / "cat" / "0000.jpg")
+    missing = call_cli(str(run), f"--data_dir={other}", f"--json={out}", script="bench/tta_views.py")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith(
+        f"error: --data_dir {str(other)!r} lacks 199 of the run's images (first: test/")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(run / "predictions.npz", no_weights)
+    refused_run = call_cli(str(no_weights), f"--data_dir={cifar_subset}", f"--json={out}", script="bench/tta_views.py")
+    assert refused_run.returncode == 2 and refused_run.stderr.strip() == (
+        f"error: {no_weights / 'best.pt'} is not a file (give --checkpoint: the run kept no best.pt)")
+
+
+def test_a_paired_accuracy_interval_covers_95_percent_at_the_real_runs_size():
+    """The Wald interval of a paired difference of two predictions' accuracy, simulated at 10,000 images with as
+    many discordant images as the real run had (~58 each way), with no true difference and with a real one."""
+    import numpy as np
+
+    from bench.tta_views import paired_interval
+
+    rng = np.random.default_rng(0)
+    for p_gain, p_lost in ((0.0058, 0.0058), (0.008, 0.004)):
+        truth, hits = p_gain - p_lost, 0
+        for _ in range(2000):
+            draw = rng.random(10_000)
+            flip_right = draw >= p_gain  # gained: right only with translate; lost: right only without
+            translate_right = ~((draw >= p_gain) & (draw < p_gain + p_lost))
+            low, high = paired_interval(flip_right, translate_right)["ci95"]
+            hits += low <= truth <= high
+        assert 0.935 <= hits / 2000 <= 0.965, (p_gain, p_lost, hits / 2000)
+    same = np.ones(100, dtype=bool)
+    assert paired_interval(same, same) == {"diff": 0.0, "ci95": [0.0, 0.0], "verdict": "inconclusive", "gained": 0,
+                                           "lost": 0, "images": 100}
+    worse = same.copy()
+    worse[:30] = False
+    assert paired_interval(same, worse)["verdict"] == "worse" and paired_interval(worse, same)["verdict"] == "better"
+    mixed = same.copy()
+    mixed[:3] = False
+    swapped = same.copy()
+    swapped[3:6] = False  # three gained, three lost: no difference either way
+    assert paired_interval(mixed, swapped)["verdict"] == "inconclusive"
 
 
 def test_ctrl_c_on_a_bench_script_is_one_stopped_line_not_a_traceback(cifar_subset, tmp_path):
