@@ -8,9 +8,10 @@ candidates were judged, so a flag outside them is not known to be wrong, and is 
 
 Scored: the run's own ``label_issues.json`` (the method it ran), and, from its ``predictions.npz`` (the logits of
 every checked image and of its mirror image), the variants of the method (:func:`variants`): which views are
-averaged (``flip_translate`` too where ``bench/tta_views.py --out`` added the shifted views), how the probabilities
-are made (softmax; less label smoothing's floor; a temperature fitted out of sample by two-fold cross-fitting on the
-given labels), cleanlab's filter (``filter_by``) and ranking (``rank_by``).
+averaged (``flip_translate`` too where ``bench/tta_views.py --out`` added the shifted views; ``ensemble_flip``: the
+flip views of the models of ``--ensemble`` folders too, same images), how the probabilities are made (softmax; less
+label smoothing's floor; a temperature fitted out of sample by two-fold cross-fitting on the given labels),
+cleanlab's filter (``filter_by``) and ranking (``rank_by``).
 Figures per method: ``errors_flagged`` (of ``errors``), errors in the top 25 / 50 / 100 flags, ``kept_flagged`` (of
 ``kept``), ``flags``. With ``--data_dir`` (the JPEG copy) and ``--png``, a picture: the errors the run flagged beside
 the kept labels it flagged, each with its given and suggested class.
@@ -85,8 +86,10 @@ def fitted_temperature(logits, labels):
     return scaled, temperatures
 
 
-def variants(saved) -> list[dict]:
-    """Every variant of the method on the saved logits: its settings and ranked flagged positions."""
+def variants(saved, others: list | None = None) -> list[dict]:
+    """Every variant of the method on the saved logits: its settings and ranked flagged positions. ``others``: the
+    saved logits of other models over the same images; their flip views averaged with this one's are the
+    ``ensemble_flip`` view."""
     import numpy as np
     from scipy.special import softmax
 
@@ -99,6 +102,9 @@ def variants(saved) -> list[dict]:
     if "logits_translate" in saved:  # bench/tta_views.py --out: airbench's tta_level 2, half flip, half translate
         translate = (saved["logits_translate"].astype(np.float64) + saved["logits_translate_flip"].astype(np.float64))
         views.append(("flip_translate", (single + mirror) / 4 + translate / 4))
+    if others:  # each model's flip view, averaged over the models (logits: their scales are alike, all trained here)
+        flips = [(other["logits"].astype(np.float64) + other["logits_flip"].astype(np.float64)) / 2 for other in others]
+        views.append(("ensemble_flip", ((single + mirror) / 2 + sum(flips)) / (1 + len(flips))))
     rows = []
     for view, logits in views:
         scaled, temperatures = fitted_temperature(logits, labels)
@@ -116,6 +122,23 @@ def variants(saved) -> list[dict]:
                                  "temperatures": temperatures if probs_name == "temperature" else None,
                                  "ranked": ranked})
     return rows
+
+
+def ensemble_member(folder: Path, files: list[str], labels) -> dict:
+    """The logits of another model's ``predictions.npz`` over the same images (same files, order and labels), or the
+    script's one-line error."""
+    import numpy as np
+
+    npz = folder / "predictions.npz"
+    try:
+        with np.load(npz, allow_pickle=False) as saved:
+            member = {name: saved[name] for name in ("file", "label", "logits", "logits_flip")}
+    except (OSError, ValueError, KeyError) as exc:
+        common.fail(f"--ensemble {npz} is not a predictions.npz ({type(exc).__name__}: {exc})")
+    if member["file"].tolist() != files or not np.array_equal(member["label"], labels):
+        common.fail(f"--ensemble {npz} holds other images (or another order or labels) than the run's: an ensemble "
+                    f"needs predictions of the same images")
+    return member
 
 
 def picture(run_flags: list[dict], candidates: dict[str, str], data_dir: Path, path: Path, title: str) -> None:
@@ -161,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the image folder the run checked (for --png's thumbnails)")
     parser.add_argument("--png", type=common.out_file, default=None, help="the picture to write (needs --data_dir)")
     parser.add_argument("--top", type=common.count(1, 10_000), default=20, help="variants printed, best first")
+    parser.add_argument("--ensemble", type=common.folder("predictions.npz"), action="append", default=[],
+                        help="another model's run (or explain) folder over the same images (repeatable): the "
+                             "ensemble_flip variants average its flip logits with the run's")
     parser.add_json(REPO / "bench" / "results" / "label_quality.json")
     args = parser.parse(argv)
     if args.png is not None and args.data_dir is None:
@@ -184,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             with np.load(npz, allow_pickle=False) as saved:
-                files = saved["file"].tolist()
-                rows = variants(saved)
+                files, labels = saved["file"].tolist(), saved["label"]
+                others = [ensemble_member(folder, files, labels) for folder in args.ensemble]
+                rows = variants(saved, others)
         except (OSError, ValueError, KeyError) as exc:
             common.fail(f"{npz} is not a predictions.npz ({type(exc).__name__}: {exc})")
+        result["ensemble"] = [str(folder) for folder in args.ensemble]
         for row in rows:
             row.update(score([files[i] for i in row.pop("ranked").tolist()], candidates))
         rows.sort(key=lambda r: (-r["errors_top100"], -r["errors_flagged"], r["kept_flagged"], r["flags"]))
@@ -195,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(rows)} variants from {npz}, best first (errors in the top 100, then errors flagged):")
         for row in rows[:args.top]:
             print(f"  {row['view']:14} {row['probs']:13} {row['filter_by']:19} {row['rank_by']:17} {line(row)}")
+    elif args.ensemble:
+        common.fail(f"--ensemble needs {npz} (the run's own predictions to average with)")
     else:
         print(f"(no {npz}: only the run's own flags are scored)")
     if args.png is not None:

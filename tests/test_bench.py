@@ -678,6 +678,41 @@ def test_label_quality_scores_a_runs_flags_and_every_variant_against_the_verdict
         assert picture.format == "PNG" and min(picture.size) > 300
 
 
+def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_path):
+    """``--ensemble``: a second model that predicts exactly the first one's flip view (its image and mirror logits
+    swapped) changes no flag of the averaged view; a model of other images is refused in one line."""
+    import numpy as np
+
+    from bench.tta_views import write_npz
+
+    run = trained["out"]
+    with np.load(run / "predictions.npz", allow_pickle=False) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    twin, other = tmp_path / "twin", tmp_path / "other"
+    for folder, changed in ((twin, {"logits": arrays["logits_flip"], "logits_flip": arrays["logits"]}),
+                            (other, {"file": arrays["file"][::-1].copy()})):
+        folder.mkdir()
+        write_npz(folder / "predictions.npz", {**arrays, **changed})
+    out = tmp_path / "lq.json"
+    done = call_cli(str(run), f"--ensemble={twin}", f"--json={out}", script="bench/label_quality.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())[run.name]
+    assert result["ensemble"] == [str(twin)]
+    rows = {(r["view"], r["probs"], r["filter_by"], r["rank_by"]): r for r in result["variants"]}
+    assert len(rows) == 3 * 3 * 5 * 2 and {key[0] for key in rows} == {"single", "flip", "ensemble_flip"}
+    figures = ("errors_flagged", "kept_flagged", "flags", "errors_top25")
+    for (view, probs, filter_by, rank_by), row in rows.items():
+        if view == "ensemble_flip":  # (a + b) / 2 + (b + a) / 2, halved: the flip view to the last bit
+            flip = rows[("flip", probs, filter_by, rank_by)]
+            assert [row[k] for k in figures] == [flip[k] for k in figures], (probs, filter_by, rank_by)
+    before = out.read_bytes()
+    refused_member = call_cli(str(run), f"--ensemble={other}", f"--json={out}", script="bench/label_quality.py")
+    assert refused_member.returncode == 2 and refused_member.stderr.strip() == (
+        f"error: --ensemble {other / 'predictions.npz'} holds other images (or another order or labels) than the "
+        f"run's: an ensemble needs predictions of the same images")
+    assert out.read_bytes() == before
+
+
 def test_label_quality_refuses_a_bad_candidates_file_in_one_line(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("cifar_test_index,file,human_verdict\n1,test/cat/0001.jpg,maybe\n")
