@@ -124,9 +124,9 @@ def variants(saved, others: list | None = None) -> list[dict]:
     return rows
 
 
-def ensemble_member(folder: Path, files: list[str], labels) -> dict:
-    """The logits of another model's ``predictions.npz`` over the same images (same files, order and labels), or the
-    script's one-line error."""
+def ensemble_member(folder: Path, files: list[str], labels, shape: tuple[int, ...]) -> dict:
+    """The logits of another model's ``predictions.npz`` over the same images (same files, order and labels, logits
+    of the run's ``shape``: the same classes), or the script's one-line error."""
     import numpy as np
 
     npz = folder / "predictions.npz"
@@ -138,6 +138,9 @@ def ensemble_member(folder: Path, files: list[str], labels) -> dict:
     if member["file"].tolist() != files or not np.array_equal(member["label"], labels):
         common.fail(f"--ensemble {npz} holds other images (or another order or labels) than the run's: an ensemble "
                     f"needs predictions of the same images")
+    if member["logits"].shape != shape or member["logits_flip"].shape != shape:
+        common.fail(f"--ensemble {npz} has logits of shape {member['logits'].shape}, the run's {shape}: an ensemble "
+                    f"needs models of the same classes")
     return member
 
 
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with np.load(npz, allow_pickle=False) as saved:
                 files, labels = saved["file"].tolist(), saved["label"]
-                others = [ensemble_member(folder, files, labels) for folder in args.ensemble]
+                shape = saved["logits"].shape
+                others = [ensemble_member(folder, files, labels, shape) for folder in args.ensemble]
                 rows = variants(saved, others)
         except (OSError, ValueError, KeyError) as exc:
             common.fail(f"{npz} is not a predictions.npz ({type(exc).__name__}: {exc})")

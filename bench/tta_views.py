@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import train  # noqa: F401  (registers resnet18_cifar)
     from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from train.config import ConfigError, config_from_dict
     from train.data import DataError, load_split
     from train.engine import amp_dtype, predict
+    from train.model import check_model_name
 
     try:
         with np.load(args.run / "predictions.npz", allow_pickle=False) as saved:
@@ -100,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         common.fail(f"{args.run / 'predictions.npz'} names no files (a run on CIFAR-10's python batches)")
     try:
         state = load_checkpoint(checkpoint)
-        classes = list(state["classes"])
-        model = timm.create_model(state["config"]["model"], num_classes=len(classes))
+        config, classes = config_from_dict(state["config"]), list(state["classes"])  # defaults for what it lacks
+        check_model_name(config.model)  # a model this timm lacks: one line, not timm's traceback
+        model = timm.create_model(config.model, num_classes=len(classes))
         load_model_state(model, state, str(checkpoint))
         split = load_split(args.data_dir, "test", classes)
-    except (CheckpointError, DataError, OSError) as exc:
+    except (CheckpointError, ConfigError, DataError, OSError) as exc:
         common.fail(str(exc))
     where = {name: i for i, name in enumerate(split.files or [])}
     missing = [name for name in files if name not in where]
@@ -115,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.equal(split.labels[pick], labels):
         common.fail(f"--data_dir {str(args.data_dir)!r} labels the run's images differently (another data set?)")
     images = split.images[pick].float().div(255)
-    config, device = state["config"], torch.device("cpu")
-    amp = amp_dtype(config.get("precision", "auto"), device)
-    batch = int(config.get("eval_batch_size", 1024))
+    device = torch.device("cpu")
+    amp = amp_dtype(config.precision, device)
+    batch = config.eval_batch_size
     model.to(memory_format=torch.channels_last).eval()
 
     def views(pixels):

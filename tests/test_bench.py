@@ -395,7 +395,7 @@ def test_speed_refuses_an_unknown_compile_mode(tmp_path):
 def test_label_issue_cost_times_the_feature_inside_paired_steps(cifar_subset, tmp_path):
     out = tmp_path / "l.json"
     done = call_cli("--data_dir", str(cifar_subset), "--test_subset=40", "--explain_samples=4", "--repeats=1",
-                    "--trust_images=12", "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py",
+                    "--trust_images=4", "--device=cpu", f"--json={out}", script="bench/label_issue_cost.py",
                     env={"WANDB_DIR": str(tmp_path / "wandb")})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -688,9 +688,10 @@ def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_p
     run = trained["out"]
     with np.load(run / "predictions.npz", allow_pickle=False) as saved:
         arrays = {name: saved[name] for name in saved.files}
-    twin, other = tmp_path / "twin", tmp_path / "other"
+    twin, other, narrow = tmp_path / "twin", tmp_path / "other", tmp_path / "narrow"
     for folder, changed in ((twin, {"logits": arrays["logits_flip"], "logits_flip": arrays["logits"]}),
-                            (other, {"file": arrays["file"][::-1].copy()})):
+                            (other, {"file": arrays["file"][::-1].copy()}),
+                            (narrow, {"logits": arrays["logits"][:, :5], "logits_flip": arrays["logits_flip"][:, :5]})):
         folder.mkdir()
         write_npz(folder / "predictions.npz", {**arrays, **changed})
     out = tmp_path / "lq.json"
@@ -710,6 +711,10 @@ def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_p
     assert refused_member.returncode == 2 and refused_member.stderr.strip() == (
         f"error: --ensemble {other / 'predictions.npz'} holds other images (or another order or labels) than the "
         f"run's: an ensemble needs predictions of the same images")
+    refused_classes = call_cli(str(run), f"--ensemble={narrow}", f"--json={out}", script="bench/label_quality.py")
+    assert refused_classes.returncode == 2 and refused_classes.stderr.strip() == (
+        f"error: --ensemble {narrow / 'predictions.npz'} has logits of shape (200, 5), the run's (200, 10): an "
+        f"ensemble needs models of the same classes")
     assert out.read_bytes() == before
 
 
@@ -769,6 +774,11 @@ def test_tta_views_reads_the_runs_own_figures_and_adds_the_translate_views_for_l
     refused_run = call_cli(str(no_weights), f"--data_dir={cifar_subset}", f"--json={out}", script="bench/tta_views.py")
     assert refused_run.returncode == 2 and refused_run.stderr.strip() == (
         f"error: {no_weights / 'best.pt'} is not a file (give --checkpoint: the run kept no best.pt)")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    refused_file = call_cli(str(run), f"--checkpoint={tmp_path / 'notes.pt'}", f"--data_dir={cifar_subset}",
+                            f"--json={out}", script="bench/tta_views.py")
+    assert refused_file.returncode == 2 and refused_file.stderr.strip() == (
+        f"error: checkpoint {str(tmp_path / 'notes.pt')!r} is truncated or corrupt (not a torch.save file)")
 
 
 def test_a_paired_accuracy_interval_covers_95_percent_at_the_real_runs_size():
@@ -840,29 +850,50 @@ def test_a_lesser_measurement_never_replaces_a_results_file_without_replace(tmp_
     assert code == 2 and "(samples 4 there, 5 here)" in stderr
 
 
+def test_recipe_study_pools_the_spread_of_every_variants_paired_differences():
+    """Two variants over three seeds: one variance from both variants' paired differences (2 + 2 degrees of
+    freedom) around each variant's own mean (the end-to-end test above has one variant: nothing to pool)."""
+    from scipy import stats
+
+    from bench.recipe_study import pooled
+
+    accs = {"base": [0.50, 0.52, 0.48], "a": [0.60, 0.61, 0.59], "b": [0.51, 0.52, 0.47]}
+    runs = [{"variant": v, "seed": seed, "model": {"flip": acc}} for v, row in accs.items()
+            for seed, acc in enumerate(row)]
+    result = pooled(runs)
+    diffs = {v: [x - b for x, b in zip(row, accs["base"], strict=True)] for v, row in accs.items() if v != "base"}
+    squares = sum(sum((x - sum(d) / 3) ** 2 for x in d) for d in diffs.values())
+    half = stats.t.ppf(0.975, 4) * (squares / 4 / 3) ** 0.5  # by hand: pooled variance over 4 dof, n = 3 each
+    assert set(result) == {"a", "b"} and result["a"]["dof"] == result["b"]["dof"] == 4
+    assert result["a"]["mean"] == pytest.approx(0.1) and result["b"]["mean"] == pytest.approx(0.0)
+    assert result["a"]["high"] - result["a"]["low"] == pytest.approx(2 * half)
+    assert result["a"]["verdict"] == "better" and result["b"]["verdict"] == "inconclusive"
+    assert pooled([r for r in runs if r["seed"] == 0]) == {}  # one seed: no spread to pool
+
+
 def test_recipe_study_pairs_each_variant_with_base_by_seed_and_reanalyzes_without_training(cifar_subset, tmp_path):
     out = tmp_path / "s.json"
-    tiny = [f"--data_dir={cifar_subset}", "--variants=base,altflip,prog", "--seeds=0,1", "--train_subset=100",
+    tiny = [f"--data_dir={cifar_subset}", "--variants=base,prog", "--seeds=0,1", "--train_subset=100",
             "--test_subset=100", "--epochs=2", "--prog_epochs=3", "--batch_size=50", f"--json={out}"]
     done = call_cli(*tiny, script="bench/recipe_study.py")
     assert done.returncode == 0, done.stderr[-3000:]
-    study = json.loads(out.read_text())["study"]["base+altflip+prog"]
+    study = json.loads(out.read_text())["study"]["base+prog"]
     runs = {(r["variant"], r["seed"]): r for r in study["runs"]}
-    assert set(runs) == {(v, s) for v in ("base", "altflip", "prog") for s in (0, 1)}
+    assert set(runs) == {(v, s) for v in ("base", "prog") for s in (0, 1)}
     assert [c["resolution"] for c in runs[("prog", 0)]["curve"]] == [16, 24, 32]  # rising to full size
     assert {c["resolution"] for c in runs[("base", 0)]["curve"]} == {32}
     for run in runs.values():  # the three TTA levels of the model and of its EMA, fractions of 100 test images
         assert all(0 <= run[w][v] <= 1 and round(run[w][v] * 100, 3).is_integer()
                    for w in ("model", "ema") for v in ("single", "flip", "flip_translate"))
-    diff = study["paired_vs_base"]["altflip"]["model"]["flip"]
-    expected = [runs[("altflip", s)]["model"]["flip"] - runs[("base", s)]["model"]["flip"] for s in (0, 1)]
+    diff = study["paired_vs_base"]["prog"]["model"]["flip"]
+    expected = [runs[("prog", s)]["model"]["flip"] - runs[("base", s)]["model"]["flip"] for s in (0, 1)]
     assert diff["diffs"] == pytest.approx(expected) and diff["low"] <= diff["mean"] <= diff["high"]
-    pooled = study["pooled_vs_base"]["model"]["altflip"]
-    assert pooled["mean"] == pytest.approx(diff["mean"]) and pooled["dof"] == 2
+    pooled = study["pooled_vs_base"]["model"]["prog"]
+    assert pooled["mean"] == pytest.approx(diff["mean"]) and pooled["dof"] == 1
     before = out.read_text()
     again = call_cli(*tiny, "--analyze_only", script="bench/recipe_study.py")
     assert again.returncode == 0, again.stderr[-3000:]
-    redone = json.loads(out.read_text())["study"]["base+altflip+prog"]
+    redone = json.loads(out.read_text())["study"]["base+prog"]
     assert redone["runs"] == study["runs"] and redone["command"] == study["command"]  # the runs' own command
     for weights in ("model", "ema"):  # the same figures from the saved runs (their float32 digits: approx)
         for variant, figures in study["pooled_vs_base"][weights].items():
