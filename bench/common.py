@@ -256,9 +256,28 @@ def _out_folder(text: str) -> Path:
     return path
 
 
+def _new_folder(text: str) -> Path:
+    path = _out_folder(text)
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{text!r} is not empty (a run never overwrites another)")
+    return path
+
+
 file = _checked("file", _file)  # an existing file to read
 out_file = _checked("out_file", _out_file)  # a file to write, in an existing folder
 out_folder = _checked("out_folder", _out_folder)  # a folder to write into: there already, or its parent is
+new_folder = _checked("new_folder", _new_folder)  # a folder a run fills: absent (its parent there) or empty
+
+
+def check_compile_backend(parser: argparse.ArgumentParser, name: str) -> None:
+    """Refuse a ``torch.compile`` backend this torch lacks with the parser's one-line error (``none``: no compiling)."""
+    if name == "none":
+        return
+    import torch._dynamo
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if name not in backends:
+        parser.error(f"--compile_backend {name!r} is not one of {', '.join(backends)}, none")
 
 
 def recipe_config(flags: Sequence[str], what: str = "", *, seeds: bool = False) -> Any:

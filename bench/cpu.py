@@ -255,9 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the run length end_to_end judges compiling on (50,000: one CIFAR-10 epoch)")
     parser.add_json(REPO / "bench" / "results" / "cpu.json")
     args = parser.parse(argv)
-    backends = torch._dynamo.list_backends(exclude_tags=())
-    if args.compile_backend not in [*backends, "none"]:
-        parser.error(f"--compile_backend {args.compile_backend!r} is not one of {', '.join(backends)}, none")
+    common.check_compile_backend(parser, args.compile_backend)
     if not (args.data_dir / "train").is_dir() and not (args.data_dir / CIFAR_FOLDER).is_dir():
         parser.error(f"--data_dir {str(args.data_dir)!r} has no train/ class folders nor {CIFAR_FOLDER}/")
     results = common.Results(args.json, common.machine(CPU), depth=3)

@@ -221,12 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                              "explain/run.py --compare pass")
     parser.add_json(REPO / "bench" / "results" / "recipe_cpu.json")
     args = parser.parse(argv)
-    if "profile" in args.steps and args.compile_backend != "none":
-        import torch._dynamo
-
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if args.compile_backend not in backends:
-            parser.error(f"--compile_backend {args.compile_backend!r} is not one of {', '.join(backends)}, none")
+    if "profile" in args.steps:
+        common.check_compile_backend(parser, args.compile_backend)
     data, work = args.data_dir.resolve(), args.work.resolve()
     results = common.Results(args.json, common.machine("cpu"))
     result = {**common.machine("cpu"), **common.stamp("bench/recipe_cpu.py", argv)}

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         return child(Path(argv[1]), argv[argv.index("--") + 1:])
     parser = common.Parser(__doc__)
-    parser.add_argument("--work", required=True, type=common.out_folder,
+    parser.add_argument("--work", required=True, type=common.new_folder,
                         help="a new folder: the run's out_dir and W&B folders go there")
     parser.add_argument("--copy_to", type=common.out_folder,
                         help="copy the run's small outputs (.json, .jsonl, .png, .npz) into this folder")
@@ -204,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse(argv, rest="--")
     run_args = args.rest
     work = args.work.resolve()
-    if work.exists() and any(work.iterdir()):
-        parser.error(f"--work {str(args.work)!r} is not empty (a run never overwrites another)")
     common.recipe_config(run_args)  # train/run.py's flags, checked by its own parser before the run
     results = common.Results(args.json, common.machine())
     out_dir = work / "run"

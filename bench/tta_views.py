@@ -21,7 +21,6 @@ import math
 import shutil
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/tta_views.py`: import the repo's packages
@@ -51,24 +50,13 @@ def paired_interval(a_right, b_right) -> dict:
     return {"diff": diff, "ci95": [low, high], "verdict": verdict, "gained": gained, "lost": lost, "images": n}
 
 
-def write_npz(path: Path, arrays: dict) -> None:
-    """``np.savez`` cannot take an array named ``file`` (its own first parameter): the same format, member by member
-    (as explain/report.py writes predictions.npz)."""
-    import numpy as np
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w") as member:
-                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = common.Parser(__doc__)
     parser.add_argument("run", type=common.folder("predictions.npz"), help="a finished run (or explain) folder")
     parser.add_argument("--checkpoint", type=common.file, default=None, help="the weights (default: RUN/best.pt)")
     parser.add_argument("--data_dir", type=common.folder("test"), required=True,
                         help="the image folder the run checked (its predictions.npz names the files)")
-    parser.add_argument("--out", type=common.out_folder, default=None,
+    parser.add_argument("--out", type=common.new_folder, default=None,
                         help="a new folder for the run's predictions.npz with the translate views, and its "
                              "label_issues.json (for bench/label_quality.py)")
     parser.add_json(REPO / "bench" / "results" / "tta_views.json")
@@ -76,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or args.run / "best.pt"
     if not checkpoint.is_file():
         common.fail(f"{checkpoint} is not a file (give --checkpoint: the run kept no best.pt)")
-    if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
-        common.fail(f"--out {str(args.out)!r} is not empty (a run never overwrites another)")
     results = common.Results(args.json, None, depth=1)  # an unreadable results file: refused before any work
 
     import numpy as np
@@ -86,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     import train  # noqa: F401  (registers resnet18_cifar)
+    from explain.report import write_npz
     from train.checkpoint import CheckpointError, load_checkpoint, load_model_state
     from train.config import ConfigError, config_from_dict
     from train.data import DataError, load_split

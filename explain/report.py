@@ -350,15 +350,21 @@ def write_predictions(path: Path, split: Dataset, positions: Tensor, labels: Ten
     arrays = {"index": positions.numpy().astype(np.int64), "file": np.array(files, dtype=str),
               "label": labels.numpy().astype(np.int64), "logits": _half(logits), "logits_flip": _half(mirrored),
               "classes": np.array(list(split.classes), dtype=str)}
+    write_npz(path, arrays)
+    return path
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an ``.npz`` file (what ``np.load`` reads), written whole or not at all.
+
+    ``np.savez_compressed``'s own first parameter is named ``file``, so it cannot take an array named "file": the same
+    format (a zip of .npy files) written member by member."""
     tmp = path.with_name(f".{path.name}.tmp")
-    # np.savez_compressed's own first parameter is named `file`, so it cannot take an array named "file": the same
-    # format (a zip of .npy files, what np.load reads) written member by member
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w") as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
     tmp.replace(path)  # a stop mid-write leaves the old file (or none), never half of one
-    return path
 
 
 def _half(logits: Tensor) -> np.ndarray:

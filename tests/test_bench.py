@@ -683,7 +683,7 @@ def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_p
     swapped) changes no flag of the averaged view; a model of other images is refused in one line."""
     import numpy as np
 
-    from bench.tta_views import write_npz
+    from explain.report import write_npz
 
     run = trained["out"]
     with np.load(run / "predictions.npz", allow_pickle=False) as saved:
