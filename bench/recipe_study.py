@@ -21,12 +21,22 @@ without the EMA. Training variants:
   (:func:`train.engine.epoch_resolutions`: 16 pixels rising to full size at three quarters of the schedule), with
   ``--prog_epochs`` epochs (default: chosen so that its training takes about as long as ``base``'s, the fair
   question for a fixed budget);
+* ``lookahead`` — timm's ``Lookahead`` around the optimizer (Zhang et al. 2019: every ``k`` = 6 steps the weights
+  move half way back towards their slow copy, alpha 0.5); the slow weights are what is evaluated;
+* ``bias_lr`` — the BatchNorm biases train at ``--bias_lr_scale`` times the learning rate (airbench trains its
+  BatchNorm biases at 64 times its weights' rate), the rest as before;
+* ``lr_end`` — the schedule's linear decay ends at ``--lr_end`` of the peak (airbench94's 0.07) instead of ~0
+  (``train/run.py``'s 1e-4);
 * ``bundle`` — the variants named by ``--bundle`` together.
+
+``--base`` names tricks every arm has, ``base`` included (``--base whiten,prog``: each variant added to the adopted
+default, not to the recipe with every trick off).
 
 Each variant's difference from ``base`` is paired by seed: mean, and a t interval over seeds (with 2 seeds an
 interval is wide, and says so: "inconclusive" unless it excludes 0).
 
     python bench/recipe_study.py --data_dir cifar10-jpeg --variants base,ls02,altflip,whiten,prog --seeds 0,1
+    python bench/recipe_study.py --data_dir cifar10-jpeg --base whiten,prog --variants base,lookahead,bias_lr,lr_end
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ if __package__ in (None, ""):  # `python bench/recipe_study.py`: import the repo
 from bench import common
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("base", "ls02", "altflip", "whiten", "prog", "bundle")
+VARIANTS = ("base", "ls02", "altflip", "whiten", "prog", "lookahead", "bias_lr", "lr_end", "bundle")
+TRICKS = VARIANTS[1:-1]
 VIEWS = ("single", "flip", "flip_translate")
 
 
@@ -79,6 +90,35 @@ def accuracies(logits, labels) -> dict[str, float]:
     return {name: (value.argmax(1) == labels).float().mean().item() for name, value in final.items()}
 
 
+def optimizer_tricks(recipe, parts: set[str], config, *, bias_lr_scale: float, lr_end: float):
+    """The optimizer and schedule of ``recipe`` with the ``bias_lr``, ``lr_end`` and ``lookahead`` tricks of
+    ``parts`` applied (the recipe's own where none is)."""
+    import torch
+    from timm.optim import Lookahead
+
+    from train.engine import make_scheduler
+
+    optimizer, scheduler = recipe.optimizer, recipe.scheduler
+    if "bias_lr" in parts:  # BatchNorm biases in a group of their own, at bias_lr_scale × the rate
+        biases = {id(m.bias) for m in recipe.model.modules()
+                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+        groups = []
+        for group in optimizer.param_groups:  # peak rates (the scheduler has already set lr to its first step's)
+            peak = group.get("initial_lr", group["lr"])
+            options = {k: v for k, v in group.items() if k not in ("params", "initial_lr", "lr")}
+            rest = [p for p in group["params"] if id(p) not in biases]
+            mine = [p for p in group["params"] if id(p) in biases]
+            groups += [{**options, "params": rest, "lr": peak}] if rest else []
+            groups += [{**options, "params": mine, "lr": peak * bias_lr_scale}] if mine else []
+        optimizer = type(optimizer)(groups, **optimizer.defaults)
+    if parts & {"bias_lr", "lr_end"}:  # the schedule again, on the new optimizer or to a new end (from the peaks)
+        scheduler = make_scheduler(optimizer, epochs=config.epochs, steps_per_epoch=len(recipe.train_loader),
+                                   warmup_epochs=config.warmup_epochs, end=lr_end if "lr_end" in parts else 1e-4)
+    if "lookahead" in parts:
+        optimizer = Lookahead(optimizer, alpha=0.5, k=6)
+    return optimizer, scheduler
+
+
 def run_variant(variant: str, seed: int, args, train_set, test_set, device) -> dict:
     """Train one variant with one seed; its accuracies (model and EMA, three TTA levels) and seconds."""
     import timm.utils
@@ -87,7 +127,7 @@ def run_variant(variant: str, seed: int, args, train_set, test_set, device) -> d
     from train.config import Config
     from train.engine import build_recipe, train_one_epoch
 
-    parts = set(args.bundle) if variant == "bundle" else {variant}
+    parts = set(args.base) | (set(args.bundle) if variant == "bundle" else {variant} - {"base"})
     epochs = args.prog_epochs if "prog" in parts else args.epochs
     smoothing = 0.2 if "ls02" in parts else args.label_smoothing
     config = Config(epochs=epochs, batch_size=args.batch_size, label_smoothing=smoothing, seed=seed,
@@ -95,16 +135,20 @@ def run_variant(variant: str, seed: int, args, train_set, test_set, device) -> d
                     stem_init="whiten" if "whiten" in parts else "default", min_res=16 if "prog" in parts else 0)
     timm.utils.random_seed(seed)
     recipe = build_recipe(config, train_set, test_set, device)
+    optimizer, scheduler = optimizer_tricks(recipe, parts, config, bias_lr_scale=args.bias_lr_scale,
+                                            lr_end=args.lr_end)
     ema = ModelEmaV3(recipe.model, decay=args.ema, use_warmup=True)
     seconds, curve = 0.0, []
     for epoch in range(epochs):
         recipe.train_loader.resolution = recipe.resolutions[epoch]  # prog: --min_res 16 (--res_ramp 0.75)
-        stats = train_one_epoch(recipe.model, recipe.train_loader, recipe.optimizer, recipe.scheduler,
+        stats = train_one_epoch(recipe.model, recipe.train_loader, optimizer, scheduler,
                                 recipe.train_loss, device=device, amp=recipe.amp, channels_last=recipe.channels_last,
                                 ema=ema)
         seconds += stats["seconds"]
         curve.append({"epoch": epoch + 1, "resolution": recipe.train_loader.resolution, "loss": stats["loss"],
                       "acc": stats["acc"], "seconds": stats["seconds"]})
+    if "lookahead" in parts:  # end on the slow weights: one more lookahead step (none if the last step was one)
+        optimizer.sync_lookahead()
     result = {"variant": variant, "seed": seed, "epochs": epochs, "train_seconds": seconds, "curve": curve}
     for name, net in (("model", recipe.model), ("ema", ema.module)):
         logits, labels = views(net, recipe.test_loader, recipe.amp, recipe.channels_last)
@@ -162,8 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", type=common.folder("train", "test"), default="cifar10-jpeg",
                         help="image-folder root of the data (the JPEG CIFAR-10 copy)")
     parser.add_argument("--variants", type=common.choices(VARIANTS), default="base,ls02,altflip,whiten,prog")
-    parser.add_argument("--bundle", type=common.choices(VARIANTS[1:-1]), default="ls02,altflip",
+    parser.add_argument("--bundle", type=common.choices(TRICKS), default="ls02,altflip",
                         help="the variants the bundle variant combines")
+    parser.add_argument("--base", type=common.choices(TRICKS, empty=True), default="",
+                        help="tricks every arm has, base included (none: the recipe with every trick off)")
+    parser.add_argument("--bias_lr_scale", type=common.number(0.01, 1000), default=8.0,
+                        help="the bias_lr variant's factor on the BatchNorm biases' learning rate")
+    parser.add_argument("--lr_end", type=common.number(0, 1), default=0.07,
+                        help="the lr_end variant's last learning rate, a fraction of the peak (airbench94's 0.07)")
     parser.add_argument("--seeds", type=common.ints(minimum=0), default="0,1")
     parser.add_argument("--train_subset", type=common.count(100), default=10_000)
     parser.add_argument("--test_subset", type=common.count(100), default=4_000)
@@ -191,16 +241,20 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cpu")
     results = common.Results(args.json, common.machine(device))
-    key = "+".join(args.variants) + (f" (base of {args.pair_with})" if args.pair_with else "")
+    key = ("+".join(args.variants) + (f" on {'+'.join(args.base)}" if args.base else "")
+           + (f" (base of {args.pair_with})" if args.pair_with else ""))
     if args.pair_with:
         other = (results.earlier.get("study") or {}).get(args.pair_with)
         if not other or "base" in args.variants:
             common.fail(f"--pair_with {args.pair_with!r}: {args.json} holds no such study, or base is in --variants")
-        same = ("train_subset", "test_subset", "epochs", "batch_size", "label_smoothing", "ema")
-        differ = [k for k in same if other["settings"].get(k) != getattr(args, k)]
+        same = ("train_subset", "test_subset", "epochs", "batch_size", "label_smoothing", "ema", "base")
+        differ = [k for k in same if other["settings"].get(k, [] if k == "base" else None) != getattr(args, k)]
         if differ or not set(args.seeds) <= set(other["settings"]["seeds"]):
             common.fail(f"--pair_with {args.pair_with!r}: its base runs differ from these settings "
                         f"({', '.join(differ) or 'seeds'})")
+    twice = [v for v in args.variants if v in args.base or v == "bundle" and set(args.bundle) <= set(args.base)]
+    if twice:
+        common.fail(f"--variants {','.join(twice)}: --base already has it, so it would train base again")
     start = time.perf_counter()
     if args.analyze_only:  # the figures again from the runs the file holds (a changed analysis, no training)
         try:
@@ -239,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variant} - base ({weights}, flip TTA, pooled spread, {d['dof']} dof): {100 * d['mean']:+.2f} "
                   f"points [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] {d['verdict']}")
     settings = {k: getattr(args, k) for k in ("train_subset", "test_subset", "epochs", "prog_epochs", "batch_size",
-                                              "label_smoothing", "ema", "seeds", "bundle")}
+                                              "label_smoothing", "ema", "seeds", "bundle", "base", "bias_lr_scale",
+                                              "lr_end")}
     wall, command = time.perf_counter() - start, common.stamp("bench/recipe_study.py", argv)["command"]
     if args.analyze_only:  # the runs' own settings, time and command, not this command's
         earlier = results.earlier["study"][key]

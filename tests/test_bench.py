@@ -871,6 +871,66 @@ def test_recipe_study_pools_the_spread_of_every_variants_paired_differences():
     assert pooled([r for r in runs if r["seed"] == 0]) == {}  # one seed: no spread to pool
 
 
+def test_recipe_study_optimizer_tricks_change_what_they_name_and_nothing_else():
+    """``bias_lr``: the BatchNorm biases (only they) train at the scale's multiple of their group's rate at every
+    step; ``lr_end``: the schedule ends at that fraction of the peak; ``lookahead``: after its second k = 6 steps the
+    weights are half way between where six and twelve plain steps (same init, same batches) take them (timm's
+    Lookahead starts its slow copy at its first sync, so the first six steps are plain ones)."""
+    from bench.recipe_study import optimizer_tricks
+    from tests.test_engine import separable
+    from train.config import Config, resolve
+    from train.engine import build_recipe, train_one_epoch
+
+    data = separable(192)  # 6 batches of 32: one lookahead cycle an epoch
+
+    def trained(parts: set[str], epochs: int = 1, **kwargs):
+        config = resolve(Config(batch_size=32, epochs=epochs, precision="fp32", min_res=0, stem_init="default"))
+        torch.manual_seed(0)
+        recipe = build_recipe(config, data, data, torch.device("cpu"))
+        snapshots = []
+        optimizer, scheduler = optimizer_tricks(recipe, parts, config, bias_lr_scale=kwargs.get("scale", 8.0),
+                                                lr_end=kwargs.get("end", 0.07))
+        lrs = []
+        for _ in range(epochs):
+            train_one_epoch(recipe.model, recipe.train_loader, optimizer, scheduler, recipe.train_loss,
+                            device=torch.device("cpu"), amp=None, channels_last=recipe.channels_last)
+            lrs.append({id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]})
+            snapshots.append({k: v.detach().clone() for k, v in recipe.model.named_parameters()})
+        return recipe, optimizer, snapshots, lrs, config
+
+    recipe, optimizer, _, lrs, config = trained({"bias_lr"}, scale=8.0)
+    plain, plain_opt, _, plain_lrs, _ = trained(set())
+    biases = {id(m.bias) for m in recipe.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    names = {id(p): n for n, p in recipe.model.named_parameters()}
+    assert len(biases) == 20 and sorted(names[i] for i in lrs[0]) == sorted(names.values())  # each once
+    plain_by_name = {n: plain_lrs[0][id(p)] for n, p in plain.model.named_parameters()}
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    plain_names = {id(p): n for n, p in plain.model.named_parameters()}
+    plain_decay = {plain_names[id(p)]: g["weight_decay"] for g in plain_opt.param_groups for p in g["params"]}
+    for pid, lr in lrs[0].items():
+        assert lr == pytest.approx(plain_by_name[names[pid]] * (8.0 if pid in biases else 1.0)), names[pid]
+        assert decay[pid] == plain_decay[names[pid]]  # weight decay as before
+    assert optimizer.defaults["fused"] and optimizer.defaults["nesterov"]
+
+    for parts, end in (({"lr_end"}, 0.07), ({"lr_end"}, 0.5), (set(), 1e-4)):
+        _, optimizer, _, lrs, config = trained(parts, epochs=2, end=end)
+        assert sorted(lrs[-1].values()) == pytest.approx([config.lr * end] * len(lrs[-1]))  # after the last batch
+
+    _, _, looked, _, _ = trained({"lookahead"}, epochs=2)
+    _, _, fast, _, _ = trained(set(), epochs=2)
+    for name, weight in looked[1].items():
+        torch.testing.assert_close(weight, fast[0][name] + 0.5 * (fast[1][name] - fast[0][name]), msg=name)
+    assert not all(torch.equal(w, fast[1][n]) for n, w in looked[1].items())
+
+
+def test_recipe_study_refuses_a_variant_its_base_already_has(cifar_subset, tmp_path):
+    out = tmp_path / "s.json"
+    done = call_cli(f"--data_dir={cifar_subset}", "--base=whiten,prog", "--variants=base,whiten,lookahead",
+                    f"--json={out}", script="bench/recipe_study.py")
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr.strip() == "error: --variants whiten: --base already has it, so it would train base again"
+
+
 def test_recipe_study_pairs_each_variant_with_base_by_seed_and_reanalyzes_without_training(cifar_subset, tmp_path):
     out = tmp_path / "s.json"
     tiny = [f"--data_dir={cifar_subset}", "--variants=base,prog", "--seeds=0,1", "--train_subset=100",

@@ -104,16 +104,16 @@ def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, momentum
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,
-                   warmup_epochs: float) -> torch.optim.lr_scheduler.LRScheduler:
+                   warmup_epochs: float, end: float = 1e-4) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-batch learning rate: linear warm-up from lr/10 to lr (the optimizer's) over ``warmup_epochs``, then
-    linear decay to lr/1e4, which the step after the last batch reaches."""
+    linear decay to ``end`` × lr (1e-4: ~0), which the step after the last batch reaches."""
     total = epochs * steps_per_epoch
     warmup = min(round(warmup_epochs * steps_per_epoch), total)
 
     def factor(step: int) -> float:
         if step < warmup:
             return 0.1 + 0.9 * step / warmup
-        return 1.0 - (1.0 - 1e-4) * min(step - warmup, total - warmup) / max(total - warmup, 1)
+        return 1.0 - (1.0 - end) * min(step - warmup, total - warmup) / max(total - warmup, 1)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
