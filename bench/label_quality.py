@@ -10,7 +10,8 @@ Scored: the run's own ``label_issues.json`` (the method it ran), and, from its `
 every checked image and of its mirror image), the variants of the method (:func:`variants`): which views are
 averaged (``flip_translate`` too where ``bench/tta_views.py --out`` added the shifted views; ``ensemble_flip``: the
 flip views of the models of ``--ensemble`` folders too, same images), how the probabilities are made (softmax; less
-label smoothing's floor; a temperature fitted out of sample by two-fold cross-fitting on the given labels),
+label smoothing's floor; a temperature fitted out of sample by two-fold cross-fitting on the given labels; each
+image's centred logits normalized to unit length, then such a temperature: ``logit_norm``),
 cleanlab's filter (``filter_by``) and ranking (``rank_by``).
 Figures per method: ``errors_flagged`` (of ``errors``), errors in the top 25 / 50 / 100 flags, ``kept_flagged`` (of
 ``kept``), ``flags``. With ``--data_dir`` (the JPEG copy) and ``--png``, a picture: the errors the run flagged beside
@@ -76,7 +77,7 @@ def fitted_temperature(logits, labels):
         def nll(log_t):
             return -log_softmax(logits[idx] / np.exp(log_t), axis=1)[np.arange(len(idx)), labels[idx]].mean()
 
-        return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+        return float(np.exp(minimize_scalar(nll, bounds=(-6, 3), method="bounded").x))  # T in [0.0025, 20]
 
     even, odd = np.arange(0, len(labels), 2), np.arange(1, len(labels), 2)
     scaled = logits.copy()
@@ -89,7 +90,9 @@ def fitted_temperature(logits, labels):
 def variants(saved, others: list | None = None) -> list[dict]:
     """Every variant of the method on the saved logits: its settings and ranked flagged positions. ``others``: the
     saved logits of other models over the same images; their flip views averaged with this one's are the
-    ``ensemble_flip`` view."""
+    ``ensemble_flip`` view, whose flags are also ranked by cleanlab's ``get_label_quality_ensemble_scores`` (each
+    model's scores averaged, weighted by its accuracy: ``rank_by`` ``ensemble_normalized_margin`` and
+    ``ensemble_self_confidence``)."""
     import numpy as np
     from scipy.special import softmax
 
@@ -102,24 +105,45 @@ def variants(saved, others: list | None = None) -> list[dict]:
     if "logits_translate" in saved:  # bench/tta_views.py --out: airbench's tta_level 2, half flip, half translate
         translate = (saved["logits_translate"].astype(np.float64) + saved["logits_translate_flip"].astype(np.float64))
         views.append(("flip_translate", (single + mirror) / 4 + translate / 4))
+    members = {}  # view -> each model's own flip logits, for cleanlab's ensemble scores
     if others:  # each model's flip view, averaged over the models (logits: their scales are alike, all trained here)
         flips = [(other["logits"].astype(np.float64) + other["logits_flip"].astype(np.float64)) / 2 for other in others]
         views.append(("ensemble_flip", ((single + mirror) / 2 + sum(flips)) / (1 + len(flips))))
+        members["ensemble_flip"] = [(single + mirror) / 2, *flips]
     rows = []
-    for view, logits in views:
+
+    def transforms(logits):
         scaled, temperatures = fitted_temperature(logits, labels)
-        for probs_name, probs in (("softmax", softmax(logits, axis=1)),
-                                  ("without_floor", without_floor(softmax(logits, axis=1))),
-                                  ("temperature", softmax(scaled, axis=1))):
-            probs = np.ascontiguousarray(probs / probs.sum(1, keepdims=True))
+        # logit normalization (Wei et al. 2022's LogitNorm, at prediction time): each image's centred logits at unit
+        # length, then one temperature fitted out of sample as above: confidence from the logits' direction only
+        centred = logits - logits.mean(1, keepdims=True)
+        normed, norm_temperatures = fitted_temperature(
+            centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12), labels)
+        for probs_name, probs, fitted in (("softmax", softmax(logits, axis=1), None),
+                                          ("without_floor", without_floor(softmax(logits, axis=1)), None),
+                                          ("temperature", softmax(scaled, axis=1), temperatures),
+                                          ("logit_norm", softmax(normed, axis=1), norm_temperatures)):
+            yield probs_name, np.ascontiguousarray(probs / probs.sum(1, keepdims=True)), fitted
+
+    for view, logits in views:
+        member_probs = {}  # probabilities name -> each model's, made the same way as the averaged ones
+        for member in members.get(view, []):
+            for probs_name, probs, _ in transforms(member):
+                member_probs.setdefault(probs_name, []).append(probs)
+        for probs_name, probs, temperatures in transforms(logits):
+            rankings = {rank_by: cleanlab.rank.get_label_quality_scores(labels, probs, method=rank_by)
+                        for rank_by in RANKINGS}
+            if probs_name in member_probs:  # cleanlab's scores of each model, averaged weighted by accuracy
+                rankings |= {f"ensemble_{rank_by}": cleanlab.rank.get_label_quality_ensemble_scores(
+                    labels, member_probs[probs_name], method=rank_by, weight_ensemble_members_by="accuracy",
+                    verbose=False) for rank_by in RANKINGS}
             for filter_by in FILTERS:
                 flagged = cleanlab.filter.find_label_issues(labels, probs, filter_by=filter_by, n_jobs=1)
-                for rank_by in RANKINGS:
-                    quality = cleanlab.rank.get_label_quality_scores(labels, probs, method=rank_by)
-                    where = np.flatnonzero(flagged)
+                where = np.flatnonzero(flagged)
+                for rank_by, quality in rankings.items():
                     ranked = where[np.argsort(quality[where], kind="stable")]
                     rows.append({"view": view, "probs": probs_name, "filter_by": filter_by, "rank_by": rank_by,
-                                 "temperatures": temperatures if probs_name == "temperature" else None,
+                                 "temperatures": temperatures,
                                  "ranked": ranked})
     return rows
 
@@ -226,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         result["variants"] = rows
         print(f"{len(rows)} variants from {npz}, best first (errors in the top 100, then errors flagged):")
         for row in rows[:args.top]:
-            print(f"  {row['view']:14} {row['probs']:13} {row['filter_by']:19} {row['rank_by']:17} {line(row)}")
+            print(f"  {row['view']:14} {row['probs']:13} {row['filter_by']:19} {row['rank_by']:26} {line(row)}")
     elif args.ensemble:
         common.fail(f"--ensemble needs {npz} (the run's own predictions to average with)")
     else:

@@ -665,7 +665,7 @@ def test_label_quality_scores_a_runs_flags_and_every_variant_against_the_verdict
     assert own["errors"] == 3 and own["kept"] == 2 and own["flags"] == len(flags)
     assert own["errors_flagged"] == 2 and own["kept_flagged"] == 1 and own["errors_top25"] == 2
     rows = json.loads(out.read_text())[run.name]["variants"]
-    assert len(rows) == 2 * 3 * 5 * 2  # views x probabilities x cleanlab filters x rankings
+    assert len(rows) == 2 * 4 * 5 * 2  # views x probabilities x cleanlab filters x rankings
     same = next(r for r in rows if (r["view"], r["probs"], r["filter_by"], r["rank_by"])
                 == ("flip", "softmax", "prune_by_class", "normalized_margin"))  # the run's own method
     assert abs(same["flags"] - own["flags"]) <= max(2, own["flags"] // 20)  # from float16 logits: nearly the same
@@ -676,6 +676,31 @@ def test_label_quality_scores_a_runs_flags_and_every_variant_against_the_verdict
         assert neq["flags"] == int((mean.argmax(1) != saved["label"]).sum())  # every disagreement, by definition
     with Image.open(png) as picture:
         assert picture.format == "PNG" and min(picture.size) > 300
+
+
+def test_label_quality_logit_norm_reads_only_the_direction_of_each_images_logits():
+    """``logit_norm`` probabilities: each image's centred logits at unit length, then a temperature fitted out of
+    sample: scaling an image's logits by any positive factor, or shifting them all by a constant, changes none of its
+    flags or their order; the plain softmax's flags do change (the rescaling is not a no-op)."""
+    import numpy as np
+
+    from bench.label_quality import variants
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 600)
+    logits = rng.normal(0, 1, (600, 10)) + 4 * np.eye(10)[labels]  # a model that is right most of the time
+    logits[:60] = rng.normal(0, 1, (60, 10)) + 4 * np.eye(10)[(labels[:60] + 1) % 10]  # and sure of another class
+    scale = rng.uniform(0.2, 5, (600, 1))
+    saved = {"label": labels, "logits": logits, "logits_flip": logits}
+    rescaled = {"label": labels, "logits": logits * scale + 3.0, "logits_flip": logits * scale + 3.0}
+    rows, again = variants(saved), variants(rescaled)
+    key = ("view", "probs", "filter_by", "rank_by")
+    plain = {tuple(r[k] for k in key): r["ranked"].tolist() for r in rows}
+    moved = {tuple(r[k] for k in key): r["ranked"].tolist() for r in again}
+    normed = [k for k in plain if k[1] == "logit_norm"]
+    assert len(normed) == 2 * 5 * 2 and all(plain[k] == moved[k] for k in normed)
+    assert any(plain[k] != moved[k] for k in plain if k[1] == "softmax")
+    assert len(plain[("flip", "logit_norm", "prune_by_class", "normalized_margin")]) >= 30  # it flags
 
 
 def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_path):
@@ -700,11 +725,15 @@ def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_p
     result = json.loads(out.read_text())[run.name]
     assert result["ensemble"] == [str(twin)]
     rows = {(r["view"], r["probs"], r["filter_by"], r["rank_by"]): r for r in result["variants"]}
-    assert len(rows) == 3 * 3 * 5 * 2 and {key[0] for key in rows} == {"single", "flip", "ensemble_flip"}
-    figures = ("errors_flagged", "kept_flagged", "flags", "errors_top25")
+    # views x probabilities x filters x rankings, and the ensemble view also ranked by cleanlab's ensemble scores
+    assert len(rows) == 3 * 4 * 5 * 2 + 4 * 5 * 2 and {key[0] for key in rows} == {"single", "flip", "ensemble_flip"}
+    assert {key[3] for key in rows if key[0] == "ensemble_flip"} == {
+        "normalized_margin", "self_confidence", "ensemble_normalized_margin", "ensemble_self_confidence"}
+    figures = ("errors_flagged", "kept_flagged", "flags", "errors_top25", "errors_top50", "errors_top100")
     for (view, probs, filter_by, rank_by), row in rows.items():
-        if view == "ensemble_flip":  # (a + b) / 2 + (b + a) / 2, halved: the flip view to the last bit
-            flip = rows[("flip", probs, filter_by, rank_by)]
+        if view == "ensemble_flip":  # (a + b) / 2 + (b + a) / 2, halved: the flip view to the last bit; and two
+            # members with the same probabilities score every image as each does: the same ranking
+            flip = rows[("flip", probs, filter_by, rank_by.removeprefix("ensemble_"))]
             assert [row[k] for k in figures] == [flip[k] for k in figures], (probs, filter_by, rank_by)
     before = out.read_bytes()
     refused_member = call_cli(str(run), f"--ensemble={other}", f"--json={out}", script="bench/label_quality.py")
@@ -756,7 +785,7 @@ def test_tta_views_reads_the_runs_own_figures_and_adds_the_translate_views_for_l
     scored = call_cli(str(views), f"--json={tmp_path / 'lq.json'}", script="bench/label_quality.py")
     assert scored.returncode == 0, scored.stderr[-3000:]
     rows = json.loads((tmp_path / "lq.json").read_text())[views.name]["variants"]
-    assert {row["view"] for row in rows} == {"single", "flip", "flip_translate"} and len(rows) == 3 * 3 * 5 * 2
+    assert {row["view"] for row in rows} == {"single", "flip", "flip_translate"} and len(rows) == 3 * 4 * 5 * 2
 
     again = call_cli(str(run), f"--data_dir={cifar_subset}", f"--out={views}", f"--json={out}",
                      script="bench/tta_views.py")  # a second pass into the same folder
