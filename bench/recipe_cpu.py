@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.Parser(__doc__)
     parser.add_argument("--data_dir", type=common.folder("train", "test"), default="cifar10-jpeg",
                         help="image-folder root of the data (the JPEG CIFAR-10 copy)")
-    parser.add_argument("--work", type=common.out_folder, default=".bench-data/recipe",
-                        help="where airbench's copy of the data and our runs go")
+    parser.add_argument("--work", type=common.out_folder, default=REPO / ".bench-data" / "recipe",
+                        help="where airbench's copy of the data and our runs go (made where absent; the default "
+                             "is not checked as a given one is, so a fresh clone without .bench-data/ runs)")
     parser.add_argument("--steps", type=common.choices(STEPS), default=",".join(STEPS))
     parser.add_argument("--airbench_seeds", type=common.ints(minimum=0), default="0")
     parser.add_argument("--batch_sizes", type=common.ints(minimum=1), default="64,128,256,512",
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in args.steps:
         common.check_compile_backend(parser, args.compile_backend)
     data, work = args.data_dir.resolve(), args.work.resolve()
+    if set(args.steps) - {"profile"}:
+        work.mkdir(parents=True, exist_ok=True)
     results = common.Results(args.json, common.machine("cpu"))
     result = {**common.machine("cpu"), **common.stamp("bench/recipe_cpu.py", argv)}
     measured = False
