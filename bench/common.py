@@ -66,6 +66,32 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def read_predictions(path: Path, members: Sequence[str], flag: str = "") -> dict[str, Any]:
+    """Every array of the explain step's ``predictions.npz`` at ``path`` (no pickles), or the one-line error, naming
+    ``flag`` and the file, when it cannot be read, is no ``.npz`` (empty, a bad zip, a pickle, a lone ``.npy``) or
+    lacks one of ``members``."""
+    import zipfile
+
+    import numpy as np
+
+    where = f"{flag} {path}" if flag else str(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        fail(f"{where} is not a predictions.npz ({type(exc).__name__}: {exc})")
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        fail(f"{where} is not a predictions.npz (one array, not an archive of them)")
+    try:
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        fail(f"{where} is not a predictions.npz ({type(exc).__name__}: {exc})")
+    missing = [name for name in members if name not in arrays]
+    if missing:
+        fail(f"{where} is not a predictions.npz (it lacks {', '.join(missing)})")
+    return arrays
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Flags
 

@@ -38,6 +38,7 @@ TOPS = (25, 50, 100)
 VERDICTS = ("label_error", "label_kept")
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 RANKINGS = ("normalized_margin", "self_confidence")
+PREDICTIONS = ("file", "label", "logits", "logits_flip")  # what the variants read of a predictions.npz
 
 
 def read_candidates(path: Path) -> dict[str, str]:
@@ -154,11 +155,7 @@ def ensemble_member(folder: Path, files: list[str], labels, shape: tuple[int, ..
     import numpy as np
 
     npz = folder / "predictions.npz"
-    try:
-        with np.load(npz, allow_pickle=False) as saved:
-            member = {name: saved[name] for name in ("file", "label", "logits", "logits_flip")}
-    except (OSError, ValueError, KeyError) as exc:
-        common.fail(f"--ensemble {npz} is not a predictions.npz ({type(exc).__name__}: {exc})")
+    member = common.read_predictions(npz, PREDICTIONS, flag="--ensemble")
     if member["file"].tolist() != files or not np.array_equal(member["label"], labels):
         common.fail(f"--ensemble {npz} holds other images (or another order or labels) than the run's: an ensemble "
                     f"needs predictions of the same images")
@@ -233,15 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.run}: {line(result['run_method'])} ({issues.get('method')})")
     npz = args.run / "predictions.npz"
     if npz.is_file():
-        import numpy as np
-
+        saved = common.read_predictions(npz, PREDICTIONS)
+        files, labels, shape = saved["file"].tolist(), saved["label"], saved["logits"].shape
+        others = [ensemble_member(folder, files, labels, shape) for folder in args.ensemble]
         try:
-            with np.load(npz, allow_pickle=False) as saved:
-                files, labels = saved["file"].tolist(), saved["label"]
-                shape = saved["logits"].shape
-                others = [ensemble_member(folder, files, labels, shape) for folder in args.ensemble]
-                rows = variants(saved, others)
-        except (OSError, ValueError, KeyError) as exc:
+            rows = variants(saved, others)
+        except (ValueError, KeyError) as exc:  # arrays that do not fit together (a translate view without its mirror)
             common.fail(f"{npz} is not a predictions.npz ({type(exc).__name__}: {exc})")
         result["ensemble"] = [str(folder) for folder in args.ensemble]
         for row in rows:

@@ -79,12 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from train.engine import amp_dtype, predict
     from train.model import check_model_name
 
-    try:
-        with np.load(args.run / "predictions.npz", allow_pickle=False) as saved:
-            arrays = {name: saved[name] for name in saved.files}
-        files, labels = arrays["file"].tolist(), torch.from_numpy(arrays["label"].astype(np.int64))
-    except (OSError, ValueError, KeyError) as exc:
-        common.fail(f"{args.run / 'predictions.npz'} is not a predictions.npz ({type(exc).__name__}: {exc})")
+    arrays = common.read_predictions(args.run / "predictions.npz", ("file", "label"))
+    files, labels = arrays["file"].tolist(), torch.from_numpy(arrays["label"].astype(np.int64))
     if not all(files):
         common.fail(f"{args.run / 'predictions.npz'} names no files (a run on CIFAR-10's python batches)")
     try:

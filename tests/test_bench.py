@@ -747,6 +747,46 @@ def test_label_quality_averages_other_models_over_the_same_images(trained, tmp_p
     assert out.read_bytes() == before
 
 
+def test_a_bad_predictions_npz_is_one_line_for_every_script_that_reads_one(trained, cifar_subset, tmp_path):
+    """``label_quality.py`` (the run's file and ``--ensemble``'s) and ``tta_views.py`` read a ``predictions.npz``
+    through one reader: an empty file, text, a broken zip, a lone ``.npy`` and an archive without the logits are each
+    a one-line error naming the file, never a traceback."""
+    import numpy as np
+
+    from explain.report import write_npz
+
+    run = trained["out"]
+    with np.load(run / "predictions.npz", allow_pickle=False) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    bad = {"empty": b"", "text": b"hello", "zip": b"PK\x03\x04broken"}
+    for name, content in bad.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.npz").write_bytes(content)
+    (tmp_path / "npy").mkdir()
+    with open(tmp_path / "npy" / "predictions.npz", "wb") as handle:
+        np.save(handle, arrays["logits"])
+    (tmp_path / "nologits").mkdir()
+    write_npz(tmp_path / "nologits" / "predictions.npz", {k: v for k, v in arrays.items() if k != "logits"})
+    for name in [*bad, "npy", "nologits"]:
+        folder = tmp_path / name
+        npz = folder / "predictions.npz"
+        shutil.copy(run / "label_issues.json", folder / "label_issues.json")
+        (folder / "best.pt").write_bytes(b"")  # tta_views reads the predictions before the weights
+        calls = {"label_quality.py": ([str(folder)], ""), "label_quality.py --ensemble": (
+                     [str(run), f"--ensemble={folder}"], "--ensemble "),
+                 "tta_views.py": ([str(folder), f"--data_dir={cifar_subset}"], "")}
+        for call, (argv, flag) in calls.items():
+            out = tmp_path / f"{name}.json"
+            code, stdout, stderr = call_main(call.split()[0], [*argv, f"--json={out}"])
+            assert code == 2 and "Traceback" not in stderr and not out.exists(), (name, call, stderr[-2000:])
+            last = stderr.strip().splitlines()[-1]
+            if name == "nologits" and call == "tta_views.py":  # it needs only the files and labels: on to the weights
+                assert last.startswith("error: ") and "predictions.npz" not in last, last
+                continue
+            assert last.startswith(f"error: {flag}{npz} is not a predictions.npz ("), (name, call, last)
+            assert name != "nologits" or last.endswith("(it lacks logits)"), last
+
+
 def test_label_quality_refuses_a_bad_candidates_file_in_one_line(trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("cifar_test_index,file,human_verdict\n1,test/cat/0001.jpg,maybe\n")
